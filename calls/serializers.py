@@ -1,0 +1,33 @@
+from django.contrib.auth import get_user_model
+from rest_framework import serializers
+
+from .models import Call, Participant
+
+
+class ParticipantSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+    relay = serializers.CharField(source="relay.name", read_only=True, allow_null=True, default=None)
+
+    class Meta:
+        model = Participant
+        fields = ("username", "role", "joined_at", "left_at", "connection_type", "relay", "rtt_ms")
+
+
+class CallSerializer(serializers.ModelSerializer):
+    participants = ParticipantSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Call
+        fields = ("id", "state", "created_at", "answered_at", "ended_at", "end_reason", "participants")
+
+
+class CallCreateSerializer(serializers.Serializer):
+    callee = serializers.CharField(max_length=150, help_text="The username to call.")
+
+    def validate_callee(self, value: str):
+        user = get_user_model().objects.filter(username__iexact=value.strip(), is_active=True).first()
+        if user is None:
+            raise serializers.ValidationError("No such user.")
+        if user.pk == self.context["request"].user.pk:
+            raise serializers.ValidationError("You can't call yourself.")
+        return user

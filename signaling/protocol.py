@@ -1,0 +1,135 @@
+"""The signaling protocol: envelope and message bodies, validated without Django.
+
+Every frame is one JSON object:
+    {"v": 1, "type": "...", "id": "<client uuid>", "seq": <server counter>, "call": "<id>", "body": {...}}
+Clients send v, type, id, call (where it applies) and body; the server adds seq. See docs/signaling.md.
+Written by hand rather than with a schema library: the rules are few, and errors must carry our codes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+
+VERSION = 1
+MAX_SDP_CHARS = 32 * 1024
+MAX_CANDIDATE_CHARS = 1024
+CONNECTION_TYPES = ("host", "srflx", "prflx", "relay")
+
+# type -> does it need a call id
+CLIENT_TYPES: dict[str, bool] = {
+    "ping": False,
+    "join": True,
+    "leave": True,
+    "offer": True,
+    "answer": True,
+    "candidate": True,
+    "hangup": True,
+    "report": True,
+}
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str, ref: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+@dataclass
+class ClientMessage:
+    type: str
+    id: str | None
+    call: str | None
+    body: dict = field(default_factory=dict)
+
+
+def parse_frame(text: str | None, *, max_bytes: int) -> ClientMessage:
+    """Parse and validate one client frame. Raises ProtocolError with a code on any bad input."""
+    if text is None:
+        raise ProtocolError("binary_not_supported", "Send JSON text frames, not binary.")
+    if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise ProtocolError("frame_too_large", f"Frames are limited to {max_bytes} bytes.")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_envelope", "The frame must be a JSON object.")
+    ref = data.get("id") if isinstance(data.get("id"), str) and len(data["id"]) <= 64 else None
+    if data.get("v") != VERSION:
+        raise ProtocolError("bad_version", f"Only protocol version {VERSION} is spoken here.", ref)
+    mtype = data.get("type")
+    if not isinstance(mtype, str):
+        raise ProtocolError("bad_envelope", "`type` must be a string.", ref)
+    if mtype not in CLIENT_TYPES:
+        raise ProtocolError("unknown_type", f"Unknown message type {mtype[:40]!r}.", ref)
+    body = data.get("body", {})
+    if not isinstance(body, dict):
+        raise ProtocolError("bad_envelope", "`body` must be an object.", ref)
+    call = data.get("call")
+    if CLIENT_TYPES[mtype]:
+        if not isinstance(call, str):
+            raise ProtocolError("bad_envelope", f"`{mtype}` needs a `call` id.", ref)
+        try:
+            call = str(uuid.UUID(call))
+        except ValueError:
+            raise ProtocolError("bad_envelope", "`call` is not a call id.", ref) from None
+    else:
+        call = None
+    msg = ClientMessage(type=mtype, id=ref, call=call, body=body)
+    _validate_body(msg)
+    return msg
+
+
+def _validate_body(msg: ClientMessage) -> None:
+    b = msg.body
+    if msg.type in ("offer", "answer"):
+        desc = b.get("description")
+        if (
+            not isinstance(desc, dict)
+            or desc.get("type") != msg.type
+            or not isinstance(desc.get("sdp"), str)
+            or len(desc["sdp"]) > MAX_SDP_CHARS
+        ):
+            raise ProtocolError(
+                "bad_body", f"`{msg.type}` needs body.description = {{type: '{msg.type}', sdp: <string>}}.", msg.id
+            )
+        msg.body = {"description": {"type": desc["type"], "sdp": desc["sdp"]}}
+    elif msg.type == "candidate":
+        cand = b.get("candidate")
+        if cand is None:  # end of candidates
+            msg.body = {"candidate": None}
+            return
+        if not isinstance(cand, dict) or not isinstance(cand.get("candidate"), str) or len(cand["candidate"]) > MAX_CANDIDATE_CHARS:
+            raise ProtocolError("bad_body", "`candidate` needs body.candidate = RTCIceCandidateInit or null.", msg.id)
+        clean = {"candidate": cand["candidate"]}
+        for key in ("sdpMid", "sdpMLineIndex", "usernameFragment"):
+            if key in cand and (cand[key] is None or isinstance(cand[key], str | int)):
+                clean[key] = cand[key]
+        msg.body = {"candidate": clean}
+    elif msg.type == "report":
+        ctype = b.get("connectionType")
+        if ctype not in CONNECTION_TYPES:
+            raise ProtocolError("bad_body", f"`report` needs body.connectionType, one of {', '.join(CONNECTION_TYPES)}.", msg.id)
+        relay_url = b.get("relayUrl") or ""
+        rtt = b.get("rttMs")
+        if not isinstance(relay_url, str) or len(relay_url) > 300:
+            raise ProtocolError("bad_body", "`relayUrl` must be a short string.", msg.id)
+        if rtt is not None and (not isinstance(rtt, int | float) or isinstance(rtt, bool) or not 0 <= rtt < 600_000):
+            raise ProtocolError("bad_body", "`rttMs` must be a number of milliseconds.", msg.id)
+        msg.body = {"connectionType": ctype, "relayUrl": relay_url, "rttMs": rtt}
+    else:
+        msg.body = {}
+
+
+def envelope(mtype: str, *, seq: int, call: str | None = None, body: dict | None = None, ref: str | None = None) -> dict:
+    """A server frame. `ref` is the client id of the message this answers, where there is one."""
+    out: dict = {"v": VERSION, "type": mtype, "id": str(uuid.uuid4()), "seq": seq, "body": body or {}}
+    if call is not None:
+        out["call"] = call
+    if ref is not None:
+        out["ref"] = ref
+    return out

@@ -1,0 +1,38 @@
+// Home page: show incoming calls live over the signaling socket.
+import { Signal } from "./signal.js";
+
+const list = document.getElementById("incoming");
+const empty = document.getElementById("no-incoming");
+const status = document.getElementById("conn-status");
+
+function refreshEmpty() {
+  empty.hidden = list.children.length > 0;
+}
+
+function removeCall(id) {
+  const li = list.querySelector(`li[data-call="${id}"]`);
+  if (li) li.remove();
+  refreshEmpty();
+}
+
+const signal = new Signal();
+signal
+  .on("welcome", () => { status.textContent = "Online: incoming calls show up here."; })
+  .on("close", () => { status.textContent = "Offline: reconnecting…"; })
+  .on("incoming", (msg) => {
+    if (list.querySelector(`li[data-call="${msg.call}"]`)) return;
+    const li = document.createElement("li");
+    li.dataset.call = msg.call;
+    const who = document.createElement("strong");
+    who.textContent = msg.body.from.name;
+    const join = document.createElement("a");
+    join.className = "button primary";
+    join.href = `/calls/${msg.call}/`;
+    join.textContent = "Join";
+    li.append(who, " is calling ", join);
+    list.prepend(li);
+    refreshEmpty();
+  })
+  .on("answered", (msg) => removeCall(msg.call))
+  .on("hangup", (msg) => removeCall(msg.call));
+signal.connect();
