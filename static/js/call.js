@@ -4,7 +4,7 @@ import { Signal } from "./signal.js";
 
 const root = document.getElementById("call");
 const callId = root.dataset.call;
-const forceRelay = root.dataset.forceRelay === "1";
+const forceRelay = root.dataset.forceRelay === "1" || localStorage.getItem("traverse.forceRelay") === "1";
 const statusEl = document.getElementById("call-status");
 const connEl = document.getElementById("conn-type");
 const errorEl = document.getElementById("call-error");

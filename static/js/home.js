@@ -15,6 +15,11 @@ function removeCall(id) {
   refreshEmpty();
 }
 
+// A per-browser privacy preference that the call page reads (iceTransportPolicy "relay").
+const forceRelay = document.getElementById("force-relay");
+forceRelay.checked = localStorage.getItem("traverse.forceRelay") === "1";
+forceRelay.addEventListener("change", () => localStorage.setItem("traverse.forceRelay", forceRelay.checked ? "1" : "0"));
+
 const signal = new Signal();
 signal
   .on("welcome", () => { status.textContent = "Online: incoming calls show up here."; })

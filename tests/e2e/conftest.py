@@ -1,0 +1,107 @@
+"""The real processes for end-to-end tests: Daphne and a Celery worker on the test database,
+and headless Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.conftest import free_port, need_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-quic",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+]
+
+
+def database_url_for_subprocess() -> str:
+    """The test database (pytest-django renamed it) as a DATABASE_URL for child processes."""
+    from django.db import connection
+
+    s = connection.settings_dict
+    if s["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{s['NAME']}"
+    host = s.get("HOST") or ""
+    if host.startswith("/"):
+        host = quote(host, safe="")
+    auth = quote(s["USER"] or "", safe="")
+    if s.get("PASSWORD"):
+        auth += ":" + quote(s["PASSWORD"], safe="")
+    port = f":{s['PORT']}" if s.get("PORT") else ""
+    return f"postgres://{auth}@{host}{port}/{s['NAME']}"
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["DATABASE_URL"] = database_url_for_subprocess()
+    env["PYTHONUNBUFFERED"] = "1"
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def services(django_db_setup, django_db_blocker, tmp_path_factory):
+    """Daphne serving the ASGI app and a Celery worker, both on the test database and Redis."""
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        pytest.skip("end-to-end tests share the database with child processes: they run on PostgreSQL")
+    logs = tmp_path_factory.mktemp("e2e-logs")
+    port = free_port()
+    env = child_env()
+    procs = {
+        "web": subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+            cwd=ROOT, env=env, stdout=open(logs / "web.log", "w"), stderr=subprocess.STDOUT,
+        ),
+        "worker": subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-l", "info", "--concurrency", "1",
+             "-n", f"e2e-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT,
+        ),
+    }
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(base + "/accounts/login/", timeout=1)
+            break
+        except OSError:
+            if procs["web"].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("daphne did not start:\n" + (logs / "web.log").read_text()[-3000:]) from None
+            time.sleep(0.1)
+    try:
+        yield {"base": base, "logs": logs}
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    need_binary("chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+# Playwright's sync API runs an event loop in this thread, which makes Django's async-safety
+# check refuse the ORM in the test body. The test itself is plain synchronous code.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

@@ -1,0 +1,121 @@
+"""The whole path: a relay that Traverse registered, probed (through a real Celery worker) and
+assigned carries a call between two real Chromium pages."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from relays.models import Relay, RelayStatus
+from relays.services import relay_create
+from relays.tasks import sweep_relays
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def sweep_through_worker() -> dict:
+    """One real sweep, run by the Celery worker process (not eager mode)."""
+    return sweep_relays.delay().get(timeout=60)
+
+
+def sign_in(browser, base: str, username: str, password: str):
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.on("pageerror", lambda e: print(f"[{username}] pageerror: {e}"))
+    page.goto(base + "/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/")
+    # The privacy switch: relay only (iceTransportPolicy "relay"), so the browsers talk to the
+    # relay on 127.0.0.1 and nothing else.
+    page.check("#force-relay")
+    page.wait_for_selector("#conn-status:has-text('Online')")
+    return page
+
+
+def test_two_browsers_call_through_the_assigned_relay(services, browser, coturn, alice, bob, password):
+    base = services["base"]
+    # allow-loopback-peers: both browsers' relay candidates are on 127.0.0.1, so the relay must
+    # reach loopback peers. Only test rigs may do this (see relays/coturn.py).
+    relay_server = coturn(allow_loopback_peers=True)
+    relay = relay_create(name="e2e-relay", urls=relay_server.urls, secret=relay_server.secret, region="test")
+
+    assert sweep_through_worker() == {"e2e-relay": "up"}
+    relay.refresh_from_db()
+    assert relay.status == RelayStatus.UP and relay.last_rtt_ms is not None
+    assert relay.probe_results.count() == 1
+
+    a = sign_in(browser, base, "alice", password)
+    b = sign_in(browser, base, "bob", password)
+
+    a.fill("input[name=callee]", "bob")
+    t_dial = time.perf_counter()
+    a.click("#dial")
+    a.wait_for_url("**/calls/*/")
+    b.wait_for_selector("#incoming li a", timeout=10_000)
+    b.click("#incoming li a")
+    for page in (a, b):
+        page.wait_for_function("window.traverseCall && window.traverseCall.status === 'connected'", timeout=20_000)
+    dial_to_connected_ms = (time.perf_counter() - t_dial) * 1000
+
+    for page in (a, b):
+        ice = page.evaluate("window.traverseCall.ice")
+        assert [r["name"] for r in ice["relays"]] == ["e2e-relay"]
+        pair = page.evaluate("window.traverseCall.selectedPair()")
+        assert pair["connectionType"] == "relay" and pair["localType"] == "relay", pair
+        assert pair["relayUrl"] in relay_server.urls, pair
+        page.wait_for_function("window.traverseCall.report !== null")
+
+    # The reports reach the server before hang-up.
+    deadline = time.monotonic() + 10
+    from calls.models import Call
+
+    call = Call.objects.get()
+    while time.monotonic() < deadline and call.participants.exclude(connection_type="relay").exists():
+        time.sleep(0.1)
+
+    a.click("#hangup")
+    for page in (a, b):
+        page.wait_for_url("**/details/", timeout=10_000)
+    call.refresh_from_db()
+    assert call.state == "ended" and call.end_reason == "hangup"
+
+    b.reload()
+    rows = b.locator("table.participants tbody tr")
+    assert rows.count() == 2
+    for username in ("alice", "bob"):
+        row = b.locator(f"tr[data-user={username}]")
+        assert row.locator(".conn-type").inner_text() == "relay"
+        assert row.locator(".relay-name").inner_text() == "e2e-relay"
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "e2e_relay_call.json").write_text(
+        json.dumps({"dial_to_connected_ms": round(dial_to_connected_ms), "relay_rtt_ms": relay.last_rtt_ms,
+                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n"
+    )
+    print(f"\ne2e: dial to both connected through the relay: {dial_to_connected_ms:.0f} ms")
+    a.context.close()
+    b.context.close()
+
+
+def test_relay_with_wrong_secret_is_marked_down_and_never_assigned(services, coturn, alice, client, password):
+    good_server = coturn(allow_loopback_peers=False)
+    bad_server = coturn(allow_loopback_peers=False)
+    relay_create(name="good", urls=good_server.urls, secret=good_server.secret)
+    relay_create(name="wrong-secret", urls=bad_server.urls, secret="not-" + bad_server.secret)
+
+    assert sweep_through_worker() == {"good": "up", "wrong-secret": "down"}
+    bad = Relay.objects.get(name="wrong-secret")
+    assert bad.status == RelayStatus.DOWN
+    assert "401" in bad.last_error
+
+    client.login(username="alice", password=password)
+    for _ in range(5):
+        body = client.get("/api/v1/ice-servers/").json()
+        assert [r["name"] for r in body["relays"]] == ["good"]
+        assert all(f":{bad_server.port}" not in u for s in body["iceServers"] for u in s["urls"])
