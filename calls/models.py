@@ -64,7 +64,7 @@ class Participant(models.Model):
     reported_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["call", "role"]
+        ordering = ["call", "id"]  # the caller first: created first
         constraints = [models.UniqueConstraint(fields=["call", "user"], name="one_participant_per_user_per_call")]
 
     def __str__(self) -> str:

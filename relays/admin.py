@@ -78,7 +78,7 @@ class RelayAdmin(admin.ModelAdmin):
         outcomes = relay_sweep(relay_ids=[r.pk for r in queryset if r.enabled])
         for o in outcomes:
             level = messages.SUCCESS if o.report.ok else messages.WARNING
-            self.message_user(request, f"{o.relay.name}: {o.relay.status} {o.report.error}", level)
+            self.message_user(request, f"Relay {o.relay.name}: {o.relay.status} {o.report.error}".strip(), level)
         skipped = [r.name for r in queryset if not r.enabled]
         if skipped:
             self.message_user(request, f"Not probed (disabled): {', '.join(skipped)}", messages.INFO)

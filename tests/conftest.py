@@ -97,7 +97,7 @@ def coturn(tmp_path):
     binary = need_binary("turnserver")
     started: list[Coturn] = []
 
-    def start(*, secret: str | None = None, allow_loopback_peers: bool = True) -> Coturn:
+    def start(*, secret: str | None = None, allow_loopback_peers: bool = True, extra: list[str] | None = None) -> Coturn:
         global _relay_port_base
         secret = secret or secrets.token_urlsafe(24)
         port = free_port()
@@ -111,7 +111,7 @@ def coturn(tmp_path):
             render_coturn_config(
                 listen_ip="127.0.0.1", port=port, secret=secret, realm="test.traverse", state_dir=str(state),
                 min_port=lo, max_port=lo + 39, allow_loopback_peers=allow_loopback_peers,
-                log_file=str(state / "turn.log"),
+                log_file=str(state / "turn.log"), extra=extra,
             )
         )
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,0 +1,86 @@
+"""GET /api/v1/ice-servers/: the DESIGN.md shape, with credentials coturn accepts."""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+
+import pytest
+from django.utils import timezone
+
+from relays.ice_urls import parse_ice_url
+from relays.models import CredentialGrant, Relay, RelayStatus
+from relays.probes import probe_relay
+from relays.services import relay_sweep
+
+pytestmark = pytest.mark.django_db
+URL = "/api/v1/ice-servers/"
+
+
+@pytest.mark.smoke
+def test_anonymous_callers_get_a_json_error(client):
+    response = client.get(URL)
+    assert response.status_code in (401, 403)
+    assert response["Content-Type"] == "application/json"
+    assert "detail" in response.json()
+
+
+@pytest.mark.smoke
+def test_shape_and_credentials(client, alice, password, settings):
+    settings.TURN_CREDENTIAL_TTL = 600
+    relay = Relay.objects.create(
+        name="r1", region="eu", urls=["turn:r1.example:3478?transport=udp", "turns:r1.example:443?transport=tcp"],
+        secret="topsecret", status=RelayStatus.UP, last_rtt_ms=3, last_checked_at=timezone.now(),
+    )
+    client.login(username="alice", password=password)
+    before = int(time.time())
+    body = client.get(URL).json()
+
+    assert set(body) == {"iceServers", "ttl", "expiresAt", "refreshAt", "relays", "status"}
+    assert body["ttl"] == 600 and body["status"] == "ok"
+    assert body["relays"] == [{"id": str(relay.id), "name": "r1", "region": "eu"}]
+    (server,) = body["iceServers"]
+    assert server["urls"] == relay.urls
+    expiry, opaque = server["username"].split(":")
+    assert before + 600 <= int(expiry) <= int(time.time()) + 600
+    assert "alice" not in server["username"]  # relays log usernames: never a name or email
+    grant = CredentialGrant.objects.get(pk=opaque)
+    assert grant.user == alice and list(grant.relays.all()) == [relay]
+    expected = base64.b64encode(hmac.new(b"topsecret", server["username"].encode(), hashlib.sha1).digest()).decode()
+    assert server["credential"] == expected
+
+
+@pytest.mark.smoke
+def test_the_secret_never_appears_in_the_response(client, alice, password):
+    Relay.objects.create(name="r1", urls=["turn:r1.example"], secret="do-not-leak-me", status=RelayStatus.UP,
+                         last_checked_at=timezone.now())
+    client.login(username="alice", password=password)
+    assert b"do-not-leak-me" not in client.get(URL).content
+
+
+@pytest.mark.smoke
+def test_no_healthy_relay_says_so(client, alice, password):
+    Relay.objects.create(name="down", urls=["turn:d.example"], secret="s", status=RelayStatus.DOWN,
+                         last_checked_at=timezone.now())
+    client.login(username="alice", password=password)
+    body = client.get(URL).json()
+    assert body["iceServers"] == [] and body["relays"] == [] and body["status"] == "no-healthy-relay"
+
+
+def test_issued_credentials_allocate_on_the_real_relay(client, alice, password, registered):
+    relay, server = registered("real")
+    relay_sweep()
+    client.login(username="alice", password=password)
+    (ice,) = client.get(URL).json()["iceServers"]
+    report = asyncio.run(
+        probe_relay([parse_ice_url(u) for u in ice["urls"]], username=ice["username"], password=ice["credential"], timeout=3)
+    )
+    assert report.ok, report.error
+
+
+def test_schema_documents_the_endpoint(client, alice, password):
+    client.login(username="alice", password=password)
+    response = client.get("/api/v1/schema/")
+    assert response.status_code == 200
+    assert b"/api/v1/ice-servers/" in response.content

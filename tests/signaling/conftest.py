@@ -1,0 +1,78 @@
+"""Drive the full ASGI app (origin check, session auth, consumer) with WebsocketCommunicator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from config.asgi import application
+
+
+def session_cookie(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+class Socket:
+    """A signed-in device: a thin wrapper that speaks the envelope."""
+
+    def __init__(self, communicator: WebsocketCommunicator):
+        self.c = communicator
+        self.welcome: dict | None = None
+
+    async def send(self, mtype: str, call=None, body=None, **extra) -> str:
+        frame = {"v": 1, "type": mtype, "id": f"c-{mtype}", "body": body or {}, **extra}
+        if call is not None:
+            frame["call"] = str(call)
+        await self.c.send_to(text_data=json.dumps(frame))
+        return frame["id"]
+
+    async def send_raw(self, text=None, bytes_data=None) -> None:
+        await self.c.send_to(text_data=text, bytes_data=bytes_data)
+
+    async def recv(self, timeout: float = 3) -> dict:
+        return json.loads(await self.c.receive_from(timeout=timeout))
+
+    async def recv_type(self, mtype: str, timeout: float = 3) -> dict:
+        """The next frame of this type, skipping others (presence-like noise)."""
+        while True:
+            msg = await self.recv(timeout)
+            if msg["type"] == mtype:
+                return msg
+
+    async def nothing(self, timeout: float = 0.3) -> bool:
+        return await self.c.receive_nothing(timeout=timeout)
+
+    async def error(self, timeout: float = 3) -> dict:
+        msg = await self.recv_type("error", timeout)
+        return msg["body"]
+
+    async def close(self) -> None:
+        await self.c.disconnect()
+
+
+@pytest.fixture
+async def connect():
+    opened: list[Socket] = []
+
+    async def open_socket(user=None, origin: bytes = b"http://127.0.0.1") -> Socket | None:
+        headers = [(b"origin", origin), (b"host", b"127.0.0.1")]
+        if user is not None:
+            headers.append((b"cookie", f"sessionid={await sync_to_async(session_cookie)(user)}".encode()))
+        communicator = WebsocketCommunicator(application, "/ws/signal/", headers=headers)
+        connected, _ = await communicator.connect(timeout=5)
+        if not connected:
+            return None
+        sock = Socket(communicator)
+        opened.append(sock)
+        sock.welcome = await sock.recv_type("welcome")
+        return sock
+
+    yield open_socket
+    for sock in opened:
+        await sock.close()

@@ -1,0 +1,201 @@
+"""The signaling socket: who may send what to whom, and what bad input gets back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from calls.models import Call, CallState, Participant
+from calls.services import call_start
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+OFFER = {"description": {"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}}
+ANSWER = {"description": {"type": "answer", "sdp": "v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\n"}}
+CANDIDATE = {"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 50000 typ relay", "sdpMid": "0", "sdpMLineIndex": 0}}
+
+
+@pytest.fixture
+def call(alice, bob):
+    return call_start(caller=alice, callee=bob)
+
+
+async def in_call(connect, alice, bob, call):
+    """alice and bob both joined the call; returns their sockets with the join frames consumed."""
+    a = await connect(alice)
+    b = await connect(bob)
+    await a.send("join", call.id)
+    joined_a = await a.recv_type("joined")
+    assert joined_a["body"]["peers"] == [] and joined_a["body"]["polite"] is False
+    await b.send("join", call.id)
+    joined_b = await b.recv_type("joined")
+    assert [p["username"] for p in joined_b["body"]["peers"]] == ["alice"] and joined_b["body"]["polite"] is True
+    assert (await b.recv_type("answered"))["call"] == str(call.id)  # bob's other devices stop ringing
+    assert (await a.recv_type("peer-joined"))["body"]["user"] == bob.pk
+    return a, b
+
+
+@pytest.mark.smoke
+async def test_anonymous_sockets_are_refused(connect):
+    assert await connect(None) is None
+
+
+async def test_foreign_origins_are_refused(connect, alice):
+    assert await connect(alice, origin=b"http://evil.example") is None
+
+
+@pytest.mark.smoke
+async def test_welcome_carries_the_envelope_and_ice_servers(connect, alice):
+    sock = await connect(alice)
+    w = sock.welcome
+    assert w["v"] == 1 and w["seq"] == 1 and w["body"]["user"]["username"] == "alice"
+    assert set(w["body"]["ice"]) >= {"iceServers", "ttl", "expiresAt", "refreshAt", "relays"}
+
+
+@pytest.mark.smoke
+async def test_offer_answer_and_candidates_reach_only_the_peer(connect, alice, bob, charlie, call):
+    a, b = await in_call(connect, alice, bob, call)
+    c = await connect(charlie)
+
+    await a.send("offer", call.id, OFFER)
+    got = await b.recv_type("offer")
+    assert got["call"] == str(call.id) and got["body"]["description"] == OFFER["description"]
+    assert got["body"]["from"] == alice.pk
+    await b.send("answer", call.id, ANSWER)
+    assert (await a.recv_type("answer"))["body"]["description"] == ANSWER["description"]
+    await a.send("candidate", call.id, CANDIDATE)
+    assert (await b.recv_type("candidate"))["body"]["candidate"] == CANDIDATE["candidate"]
+    await b.send("candidate", call.id, {"candidate": None})
+    assert (await a.recv_type("candidate"))["body"]["candidate"] is None
+
+    assert await c.nothing()
+
+
+async def test_outsiders_cannot_join_or_send(connect, alice, bob, charlie, call):
+    a, b = await in_call(connect, alice, bob, call)
+    c = await connect(charlie)
+
+    await c.send("join", call.id)
+    err = await c.error()
+    assert err["code"] == "forbidden"
+    for mtype, body in (("offer", OFFER), ("candidate", CANDIDATE), ("report", {"connectionType": "host"})):
+        await c.send(mtype, call.id, body)
+        assert (await c.error())["code"] == "forbidden"
+    await c.send("hangup", call.id)
+    assert (await c.error())["code"] == "forbidden"
+
+    assert await a.nothing() and await b.nothing()
+    state = await sync_to_async(lambda: Call.objects.get(pk=call.pk).state)()
+    assert state == CallState.ACTIVE
+
+
+async def test_unknown_calls_look_the_same_as_other_peoples(connect, charlie):
+    c = await connect(charlie)
+    await c.send("join", "00000000-0000-4000-8000-000000000000")
+    assert (await c.error())["code"] == "forbidden"
+
+
+async def test_members_must_join_before_signaling(connect, alice, bob, call):
+    a = await connect(alice)
+    await a.send("offer", call.id, OFFER)
+    assert (await a.error())["code"] == "not_joined"
+    await a.send("join", call.id)
+    await a.recv_type("joined")
+    await a.send("offer", call.id, OFFER)
+    assert (await a.error())["code"] == "peer_not_present"
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("{not json", "bad_json"),
+        ("[1, 2]", "bad_envelope"),
+        ('{"v": 1, "type": "teleport", "id": "x"}', "unknown_type"),
+        ('{"v": 2, "type": "ping"}', "bad_version"),
+        ('{"v": 1, "type": "join"}', "bad_envelope"),
+        ('{"v": 1, "type": "join", "call": "not-a-uuid"}', "bad_envelope"),
+        ('{"v": 1, "type": "ping", "body": []}', "bad_envelope"),
+        ('{"v": 1, "type": "offer", "call": "00000000-0000-4000-8000-000000000000", "body": {"description": {"type": "answer", "sdp": "x"}}}', "bad_body"),
+        ('{"v": 1, "type": "report", "call": "00000000-0000-4000-8000-000000000000", "body": {"connectionType": "carrier-pigeon"}}', "bad_body"),
+        ("[" * 100_000 + "]" * 100_000, "frame_too_large"),
+    ],
+)
+async def test_bad_frames_get_a_coded_error_and_the_socket_stays_up(connect, alice, bob, frame, code):
+    a = await connect(alice)
+    b = await connect(bob)
+    await a.send_raw(frame)
+    assert (await a.error())["code"] == code
+    await a.send("ping")
+    assert (await a.recv_type("pong"))["ref"] == "c-ping"
+    await b.send("ping")
+    assert (await b.recv_type("pong"))["ref"] == "c-ping"
+
+
+async def test_oversized_and_binary_frames(connect, alice):
+    a = await connect(alice)
+    huge = json.dumps({"v": 1, "type": "ping", "body": {"pad": "x" * (64 * 1024)}})
+    await a.send_raw(huge)
+    assert (await a.error())["code"] == "frame_too_large"
+    await a.send_raw(bytes_data=b"\x00\x01")
+    assert (await a.error())["code"] == "binary_not_supported"
+    await a.send("ping")
+    await a.recv_type("pong")
+
+
+async def test_errors_refer_to_the_message_they_answer(connect, alice):
+    a = await connect(alice)
+    await a.send_raw('{"v": 1, "type": "teleport", "id": "my-id-42"}')
+    err = await a.recv_type("error")
+    assert err["ref"] == "my-id-42" and err["body"]["code"] == "unknown_type" and "teleport" in err["body"]["message"]
+
+
+async def test_hangup_ends_the_call_for_everyone(connect, alice, bob, call):
+    a, b = await in_call(connect, alice, bob, call)
+    await b.send("hangup", call.id)
+    for sock in (a, b):
+        msg = await sock.recv_type("hangup")
+        assert msg["body"] == {"by": bob.pk, "reason": "hangup"}
+    stored = await sync_to_async(Call.objects.get)(pk=call.pk)
+    assert stored.state == CallState.ENDED and stored.ended_at and stored.answered_at
+    await a.send("offer", call.id, OFFER)
+    assert (await a.error())["code"] == "call_ended"
+    await a.send("join", call.id)
+    assert (await a.error())["code"] == "call_ended"
+
+
+async def test_closing_a_socket_tells_the_peer(connect, alice, bob, call):
+    a, b = await in_call(connect, alice, bob, call)
+    await b.close()
+    assert (await a.recv_type("peer-left"))["body"]["user"] == bob.pk
+    left = await sync_to_async(lambda: Participant.objects.get(call=call, user=bob).left_at)()
+    assert left is not None
+
+
+async def test_the_callee_hears_the_ring_live(connect, alice, bob):
+    b = await connect(bob)
+    call = await sync_to_async(call_start)(caller=alice, callee=bob)
+    msg = await b.recv_type("incoming")
+    assert msg["call"] == str(call.id) and msg["body"]["from"]["username"] == "alice"
+
+
+async def test_reports_are_stored_for_the_history(connect, alice, bob, call):
+    a, b = await in_call(connect, alice, bob, call)
+    await a.send("report", call.id, {"connectionType": "relay", "relayUrl": "turn:x.example:3478?transport=udp", "rttMs": 12.5})
+    await a.recv_type("reported")
+    p = await sync_to_async(Participant.objects.get)(call=call, user=alice)
+    # That URL belongs to no relay alice was given: the type is kept, no relay is claimed.
+    assert p.connection_type == "relay" and p.relay_id is None and p.rtt_ms == 12.5
+
+
+async def test_floods_are_rate_limited_and_the_socket_survives(connect, alice):
+    a = await connect(alice)
+    for _ in range(300):
+        await a.send("ping")
+    codes = []
+    for _ in range(300):
+        msg = await a.recv()
+        codes.append(msg["type"] if msg["type"] != "error" else msg["body"]["code"])
+    assert "rate_limited" in codes and "pong" in codes
