@@ -177,7 +177,7 @@ def _ensure_admin(env: dict) -> None:
         "from django.contrib.auth import get_user_model as g; import sys; "
         "sys.exit(0 if g().objects.filter(is_superuser=True).exists() else 3)"
     )
-    if manage("shell", "-c", code, env=env, check=False).returncode == 0:
+    if manage("shell", "--no-imports", "-c", code, env=env, check=False).returncode == 0:
         say("sign in to admin with the superuser you made before (reset it: .venv/bin/python manage.py changepassword admin)")
         return
     password = secrets.token_urlsafe(12)
@@ -185,7 +185,7 @@ def _ensure_admin(env: dict) -> None:
         "from django.contrib.auth import get_user_model as g; import os; "
         "g().objects.create_superuser('admin', '', os.environ['TRAVERSE_ADMIN_PASSWORD'])"
     )
-    manage("shell", "-c", create, env={**env, "TRAVERSE_ADMIN_PASSWORD": password})
+    manage("shell", "--no-imports", "-c", create, env={**env, "TRAVERSE_ADMIN_PASSWORD": password})
     say(f"created the admin account: username 'admin', password '{password}' (shown once; change it in admin)")
 
 
@@ -203,7 +203,10 @@ def _local_relay(env: dict) -> str | None:
     secret = secret_file(state / "secret")
     port = free_port(3478)
     (state / "turnserver.conf").write_text(
-        render_coturn_config(listen_ip="127.0.0.1", port=port, secret=secret, realm="traverse.local", state_dir=str(state))
+        render_coturn_config(
+            listen_ip="127.0.0.1", port=port, secret=secret, realm="traverse.local", state_dir=str(state),
+            log_file=str(state / "turn.log"),
+        )
     )
     (state / "turnserver.conf").chmod(0o600)
     urls = [f"turn:127.0.0.1:{port}?transport=udp", f"turn:127.0.0.1:{port}?transport=tcp"]
@@ -217,10 +220,10 @@ def _local_relay(env: dict) -> str | None:
     import json
 
     manage(
-        "shell", "-c", code,
+        "shell", "--no-imports", "-c", code,
         env={**env, "TRAVERSE_LOCAL_URLS": json.dumps(urls), "TRAVERSE_LOCAL_SECRET": str(state / "secret")},
     )
-    say(f"local relay 'local' on 127.0.0.1:{port} (coturn); the worker probes it every sweep")
+    say(f"local relay 'local' on 127.0.0.1:{port} (coturn, log in {state / 'turn.log'}); the worker probes it every sweep")
     return f"exec {turnserver} -c {state / 'turnserver.conf'}"
 
 

@@ -148,6 +148,7 @@ function endCall(text) {
   if (ended) return;
   ended = true;
   setStatus(text);
+  clearTimeout(refreshTimer);
   if (pc) { pc.close(); pc = null; }
   if (localStream) for (const t of localStream.getTracks()) t.stop();
   signal.close();
@@ -155,10 +156,32 @@ function endCall(text) {
   setTimeout(() => { location.href = root.dataset.detailUrl; }, 1500);
 }
 
+// TURN credentials expire (ttl); long calls fetch fresh ones before they do, so an ICE restart
+// or a new relay candidate late in the call still authenticates.
+let refreshTimer = null;
+function scheduleIceRefresh(ice) {
+  clearTimeout(refreshTimer);
+  const wait = Math.max(30_000, Date.parse(ice.refreshAt) - Date.now());
+  refreshTimer = setTimeout(async () => {
+    try {
+      const res = await fetch("/api/v1/ice-servers/", { credentials: "same-origin" });
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      const fresh = await res.json();
+      state.ice = fresh;
+      rtcConfig = { ...rtcConfig, iceServers: fresh.iceServers };
+      if (pc) pc.setConfiguration(rtcConfig);
+      scheduleIceRefresh(fresh);
+    } catch (err) {
+      showError(`Could not refresh relay credentials: ${err.message}`);
+    }
+  }, wait);
+}
+
 signal
   .on("welcome", (msg) => {
     state.ice = msg.body.ice;
     rtcConfig = { iceServers: msg.body.ice.iceServers, iceTransportPolicy: forceRelay ? "relay" : "all" };
+    scheduleIceRefresh(msg.body.ice);
     if (msg.body.ice.status !== "ok") connEl.textContent = "no relay available: direct only";
     signal.send("join", callId);
   })

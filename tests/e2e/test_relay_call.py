@@ -48,7 +48,7 @@ def test_two_browsers_call_through_the_assigned_relay(services, browser, coturn,
     assert sweep_through_worker() == {"e2e-relay": "up"}
     relay.refresh_from_db()
     assert relay.status == RelayStatus.UP and relay.last_rtt_ms is not None
-    assert relay.probe_results.count() == 1
+    assert relay.probe_results.exists()
 
     a = sign_in(browser, base, "alice", password)
     b = sign_in(browser, base, "bob", password)
