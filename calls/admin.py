@@ -16,10 +16,26 @@ class ParticipantInline(admin.TabularInline):
 
 @admin.register(Call)
 class CallAdmin(admin.ModelAdmin):
-    list_display = ("id", "created_by", "state", "created_at", "answered_at", "ended_at", "end_reason")
+    list_display = (
+        "id",
+        "created_by",
+        "state",
+        "created_at",
+        "answered_at",
+        "ended_at",
+        "end_reason",
+    )
     list_filter = ("state",)
     search_fields = ("id", "created_by__username", "participants__user__username")
-    readonly_fields = ("id", "created_by", "state", "created_at", "answered_at", "ended_at", "end_reason")
+    readonly_fields = (
+        "id",
+        "created_by",
+        "state",
+        "created_at",
+        "answered_at",
+        "ended_at",
+        "end_reason",
+    )
     inlines = [ParticipantInline]
 
     def has_add_permission(self, request):

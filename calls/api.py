@@ -26,8 +26,12 @@ class CallListCreateApi(ListAPIView):
         try:
             call = call_start(caller=request.user, callee=ser.validated_data["callee"])
         except CallError as exc:
-            return Response({"code": exc.code, "detail": exc.message}, status=status.HTTP_400_BAD_REQUEST)
-        return Response(CallSerializer(call_history_for(user=request.user).get(pk=call.pk)).data, status=201)
+            return Response(
+                {"code": exc.code, "detail": exc.message}, status=status.HTTP_400_BAD_REQUEST
+            )
+        return Response(
+            CallSerializer(call_history_for(user=request.user).get(pk=call.pk)).data, status=201
+        )
 
 
 class CallDetailApi(RetrieveAPIView):

@@ -25,7 +25,9 @@ def peers_present(*, call_id, user) -> list[Participant]:
 def call_history_for(*, user) -> QuerySet[Call]:
     return (
         Call.objects.filter(participants__user=user)
-        .prefetch_related(Prefetch("participants", queryset=Participant.objects.select_related("user", "relay")))
+        .prefetch_related(
+            Prefetch("participants", queryset=Participant.objects.select_related("user", "relay"))
+        )
         .order_by("-created_at")
         .distinct()
     )
@@ -34,7 +36,12 @@ def call_history_for(*, user) -> QuerySet[Call]:
 def calls_ringing_for(*, user) -> QuerySet[Call]:
     """Calls that ring this user right now: they are the callee and haven't joined yet."""
     return (
-        Call.objects.filter(state="ringing", participants__user=user, participants__role="callee", participants__joined_at__isnull=True)
+        Call.objects.filter(
+            state="ringing",
+            participants__user=user,
+            participants__role="callee",
+            participants__joined_at__isnull=True,
+        )
         .select_related("created_by")
         .order_by("-created_at")
     )

@@ -6,7 +6,9 @@ from .models import Call, Participant
 
 class ParticipantSerializer(serializers.ModelSerializer):
     username = serializers.CharField(source="user.username", read_only=True)
-    relay = serializers.CharField(source="relay.name", read_only=True, allow_null=True, default=None)
+    relay = serializers.CharField(
+        source="relay.name", read_only=True, allow_null=True, default=None
+    )
 
     class Meta:
         model = Participant
@@ -18,14 +20,24 @@ class CallSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Call
-        fields = ("id", "state", "created_at", "answered_at", "ended_at", "end_reason", "participants")
+        fields = (
+            "id",
+            "state",
+            "created_at",
+            "answered_at",
+            "ended_at",
+            "end_reason",
+            "participants",
+        )
 
 
 class CallCreateSerializer(serializers.Serializer):
     callee = serializers.CharField(max_length=150, help_text="The username to call.")
 
     def validate_callee(self, value: str):
-        user = get_user_model().objects.filter(username__iexact=value.strip(), is_active=True).first()
+        user = (
+            get_user_model().objects.filter(username__iexact=value.strip(), is_active=True).first()
+        )
         if user is None:
             raise serializers.ValidationError("No such user.")
         if user.pk == self.context["request"].user.pk:

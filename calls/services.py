@@ -59,7 +59,9 @@ def call_join(*, participant: Participant, channel_name: str) -> tuple[Call, lis
         call = Call.objects.select_for_update().get(pk=participant.call_id)
         if call.state == CallState.ENDED:
             raise CallError("call_ended", "This call has ended.")
-        Participant.objects.filter(pk=participant.pk).update(channel_name=channel_name, joined_at=now, left_at=None)
+        Participant.objects.filter(pk=participant.pk).update(
+            channel_name=channel_name, joined_at=now, left_at=None
+        )
         peers = list(
             Participant.objects.select_related("user")
             .filter(call=call, left_at__isnull=True, joined_at__isnull=False)
@@ -76,7 +78,9 @@ def call_join(*, participant: Participant, channel_name: str) -> tuple[Call, lis
         )
         if participant.role == ParticipantRole.CALLEE:
             # Other devices of the callee stop ringing.
-            send_to_users_on_commit([participant.user_id], {"type": "call.answered", "call": str(call.id)})
+            send_to_users_on_commit(
+                [participant.user_id], {"type": "call.answered", "call": str(call.id)}
+            )
     return call, peers
 
 
@@ -88,9 +92,14 @@ def call_leave(*, call_id, user, channel_name: str) -> None:
         ).update(left_at=timezone.now())
         if not updated:
             return
-        peers = Participant.objects.filter(call_id=call_id, left_at__isnull=True).exclude(user=user).exclude(channel_name="")
+        peers = (
+            Participant.objects.filter(call_id=call_id, left_at__isnull=True)
+            .exclude(user=user)
+            .exclude(channel_name="")
+        )
         send_to_channels_on_commit(
-            [p.channel_name for p in peers], {"type": "call.peer_left", "call": str(call_id), "user": user.pk}
+            [p.channel_name for p in peers],
+            {"type": "call.peer_left", "call": str(call_id), "user": user.pk},
         )
 
 
@@ -106,7 +115,9 @@ def call_end(*, call_id, user, reason: str = "hangup") -> Call:
         call.end_reason = reason
         call.save(update_fields=["state", "ended_at", "end_reason"])
         participants = list(Participant.objects.filter(call=call))
-        Participant.objects.filter(call=call, left_at__isnull=True, joined_at__isnull=False).update(left_at=now)
+        Participant.objects.filter(call=call, left_at__isnull=True, joined_at__isnull=False).update(
+            left_at=now
+        )
         event = {"type": "call.ended", "call": str(call.id), "by": user.pk, "reason": reason}
         send_to_channels_on_commit([p.channel_name for p in participants if p.channel_name], event)
         send_to_users_on_commit([p.user_id for p in participants], event)
@@ -115,7 +126,11 @@ def call_end(*, call_id, user, reason: str = "hangup") -> Call:
 
 
 def participant_report(
-    *, participant: Participant, connection_type: str, relay_url: str = "", rtt_ms: float | None = None
+    *,
+    participant: Participant,
+    connection_type: str,
+    relay_url: str = "",
+    rtt_ms: float | None = None,
 ) -> Participant:
     """Store what the device's getStats() says about its selected candidate pair."""
     relay = None
@@ -128,6 +143,7 @@ def participant_report(
     participant.relay_url = relay_url[:300] if connection_type == ConnectionType.RELAY else ""
     participant.rtt_ms = rtt_ms
     participant.reported_at = timezone.now()
-    participant.save(update_fields=["connection_type", "relay", "relay_url", "rtt_ms", "reported_at"])
+    participant.save(
+        update_fields=["connection_type", "relay", "relay_url", "rtt_ms", "reported_at"]
+    )
     return participant
-

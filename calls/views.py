@@ -41,13 +41,20 @@ def call_page(request: HttpRequest, call_id) -> HttpResponse:
     return render(
         request,
         "calls/call.html",
-        {"call": me.call, "me": me, "peer": peer, "force_relay": request.GET.get("policy") == "relay"},
+        {
+            "call": me.call,
+            "me": me,
+            "peer": peer,
+            "force_relay": request.GET.get("policy") == "relay",
+        },
     )
 
 
 @login_required
 def history(request: HttpRequest) -> HttpResponse:
-    return render(request, "calls/history.html", {"calls": call_history_for(user=request.user)[:100]})
+    return render(
+        request, "calls/history.html", {"calls": call_history_for(user=request.user)[:100]}
+    )
 
 
 @login_required

@@ -42,15 +42,40 @@ class RelayAdminForm(forms.ModelForm):
 @admin.register(Relay)
 class RelayAdmin(admin.ModelAdmin):
     form = RelayAdminForm
-    list_display = ("name", "status_badge", "region", "rtt", "last_checked_at", "enabled", "short_error")
+    list_display = (
+        "name",
+        "status_badge",
+        "region",
+        "rtt",
+        "last_checked_at",
+        "enabled",
+        "short_error",
+    )
     list_filter = ("status", "enabled", "region")
     search_fields = ("name", "region", "urls")
     readonly_fields = (
-        "status_badge", "last_rtt_ms", "last_checked_at", "last_error", "recent_probes", "created_at", "updated_at"
+        "status_badge",
+        "last_rtt_ms",
+        "last_checked_at",
+        "last_error",
+        "recent_probes",
+        "created_at",
+        "updated_at",
     )
     fieldsets = (
         (None, {"fields": ("name", "region", "urls", "realm", "enabled", "secret")}),
-        ("Health", {"fields": ("status_badge", "last_rtt_ms", "last_checked_at", "last_error", "recent_probes")}),
+        (
+            "Health",
+            {
+                "fields": (
+                    "status_badge",
+                    "last_rtt_ms",
+                    "last_checked_at",
+                    "last_error",
+                    "recent_probes",
+                )
+            },
+        ),
         ("Record", {"fields": ("created_at", "updated_at")}),
     )
     actions = ("probe_now",)
@@ -78,27 +103,34 @@ class RelayAdmin(admin.ModelAdmin):
         outcomes = relay_sweep(relay_ids=[r.pk for r in queryset if r.enabled])
         for o in outcomes:
             level = messages.SUCCESS if o.report.ok else messages.WARNING
-            self.message_user(request, f"Relay {o.relay.name}: {o.relay.status} {o.report.error}".strip(), level)
+            self.message_user(
+                request, f"Relay {o.relay.name}: {o.relay.status} {o.report.error}".strip(), level
+            )
         skipped = [r.name for r in queryset if not r.enabled]
         if skipped:
-            self.message_user(request, f"Not probed (disabled): {', '.join(skipped)}", messages.INFO)
+            self.message_user(
+                request, f"Not probed (disabled): {', '.join(skipped)}", messages.INFO
+            )
 
     @admin.display(description="recent probes")
     def recent_probes(self, obj: Relay):
         rows = obj.probe_results.order_by("-checked_at")[:10]
-        return format_html_join(
-            "",
-            "<div>{} · {} · {} · {}</div>",
-            (
+        return (
+            format_html_join(
+                "",
+                "<div>{} · {} · {} · {}</div>",
                 (
-                    f"{p.checked_at:%Y-%m-%d %H:%M:%S}",
-                    "ok" if p.ok else "failed",
-                    f"{p.rtt_ms:.2f} ms" if p.rtt_ms is not None else "—",
-                    p.error or "",
-                )
-                for p in rows
-            ),
-        ) or "no probe yet"
+                    (
+                        f"{p.checked_at:%Y-%m-%d %H:%M:%S}",
+                        "ok" if p.ok else "failed",
+                        f"{p.rtt_ms:.2f} ms" if p.rtt_ms is not None else "—",
+                        p.error or "",
+                    )
+                    for p in rows
+                ),
+            )
+            or "no probe yet"
+        )
 
 
 @admin.register(ProbeResult)

@@ -57,4 +57,6 @@ def parse_ice_url(text: str) -> IceUrl:
         raise IceUrlError(f"{text!r}: stun URLs take no ?transport= (RFC 7064)")
     if scheme in ("stuns", "turns") and transport != "tcp":
         raise IceUrlError(f"{text!r}: TLS runs over tcp only")
-    return IceUrl(url=text.strip(), scheme=scheme, host=m["host"].strip("[]"), port=port, transport=transport)
+    return IceUrl(
+        url=text.strip(), scheme=scheme, host=m["host"].strip("[]"), port=port, transport=transport
+    )

@@ -45,7 +45,9 @@ class Relay(models.Model):
     # lists or logs (see __repr__ and RelayAdminForm).
     secret = models.CharField(max_length=256)
 
-    status = models.CharField(max_length=16, choices=RelayStatus.choices, default=RelayStatus.UNKNOWN)
+    status = models.CharField(
+        max_length=16, choices=RelayStatus.choices, default=RelayStatus.UNKNOWN
+    )
     last_rtt_ms = models.FloatField(null=True, blank=True)
     last_checked_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
@@ -99,7 +101,9 @@ class CredentialGrant(models.Model):
     logs can be traced back to a caller here without the relay ever seeing a name or email."""
 
     id = models.CharField(primary_key=True, max_length=32, default=new_grant_id, editable=False)
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credential_grants")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credential_grants"
+    )
     relays = models.ManyToManyField(Relay, related_name="grants", blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(db_index=True)

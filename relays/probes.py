@@ -58,7 +58,11 @@ class RelayReport:
 
     @property
     def error(self) -> str:
-        return "; ".join(f"{r.url}: {r.error}{' (' + r.detail + ')' if r.detail else ''}" for r in self.results if not r.ok)
+        return "; ".join(
+            f"{r.url}: {r.error}{' (' + r.detail + ')' if r.detail else ''}"
+            for r in self.results
+            if not r.ok
+        )
 
 
 class _StunClient(asyncio.DatagramProtocol):
@@ -179,10 +183,22 @@ async def probe_relay(
     if not stun_targets:
         stun_targets = [u for u in urls if u.scheme == "turn" and u.transport == "udp"][:1]
     for u in stun_targets:
-        steps.append(_timed("stun", u.url if u.scheme == "stun" else f"stun:{u.host}:{u.port}", stun_binding(u.host, u.port), timeout))
+        steps.append(
+            _timed(
+                "stun",
+                u.url if u.scheme == "stun" else f"stun:{u.host}:{u.port}",
+                stun_binding(u.host, u.port),
+                timeout,
+            )
+        )
     for u in urls:
         if u.is_turn:
             steps.append(
-                _timed("turn", u.url, turn_allocate(u, username, password, verify_tls=verify_tls, timeout=timeout), timeout)
+                _timed(
+                    "turn",
+                    u.url,
+                    turn_allocate(u, username, password, verify_tls=verify_tls, timeout=timeout),
+                    timeout,
+                )
             )
     return RelayReport(results=list(await asyncio.gather(*steps)))

@@ -19,10 +19,9 @@ def relays_assignable(*, now=None) -> QuerySet[Relay]:
     """
     now = now or timezone.now()
     fresh_after = now - timedelta(seconds=3 * settings.RELAY_SWEEP_INTERVAL)
-    return (
-        Relay.objects.filter(enabled=True, status=RelayStatus.UP, last_checked_at__gte=fresh_after)
-        .order_by(F("last_rtt_ms").asc(nulls_last=True), "name")
-    )
+    return Relay.objects.filter(
+        enabled=True, status=RelayStatus.UP, last_checked_at__gte=fresh_after
+    ).order_by(F("last_rtt_ms").asc(nulls_last=True), "name")
 
 
 def select_relays_for(*, user, limit: int | None = None) -> list[Relay]:

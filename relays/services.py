@@ -23,7 +23,13 @@ PROBE_CREDENTIAL_TTL = 120  # seconds; probes use their own short-lived TURN RES
 
 
 def relay_create(
-    *, name: str, urls: list[str], secret: str, region: str = "", realm: str = "", enabled: bool = True
+    *,
+    name: str,
+    urls: list[str],
+    secret: str,
+    region: str = "",
+    realm: str = "",
+    enabled: bool = True,
 ) -> Relay:
     """Register a relay. Raises ValidationError on bad URLs or a duplicate name."""
     relay = Relay(name=name, urls=urls, secret=secret, region=region, realm=realm, enabled=enabled)
@@ -53,7 +59,9 @@ async def _probe_all(relays: list[Relay], timeout: float) -> list[tuple[RelayRep
     expires = int(time.time()) + PROBE_CREDENTIAL_TTL
 
     async def one(relay: Relay) -> tuple[RelayReport, float]:
-        username, password = turn_rest_pair(secret=relay.secret, expires_at=expires, opaque_id=f"probe-{relay.name}")
+        username, password = turn_rest_pair(
+            secret=relay.secret, expires_at=expires, opaque_id=f"probe-{relay.name}"
+        )
         t0 = time.perf_counter()
         report = await probe_relay(
             relay.ice_urls(),
@@ -82,11 +90,17 @@ def relay_sweep(*, relay_ids=None, timeout: float | None = None) -> list[SweepOu
     outcomes = []
     with transaction.atomic():
         for relay, (report, duration_ms) in zip(relays, measured, strict=True):
-            outcomes.append(relay_record_probe(relay=relay, report=report, duration_ms=duration_ms, checked_at=now))
+            outcomes.append(
+                relay_record_probe(
+                    relay=relay, report=report, duration_ms=duration_ms, checked_at=now
+                )
+            )
     return outcomes
 
 
-def relay_record_probe(*, relay: Relay, report: RelayReport, duration_ms: float, checked_at) -> SweepOutcome:
+def relay_record_probe(
+    *, relay: Relay, report: RelayReport, duration_ms: float, checked_at
+) -> SweepOutcome:
     """Store one probe and move the relay's health status to what it found."""
     previous = relay.status
     ProbeResult.objects.create(
@@ -112,7 +126,9 @@ def relay_record_probe(*, relay: Relay, report: RelayReport, duration_ms: float,
     if previous != relay.status:
         log = logger.info if relay.status == RelayStatus.UP else logger.warning
         log("relay %s: %s -> %s %s", relay.name, previous, relay.status, relay.last_error)
-    return SweepOutcome(relay=relay, report=report, duration_ms=duration_ms, previous_status=previous)
+    return SweepOutcome(
+        relay=relay, report=report, duration_ms=duration_ms, previous_status=previous
+    )
 
 
 def ice_servers_issue(*, user) -> dict:
@@ -143,6 +159,8 @@ def ice_servers_issue(*, user) -> dict:
         username, credential = turn_rest_pair(
             secret=relay.secret, expires_at=int(expires_at.timestamp()), opaque_id=grant.id
         )
-        payload["iceServers"].append({"urls": list(relay.urls), "username": username, "credential": credential})
+        payload["iceServers"].append(
+            {"urls": list(relay.urls), "username": username, "credential": credential}
+        )
         payload["relays"].append({"id": str(relay.id), "name": relay.name, "region": relay.region})
     return payload

@@ -64,7 +64,10 @@ class SignalConsumer(AsyncWebsocketConsumer):
         ice = await database_sync_to_async(ice_servers_issue)(user=user)
         await self.emit(
             "welcome",
-            body={"user": {"id": user.pk, "username": user.username, "name": user.label()}, "ice": ice},
+            body={
+                "user": {"id": user.pk, "username": user.username, "name": user.label()},
+                "ice": ice,
+            },
         )
 
     async def disconnect(self, code: int) -> None:
@@ -72,18 +75,29 @@ class SignalConsumer(AsyncWebsocketConsumer):
             return
         await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
         for call_id in list(self.joined):
-            await database_sync_to_async(call_leave)(call_id=call_id, user=self.user, channel_name=self.channel_name)
+            await database_sync_to_async(call_leave)(
+                call_id=call_id, user=self.user, channel_name=self.channel_name
+            )
         self.joined.clear()
 
     # --- sending ------------------------------------------------------------------------
-    async def emit(self, mtype: str, *, call: str | None = None, body: dict | None = None, ref: str | None = None) -> None:
+    async def emit(
+        self,
+        mtype: str,
+        *,
+        call: str | None = None,
+        body: dict | None = None,
+        ref: str | None = None,
+    ) -> None:
         self.seq += 1
         await self.send_json(envelope(mtype, seq=self.seq, call=call, body=body, ref=ref))
 
     async def send_json(self, data: dict) -> None:
         await self.send(text_data=json.dumps(data, separators=(",", ":")))
 
-    async def emit_error(self, code: str, message: str, *, ref: str | None = None, call: str | None = None) -> None:
+    async def emit_error(
+        self, code: str, message: str, *, ref: str | None = None, call: str | None = None
+    ) -> None:
         await self.emit("error", call=call, body={"code": code, "message": message}, ref=ref)
 
     # --- receiving ----------------------------------------------------------------------
@@ -96,12 +110,21 @@ class SignalConsumer(AsyncWebsocketConsumer):
             msg = parse_frame(text_data, max_bytes=settings.SIGNALING_MAX_FRAME_BYTES)
             await getattr(self, "on_" + msg.type)(msg)
         except ProtocolError as exc:
-            await self.emit_error(exc.code, exc.message, ref=exc.ref or (msg.id if msg else None), call=msg.call if msg else None)
+            await self.emit_error(
+                exc.code,
+                exc.message,
+                ref=exc.ref or (msg.id if msg else None),
+                call=msg.call if msg else None,
+            )
         except CallError as exc:
-            await self.emit_error(exc.code, exc.message, ref=msg.id if msg else None, call=msg.call if msg else None)
+            await self.emit_error(
+                exc.code, exc.message, ref=msg.id if msg else None, call=msg.call if msg else None
+            )
         except Exception:
             logger.exception("signaling: failed to handle a %s frame", msg.type if msg else "?")
-            await self.emit_error("internal", "The server could not handle that message.", ref=msg.id if msg else None)
+            await self.emit_error(
+                "internal", "The server could not handle that message.", ref=msg.id if msg else None
+            )
 
     async def _require_joined(self, msg: ClientMessage) -> tuple[Participant, list[Participant]]:
         """Membership and state check for in-call messages: returns (me, peers present)."""
@@ -111,7 +134,11 @@ class SignalConsumer(AsyncWebsocketConsumer):
             raise ProtocolError("forbidden", "You are not a participant of this call.", msg.id)
         if me.call.state == CallState.ENDED:
             raise ProtocolError("call_ended", "This call has ended.", msg.id)
-        if msg.call not in self.joined or me.channel_name != self.channel_name or me.left_at is not None:
+        if (
+            msg.call not in self.joined
+            or me.channel_name != self.channel_name
+            or me.left_at is not None
+        ):
             raise ProtocolError("not_joined", "Join the call on this connection first.", msg.id)
         return me, [p for p in members if p.pk != me.pk and p.present]
 
@@ -123,7 +150,9 @@ class SignalConsumer(AsyncWebsocketConsumer):
         if me is None:
             # Same answer whether the call doesn't exist or isn't theirs: ids are not probeable.
             raise ProtocolError("forbidden", "You are not a participant of this call.", msg.id)
-        call, peers = await database_sync_to_async(call_join)(participant=me, channel_name=self.channel_name)
+        call, peers = await database_sync_to_async(call_join)(
+            participant=me, channel_name=self.channel_name
+        )
         self.joined.add(msg.call)
         await self.emit(
             "joined",
@@ -133,14 +162,21 @@ class SignalConsumer(AsyncWebsocketConsumer):
                 "state": call.state,
                 "role": me.role,
                 "polite": me.role == "callee",
-                "peers": [{"user": p.user_id, "username": p.user.username, "name": p.user.label()} for p in peers],
+                "peers": [
+                    {"user": p.user_id, "username": p.user.username, "name": p.user.label()}
+                    for p in peers
+                ],
             },
         )
 
     async def on_leave(self, msg: ClientMessage) -> None:
         if msg.call not in self.joined:
-            raise ProtocolError("not_joined", "You have not joined this call on this connection.", msg.id)
-        await database_sync_to_async(call_leave)(call_id=msg.call, user=self.user, channel_name=self.channel_name)
+            raise ProtocolError(
+                "not_joined", "You have not joined this call on this connection.", msg.id
+            )
+        await database_sync_to_async(call_leave)(
+            call_id=msg.call, user=self.user, channel_name=self.channel_name
+        )
         self.joined.discard(msg.call)
         await self.emit("left", call=msg.call, ref=msg.id)
 
@@ -151,7 +187,13 @@ class SignalConsumer(AsyncWebsocketConsumer):
         for peer in peers:
             await self.channel_layer.send(
                 peer.channel_name,
-                {"type": "signal.relay", "kind": msg.type, "call": msg.call, "from": self.user.pk, "body": msg.body},
+                {
+                    "type": "signal.relay",
+                    "kind": msg.type,
+                    "call": msg.call,
+                    "from": self.user.pk,
+                    "body": msg.body,
+                },
             )
 
     on_offer = on_answer = on_candidate = _relay
@@ -175,7 +217,9 @@ class SignalConsumer(AsyncWebsocketConsumer):
     # --- channel-layer events -----------------------------------------------------------
     async def signal_relay(self, event: dict) -> None:
         if event["call"] in self.joined:
-            await self.emit(event["kind"], call=event["call"], body={**event["body"], "from": event["from"]})
+            await self.emit(
+                event["kind"], call=event["call"], body={**event["body"], "from": event["from"]}
+            )
 
     async def call_incoming(self, event: dict) -> None:
         await self.emit("incoming", call=event["call"], body={"from": event["from"]})
@@ -196,4 +240,6 @@ class SignalConsumer(AsyncWebsocketConsumer):
             return  # sent both to the device channel and the user group
         self.ended.add(event["call"])
         self.joined.discard(event["call"])
-        await self.emit("hangup", call=event["call"], body={"by": event["by"], "reason": event["reason"]})
+        await self.emit(
+            "hangup", call=event["call"], body={"by": event["by"], "reason": event["reason"]}
+        )

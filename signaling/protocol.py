@@ -95,7 +95,9 @@ def _validate_body(msg: ClientMessage) -> None:
             or len(desc["sdp"]) > MAX_SDP_CHARS
         ):
             raise ProtocolError(
-                "bad_body", f"`{msg.type}` needs body.description = {{type: '{msg.type}', sdp: <string>}}.", msg.id
+                "bad_body",
+                f"`{msg.type}` needs body.description = {{type: '{msg.type}', sdp: <string>}}.",
+                msg.id,
             )
         msg.body = {"description": {"type": desc["type"], "sdp": desc["sdp"]}}
     elif msg.type == "candidate":
@@ -103,8 +105,16 @@ def _validate_body(msg: ClientMessage) -> None:
         if cand is None:  # end of candidates
             msg.body = {"candidate": None}
             return
-        if not isinstance(cand, dict) or not isinstance(cand.get("candidate"), str) or len(cand["candidate"]) > MAX_CANDIDATE_CHARS:
-            raise ProtocolError("bad_body", "`candidate` needs body.candidate = RTCIceCandidateInit or null.", msg.id)
+        if (
+            not isinstance(cand, dict)
+            or not isinstance(cand.get("candidate"), str)
+            or len(cand["candidate"]) > MAX_CANDIDATE_CHARS
+        ):
+            raise ProtocolError(
+                "bad_body",
+                "`candidate` needs body.candidate = RTCIceCandidateInit or null.",
+                msg.id,
+            )
         clean = {"candidate": cand["candidate"]}
         for key in ("sdpMid", "sdpMLineIndex", "usernameFragment"):
             if key in cand and (cand[key] is None or isinstance(cand[key], str | int)):
@@ -113,21 +123,40 @@ def _validate_body(msg: ClientMessage) -> None:
     elif msg.type == "report":
         ctype = b.get("connectionType")
         if ctype not in CONNECTION_TYPES:
-            raise ProtocolError("bad_body", f"`report` needs body.connectionType, one of {', '.join(CONNECTION_TYPES)}.", msg.id)
+            raise ProtocolError(
+                "bad_body",
+                f"`report` needs body.connectionType, one of {', '.join(CONNECTION_TYPES)}.",
+                msg.id,
+            )
         relay_url = b.get("relayUrl") or ""
         rtt = b.get("rttMs")
         if not isinstance(relay_url, str) or len(relay_url) > 300:
             raise ProtocolError("bad_body", "`relayUrl` must be a short string.", msg.id)
-        if rtt is not None and (not isinstance(rtt, int | float) or isinstance(rtt, bool) or not 0 <= rtt < 600_000):
+        if rtt is not None and (
+            not isinstance(rtt, int | float) or isinstance(rtt, bool) or not 0 <= rtt < 600_000
+        ):
             raise ProtocolError("bad_body", "`rttMs` must be a number of milliseconds.", msg.id)
         msg.body = {"connectionType": ctype, "relayUrl": relay_url, "rttMs": rtt}
     else:
         msg.body = {}
 
 
-def envelope(mtype: str, *, seq: int, call: str | None = None, body: dict | None = None, ref: str | None = None) -> dict:
+def envelope(
+    mtype: str,
+    *,
+    seq: int,
+    call: str | None = None,
+    body: dict | None = None,
+    ref: str | None = None,
+) -> dict:
     """A server frame. `ref` is the client id of the message this answers, where there is one."""
-    out: dict = {"v": VERSION, "type": mtype, "id": str(uuid.uuid4()), "seq": seq, "body": body or {}}
+    out: dict = {
+        "v": VERSION,
+        "type": mtype,
+        "id": str(uuid.uuid4()),
+        "seq": seq,
+        "body": body or {},
+    }
     if call is not None:
         out["call"] = call
     if ref is not None:

@@ -49,7 +49,9 @@ def bob(django_user_model, password):
 @pytest.fixture
 def charlie(django_user_model, password):
     """The outsider: in no call of alice's and bob's."""
-    return django_user_model.objects.create_user("charlie", password=password, display_name="Charlie")
+    return django_user_model.objects.create_user(
+        "charlie", password=password, display_name="Charlie"
+    )
 
 
 def free_port() -> int:
@@ -79,7 +81,10 @@ class Coturn:
 
     @property
     def urls(self) -> list[str]:
-        return [f"turn:127.0.0.1:{self.port}?transport=udp", f"turn:127.0.0.1:{self.port}?transport=tcp"]
+        return [
+            f"turn:127.0.0.1:{self.port}?transport=udp",
+            f"turn:127.0.0.1:{self.port}?transport=tcp",
+        ]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -97,7 +102,12 @@ def coturn(tmp_path):
     binary = need_binary("turnserver")
     started: list[Coturn] = []
 
-    def start(*, secret: str | None = None, allow_loopback_peers: bool = True, extra: list[str] | None = None) -> Coturn:
+    def start(
+        *,
+        secret: str | None = None,
+        allow_loopback_peers: bool = True,
+        extra: list[str] | None = None,
+    ) -> Coturn:
         global _relay_port_base
         secret = secret or secrets.token_urlsafe(24)
         port = free_port()
@@ -109,12 +119,21 @@ def coturn(tmp_path):
         conf = state / "turnserver.conf"
         conf.write_text(
             render_coturn_config(
-                listen_ip="127.0.0.1", port=port, secret=secret, realm="test.traverse", state_dir=str(state),
-                min_port=lo, max_port=lo + 39, allow_loopback_peers=allow_loopback_peers,
-                log_file=str(state / "turn.log"), extra=extra,
+                listen_ip="127.0.0.1",
+                port=port,
+                secret=secret,
+                realm="test.traverse",
+                state_dir=str(state),
+                min_port=lo,
+                max_port=lo + 39,
+                allow_loopback_peers=allow_loopback_peers,
+                log_file=str(state / "turn.log"),
+                extra=extra,
             )
         )
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         relay = Coturn(port=port, secret=secret, proc=proc, conf=conf)
         started.append(relay)
         deadline = time.monotonic() + 10
@@ -124,10 +143,18 @@ def coturn(tmp_path):
                     return relay
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"turnserver exited: {(state / 'turn.log').read_text()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"turnserver exited: {(state / 'turn.log').read_text()[-2000:]}"
+                    ) from None
                 time.sleep(0.05)
         raise RuntimeError("turnserver did not start listening")
 
     yield start
     for relay in started:
         relay.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_rate_limits_unless_asked(settings, request):
+    """Rate-limit counters live in the shared Redis; only tests marked `ratelimit` count them."""
+    settings.RATELIMIT_ENABLE = "ratelimit" in request.keywords

@@ -8,7 +8,12 @@ pytestmark = [pytest.mark.django_db, pytest.mark.smoke]
 def test_sign_up_signs_you_in(client):
     response = client.post(
         "/accounts/signup/",
-        {"username": "dora", "display_name": "Dora", "password1": "a-long-enough-passphrase", "password2": "a-long-enough-passphrase"},
+        {
+            "username": "dora",
+            "display_name": "Dora",
+            "password1": "a-long-enough-passphrase",
+            "password2": "a-long-enough-passphrase",
+        },
     )
     assert response.status_code == 302 and response["Location"] == "/"
     user = User.objects.get(username="dora")
@@ -17,7 +22,9 @@ def test_sign_up_signs_you_in(client):
 
 
 def test_sign_up_errors_are_shown_and_nothing_is_created(client, alice):
-    response = client.post("/accounts/signup/", {"username": "alice", "password1": "x", "password2": "y"})
+    response = client.post(
+        "/accounts/signup/", {"username": "alice", "password1": "x", "password2": "y"}
+    )
     assert response.status_code == 400
     html = response.content.decode()
     assert "already exists" in html and "didn" in html  # "The two password fields didn’t match."
@@ -35,7 +42,9 @@ def test_sign_in_and_out(client, alice, password):
 
 def test_wrong_password_is_refused(client, alice):
     response = client.post("/accounts/login/", {"username": "alice", "password": "nope"})
-    assert response.status_code == 200 and "correct username and password" in response.content.decode()
+    assert (
+        response.status_code == 200 and "correct username and password" in response.content.decode()
+    )
 
 
 def test_staff_reach_admin(client, django_user_model, password):

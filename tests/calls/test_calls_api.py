@@ -14,7 +14,10 @@ def test_start_list_and_read(client, alice, bob, password):
     response = client.post("/api/v1/calls/", {"callee": "bob"}, content_type="application/json")
     assert response.status_code == 201
     body = response.json()
-    assert body["state"] == "ringing" and [p["username"] for p in body["participants"]] == ["alice", "bob"]
+    assert body["state"] == "ringing" and [p["username"] for p in body["participants"]] == [
+        "alice",
+        "bob",
+    ]
     listed = client.get("/api/v1/calls/").json()
     assert [c["id"] for c in listed] == [body["id"]]
     assert client.get(f"/api/v1/calls/{body['id']}/").json()["id"] == body["id"]
@@ -31,7 +34,11 @@ def test_outsiders_get_404_and_anonymous_get_a_json_error(client, alice, bob, ch
 
 def test_bad_requests_are_explained(client, alice, password):
     client.login(username="alice", password=password)
-    for payload, field in (({"callee": "ghost"}, "callee"), ({"callee": "alice"}, "callee"), ({}, "callee")):
+    for payload, field in (
+        ({"callee": "ghost"}, "callee"),
+        ({"callee": "alice"}, "callee"),
+        ({}, "callee"),
+    ):
         response = client.post("/api/v1/calls/", payload, content_type="application/json")
         assert response.status_code == 400 and field in response.json()
     response = client.post("/api/v1/calls/", "{nope", content_type="application/json")

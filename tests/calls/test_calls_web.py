@@ -15,7 +15,10 @@ def test_start_a_call_from_home(client, alice, bob, password):
     call = Call.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/calls/{call.id}/"
     assert call.state == CallState.RINGING and call.created_by == alice
-    assert {(p.user.username, p.role) for p in call.participants.all()} == {("alice", "caller"), ("bob", "callee")}
+    assert {(p.user.username, p.role) for p in call.participants.all()} == {
+        ("alice", "caller"),
+        ("bob", "callee"),
+    }
 
 
 @pytest.mark.smoke
@@ -54,7 +57,9 @@ def test_an_ended_call_page_goes_to_its_details(client, alice, bob, password):
 
 def test_history_shows_participants_and_connection_types(client, alice, bob, charlie, password):
     call = call_start(caller=alice, callee=bob)
-    Participant.objects.filter(call=call, user=alice).update(connection_type="relay", relay_url="turn:r.example")
+    Participant.objects.filter(call=call, user=alice).update(
+        connection_type="relay", relay_url="turn:r.example"
+    )
     Participant.objects.filter(call=call, user=bob).update(connection_type="host")
     call_start(caller=bob, callee=charlie)
 
@@ -63,4 +68,6 @@ def test_history_shows_participants_and_connection_types(client, alice, bob, cha
     assert html.count("<tr data-call=") == 1  # alice sees her call only
     assert "conn-relay" in html and "conn-host" in html
     detail = client.get(f"/calls/{call.id}/details/").content.decode()
-    assert 'data-user="alice"' in detail and 'data-user="bob"' in detail and "turn:r.example" in detail
+    assert (
+        'data-user="alice"' in detail and 'data-user="bob"' in detail and "turn:r.example" in detail
+    )

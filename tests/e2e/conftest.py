@@ -17,9 +17,15 @@ from tests.conftest import free_port, need_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic",
-    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
 ]
 
 
@@ -54,19 +60,50 @@ def services(django_db_setup, django_db_blocker, tmp_path_factory):
     from django.db import connection
 
     if connection.vendor == "sqlite":
-        pytest.skip("end-to-end tests share the database with child processes: they run on PostgreSQL")
+        pytest.skip(
+            "end-to-end tests share the database with child processes: they run on PostgreSQL"
+        )
     logs = tmp_path_factory.mktemp("e2e-logs")
     port = free_port()
     env = child_env()
     procs = {
         "web": subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-            cwd=ROOT, env=env, stdout=open(logs / "web.log", "w"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "config.asgi:application",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=open(logs / "web.log", "w"),
+            stderr=subprocess.STDOUT,
         ),
         "worker": subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-l", "info", "--concurrency", "1",
-             "-n", f"e2e-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
-            cwd=ROOT, env=env, stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-l",
+                "info",
+                "--concurrency",
+                "1",
+                "-n",
+                f"e2e-{os.getpid()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=open(logs / "worker.log", "w"),
+            stderr=subprocess.STDOUT,
         ),
     }
     base = f"http://127.0.0.1:{port}"
@@ -77,7 +114,9 @@ def services(django_db_setup, django_db_blocker, tmp_path_factory):
             break
         except OSError:
             if procs["web"].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("daphne did not start:\n" + (logs / "web.log").read_text()[-3000:]) from None
+                raise RuntimeError(
+                    "daphne did not start:\n" + (logs / "web.log").read_text()[-3000:]
+                ) from None
             time.sleep(0.1)
     try:
         yield {"base": base, "logs": logs}
@@ -97,7 +136,9 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        b = pw.chromium.launch(
+            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
+        )
         yield b
         b.close()
 
@@ -105,3 +146,17 @@ def browser():
 # Playwright's sync API runs an event loop in this thread, which makes Django's async-safety
 # check refuse the ORM in the test body. The test itself is plain synchronous code.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def e2e_figures() -> list[str]:
+    """Figures a test measured, printed at the end of the run (measured, never asserted)."""
+    return _FIGURES
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _FIGURES:
+        terminalreporter.write_line(f"e2e: {line}")

@@ -3,9 +3,7 @@ assigned carries a call between two real Chromium pages."""
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -14,7 +12,6 @@ from relays.services import relay_create
 from relays.tasks import sweep_relays
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 def sweep_through_worker() -> dict:
@@ -38,12 +35,16 @@ def sign_in(browser, base: str, username: str, password: str):
     return page
 
 
-def test_two_browsers_call_through_the_assigned_relay(services, browser, coturn, alice, bob, password):
+def test_two_browsers_call_through_the_assigned_relay(
+    services, browser, coturn, alice, bob, password, e2e_figures
+):
     base = services["base"]
     # allow-loopback-peers: both browsers' relay candidates are on 127.0.0.1, so the relay must
     # reach loopback peers. Only test rigs may do this (see relays/coturn.py).
     relay_server = coturn(allow_loopback_peers=True)
-    relay = relay_create(name="e2e-relay", urls=relay_server.urls, secret=relay_server.secret, region="test")
+    relay = relay_create(
+        name="e2e-relay", urls=relay_server.urls, secret=relay_server.secret, region="test"
+    )
 
     assert sweep_through_worker() == {"e2e-relay": "up"}
     relay.refresh_from_db()
@@ -60,7 +61,9 @@ def test_two_browsers_call_through_the_assigned_relay(services, browser, coturn,
     b.wait_for_selector("#incoming li a", timeout=10_000)
     b.click("#incoming li a")
     for page in (a, b):
-        page.wait_for_function("window.traverseCall && window.traverseCall.status === 'connected'", timeout=20_000)
+        page.wait_for_function(
+            "window.traverseCall && window.traverseCall.status === 'connected'", timeout=20_000
+        )
     dial_to_connected_ms = (time.perf_counter() - t_dial) * 1000
 
     for page in (a, b):
@@ -76,7 +79,9 @@ def test_two_browsers_call_through_the_assigned_relay(services, browser, coturn,
     from calls.models import Call
 
     call = Call.objects.get()
-    while time.monotonic() < deadline and call.participants.exclude(connection_type="relay").exists():
+    while (
+        time.monotonic() < deadline and call.participants.exclude(connection_type="relay").exists()
+    ):
         time.sleep(0.1)
 
     a.click("#hangup")
@@ -93,17 +98,14 @@ def test_two_browsers_call_through_the_assigned_relay(services, browser, coturn,
         assert row.locator(".conn-type").inner_text() == "relay"
         assert row.locator(".relay-name").inner_text() == "e2e-relay"
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "e2e_relay_call.json").write_text(
-        json.dumps({"dial_to_connected_ms": round(dial_to_connected_ms), "relay_rtt_ms": relay.last_rtt_ms,
-                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n"
-    )
-    print(f"\ne2e: dial to both connected through the relay: {dial_to_connected_ms:.0f} ms")
+    e2e_figures.append(f"dial to both connected through the relay: {dial_to_connected_ms:.0f} ms")
     a.context.close()
     b.context.close()
 
 
-def test_relay_with_wrong_secret_is_marked_down_and_never_assigned(services, coturn, alice, client, password):
+def test_relay_with_wrong_secret_is_marked_down_and_never_assigned(
+    services, coturn, alice, client, password
+):
     good_server = coturn(allow_loopback_peers=False)
     bad_server = coturn(allow_loopback_peers=False)
     relay_create(name="good", urls=good_server.urls, secret=good_server.secret)

@@ -16,8 +16,13 @@ def staff(django_user_model, password):
 @pytest.fixture
 def relay():
     return Relay.objects.create(
-        name="fra-1", region="eu", urls=["turn:fra1.example:3478?transport=udp"], secret="s3cr3t-value",
-        status=RelayStatus.UP, last_rtt_ms=1.25, last_checked_at=timezone.now(),
+        name="fra-1",
+        region="eu",
+        urls=["turn:fra1.example:3478?transport=udp"],
+        secret="s3cr3t-value",
+        status=RelayStatus.UP,
+        last_rtt_ms=1.25,
+        last_checked_at=timezone.now(),
     )
 
 
@@ -44,8 +49,14 @@ def test_change_page_does_not_render_the_secret(client, staff, password, relay):
 
 def test_saving_with_a_blank_secret_keeps_the_old_one(client, staff, password, relay):
     client.login(username="root", password=password)
-    data = {"name": "fra-1", "region": "eu-central", "urls": '["turn:fra1.example:3478?transport=udp"]',
-            "realm": "", "enabled": "on", "secret": ""}
+    data = {
+        "name": "fra-1",
+        "region": "eu-central",
+        "urls": '["turn:fra1.example:3478?transport=udp"]',
+        "realm": "",
+        "enabled": "on",
+        "secret": "",
+    }
     response = client.post(f"/admin/relays/relay/{relay.pk}/change/", data)
     assert response.status_code == 302
     relay.refresh_from_db()
@@ -54,7 +65,9 @@ def test_saving_with_a_blank_secret_keeps_the_old_one(client, staff, password, r
 
 def test_a_new_relay_needs_a_secret_and_valid_urls(client, staff, password):
     client.login(username="root", password=password)
-    response = client.post("/admin/relays/relay/add/", {"name": "x", "urls": '["http://nope"]', "secret": ""})
+    response = client.post(
+        "/admin/relays/relay/add/", {"name": "x", "urls": '["http://nope"]', "secret": ""}
+    )
     assert response.status_code == 200
     html = response.content.decode()
     assert "needs its shared secret" in html and "is not an ICE URL" in html
@@ -62,7 +75,9 @@ def test_a_new_relay_needs_a_secret_and_valid_urls(client, staff, password):
 
 
 def test_stale_relays_show_as_stale(client, staff, password, relay, settings):
-    Relay.objects.filter(pk=relay.pk).update(last_checked_at=timezone.now() - timezone.timedelta(hours=1))
+    Relay.objects.filter(pk=relay.pk).update(
+        last_checked_at=timezone.now() - timezone.timedelta(hours=1)
+    )
     client.login(username="root", password=password)
     assert ">stale<" in client.get("/admin/relays/relay/").content.decode()
 
@@ -71,7 +86,11 @@ def test_probe_now_action_probes_for_real(client, staff, password, coturn):
     server = coturn(allow_loopback_peers=False)
     relay = Relay.objects.create(name="live", urls=server.urls, secret=server.secret)
     client.login(username="root", password=password)
-    response = client.post("/admin/relays/relay/", {"action": "probe_now", "_selected_action": [str(relay.pk)]}, follow=True)
+    response = client.post(
+        "/admin/relays/relay/",
+        {"action": "probe_now", "_selected_action": [str(relay.pk)]},
+        follow=True,
+    )
     assert "Relay live: up" in response.content.decode()
     relay.refresh_from_db()
     assert relay.status == RelayStatus.UP

@@ -8,7 +8,12 @@ import time
 
 import pytest
 
-from relays.credentials import turn_rest_credential, turn_rest_pair, turn_rest_username, username_expiry
+from relays.credentials import (
+    turn_rest_credential,
+    turn_rest_pair,
+    turn_rest_username,
+    username_expiry,
+)
 from relays.ice_urls import parse_ice_url
 from relays.probes import probe_relay
 
@@ -22,7 +27,9 @@ def test_username_puts_the_expiry_first():
 
 @pytest.mark.smoke
 def test_credential_is_base64_hmac_sha1_of_the_username():
-    expected = base64.b64encode(hmac.new(b"s3cret", b"1767225600:g_abc", hashlib.sha1).digest()).decode()
+    expected = base64.b64encode(
+        hmac.new(b"s3cret", b"1767225600:g_abc", hashlib.sha1).digest()
+    ).decode()
     assert turn_rest_credential(secret="s3cret", username="1767225600:g_abc") == expected
     assert len(expected) == 28 and expected.endswith("=")  # standard base64 with padding
 
@@ -38,7 +45,9 @@ def test_coturn_accepts_issued_credentials_and_refuses_other_secrets(coturn):
     urls = [parse_ice_url(u) for u in relay.urls]
     good = turn_rest_pair(secret=relay.secret, expires_at=int(time.time()) + 60, opaque_id="g_test")
     bad = turn_rest_pair(secret="other", expires_at=int(time.time()) + 60, opaque_id="g_test")
-    expired = turn_rest_pair(secret=relay.secret, expires_at=int(time.time()) - 60, opaque_id="g_test")
+    expired = turn_rest_pair(
+        secret=relay.secret, expires_at=int(time.time()) - 60, opaque_id="g_test"
+    )
 
     ok = asyncio.run(probe_relay(urls, username=good[0], password=good[1], timeout=3))
     assert ok.ok, ok.error

@@ -30,8 +30,13 @@ def test_anonymous_callers_get_a_json_error(client):
 def test_shape_and_credentials(client, alice, password, settings):
     settings.TURN_CREDENTIAL_TTL = 600
     relay = Relay.objects.create(
-        name="r1", region="eu", urls=["turn:r1.example:3478?transport=udp", "turns:r1.example:443?transport=tcp"],
-        secret="topsecret", status=RelayStatus.UP, last_rtt_ms=3, last_checked_at=timezone.now(),
+        name="r1",
+        region="eu",
+        urls=["turn:r1.example:3478?transport=udp", "turns:r1.example:443?transport=tcp"],
+        secret="topsecret",
+        status=RelayStatus.UP,
+        last_rtt_ms=3,
+        last_checked_at=timezone.now(),
     )
     client.login(username="alice", password=password)
     before = int(time.time())
@@ -47,25 +52,39 @@ def test_shape_and_credentials(client, alice, password, settings):
     assert "alice" not in server["username"]  # relays log usernames: never a name or email
     grant = CredentialGrant.objects.get(pk=opaque)
     assert grant.user == alice and list(grant.relays.all()) == [relay]
-    expected = base64.b64encode(hmac.new(b"topsecret", server["username"].encode(), hashlib.sha1).digest()).decode()
+    expected = base64.b64encode(
+        hmac.new(b"topsecret", server["username"].encode(), hashlib.sha1).digest()
+    ).decode()
     assert server["credential"] == expected
 
 
 @pytest.mark.smoke
 def test_the_secret_never_appears_in_the_response(client, alice, password):
-    Relay.objects.create(name="r1", urls=["turn:r1.example"], secret="do-not-leak-me", status=RelayStatus.UP,
-                         last_checked_at=timezone.now())
+    Relay.objects.create(
+        name="r1",
+        urls=["turn:r1.example"],
+        secret="do-not-leak-me",
+        status=RelayStatus.UP,
+        last_checked_at=timezone.now(),
+    )
     client.login(username="alice", password=password)
     assert b"do-not-leak-me" not in client.get(URL).content
 
 
 @pytest.mark.smoke
 def test_no_healthy_relay_says_so(client, alice, password):
-    Relay.objects.create(name="down", urls=["turn:d.example"], secret="s", status=RelayStatus.DOWN,
-                         last_checked_at=timezone.now())
+    Relay.objects.create(
+        name="down",
+        urls=["turn:d.example"],
+        secret="s",
+        status=RelayStatus.DOWN,
+        last_checked_at=timezone.now(),
+    )
     client.login(username="alice", password=password)
     body = client.get(URL).json()
-    assert body["iceServers"] == [] and body["relays"] == [] and body["status"] == "no-healthy-relay"
+    assert (
+        body["iceServers"] == [] and body["relays"] == [] and body["status"] == "no-healthy-relay"
+    )
 
 
 def test_issued_credentials_allocate_on_the_real_relay(client, alice, password, registered):
@@ -74,7 +93,12 @@ def test_issued_credentials_allocate_on_the_real_relay(client, alice, password, 
     client.login(username="alice", password=password)
     (ice,) = client.get(URL).json()["iceServers"]
     report = asyncio.run(
-        probe_relay([parse_ice_url(u) for u in ice["urls"]], username=ice["username"], password=ice["credential"], timeout=3)
+        probe_relay(
+            [parse_ice_url(u) for u in ice["urls"]],
+            username=ice["username"],
+            password=ice["credential"],
+            timeout=3,
+        )
     )
     assert report.ok, report.error
 

@@ -18,13 +18,26 @@ pytestmark = pytest.mark.smoke
 )
 def test_parses_what_browsers_accept(text, scheme, host, port, transport, label):
     u = parse_ice_url(text)
-    assert (u.scheme, u.host, u.port, u.transport, u.label) == (scheme, host, port, transport, label)
+    assert (u.scheme, u.host, u.port, u.transport, u.label) == (
+        scheme,
+        host,
+        port,
+        transport,
+        label,
+    )
 
 
 @pytest.mark.parametrize(
     "text",
-    ["http://relay.example", "turn:", "turn:relay.example:99999", "turns:relay.example?transport=udp",
-     "stun:relay.example?transport=tcp", "turn:relay example", "turn:relay.example?transport=sctp"],
+    [
+        "http://relay.example",
+        "turn:",
+        "turn:relay.example:99999",
+        "turns:relay.example?transport=udp",
+        "stun:relay.example?transport=tcp",
+        "turn:relay example",
+        "turn:relay.example?transport=sctp",
+    ],
 )
 def test_refuses_what_is_not_an_ice_url(text):
     with pytest.raises(IceUrlError):

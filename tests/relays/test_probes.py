@@ -15,7 +15,11 @@ def creds(secret):
 
 def run(urls, secret, timeout=2.0):
     username, password = creds(secret)
-    return asyncio.run(probe_relay([parse_ice_url(u) for u in urls], username=username, password=password, timeout=timeout))
+    return asyncio.run(
+        probe_relay(
+            [parse_ice_url(u) for u in urls], username=username, password=password, timeout=timeout
+        )
+    )
 
 
 def test_healthy_relay_answers_binding_and_allocates_on_udp_and_tcp(coturn):
@@ -39,7 +43,12 @@ def test_probe_leaves_no_allocation_behind(coturn):
     for _ in range(3):
         for _attempt in range(20):
             report = asyncio.run(
-                probe_relay([parse_ice_url(u) for u in udp_only], username=username, password=password, timeout=2)
+                probe_relay(
+                    [parse_ice_url(u) for u in udp_only],
+                    username=username,
+                    password=password,
+                    timeout=2,
+                )
             )
             if report.ok:
                 break

@@ -16,11 +16,17 @@ pytestmark = pytest.mark.django_db
 def test_sweep_stores_results_and_status(registered):
     good, _ = registered("good")
     bad, server = registered("bad", secret_override="wrong")
-    dead = relay_create(name="dead", urls=[f"turn:127.0.0.1:{free_port()}?transport=tcp"], secret="x")
+    dead = relay_create(
+        name="dead", urls=[f"turn:127.0.0.1:{free_port()}?transport=tcp"], secret="x"
+    )
 
     outcomes = {o.relay.name: o for o in relay_sweep()}
 
-    assert {n: o.relay.status for n, o in outcomes.items()} == {"good": "up", "bad": "down", "dead": "down"}
+    assert {n: o.relay.status for n, o in outcomes.items()} == {
+        "good": "up",
+        "bad": "down",
+        "dead": "down",
+    }
     for relay in (good, bad, dead):
         relay.refresh_from_db()
         assert relay.last_checked_at is not None
@@ -29,7 +35,9 @@ def test_sweep_stores_results_and_status(registered):
     assert "401" in bad.last_error
     assert "refused" in dead.last_error
     stored = ProbeResult.objects.get(relay=bad)
-    assert {u["url"]: u["error"] for u in stored.urls if u["kind"] == "turn"} == {u: "401" for u in server.urls}
+    assert {u["url"]: u["error"] for u in stored.urls if u["kind"] == "turn"} == {
+        u: "401" for u in server.urls
+    }
 
 
 def test_a_relay_that_dies_goes_down_and_comes_back(registered):
@@ -52,8 +60,13 @@ def test_disabled_relays_are_not_probed(registered):
 
 def _relay(name, *, status=RelayStatus.UP, rtt=1.0, enabled=True, age_s=0):
     return Relay.objects.create(
-        name=name, urls=[f"turn:{name}.example:3478?transport=udp"], secret="s", status=status,
-        last_rtt_ms=rtt, enabled=enabled, last_checked_at=timezone.now() - timedelta(seconds=age_s),
+        name=name,
+        urls=[f"turn:{name}.example:3478?transport=udp"],
+        secret="s",
+        status=status,
+        last_rtt_ms=rtt,
+        enabled=enabled,
+        last_checked_at=timezone.now() - timedelta(seconds=age_s),
     )
 
 

@@ -63,7 +63,9 @@ async def connect():
     async def open_socket(user=None, origin: bytes = b"http://127.0.0.1") -> Socket | None:
         headers = [(b"origin", origin), (b"host", b"127.0.0.1")]
         if user is not None:
-            headers.append((b"cookie", f"sessionid={await sync_to_async(session_cookie)(user)}".encode()))
+            headers.append(
+                (b"cookie", f"sessionid={await sync_to_async(session_cookie)(user)}".encode())
+            )
         communicator = WebsocketCommunicator(application, "/ws/signal/", headers=headers)
         connected, _ = await communicator.connect(timeout=5)
         if not connected:

@@ -14,7 +14,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 OFFER = {"description": {"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n"}}
 ANSWER = {"description": {"type": "answer", "sdp": "v=0\r\no=- 3 4 IN IP4 127.0.0.1\r\n"}}
-CANDIDATE = {"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 50000 typ relay", "sdpMid": "0", "sdpMLineIndex": 0}}
+CANDIDATE = {
+    "candidate": {
+        "candidate": "candidate:1 1 udp 1 127.0.0.1 50000 typ relay",
+        "sdpMid": "0",
+        "sdpMLineIndex": 0,
+    }
+}
 
 
 @pytest.fixture
@@ -31,8 +37,12 @@ async def in_call(connect, alice, bob, call):
     assert joined_a["body"]["peers"] == [] and joined_a["body"]["polite"] is False
     await b.send("join", call.id)
     joined_b = await b.recv_type("joined")
-    assert [p["username"] for p in joined_b["body"]["peers"]] == ["alice"] and joined_b["body"]["polite"] is True
-    assert (await b.recv_type("answered"))["call"] == str(call.id)  # bob's other devices stop ringing
+    assert [p["username"] for p in joined_b["body"]["peers"]] == ["alice"] and joined_b["body"][
+        "polite"
+    ] is True
+    assert (await b.recv_type("answered"))["call"] == str(
+        call.id
+    )  # bob's other devices stop ringing
     assert (await a.recv_type("peer-joined"))["body"]["user"] == bob.pk
     return a, b
 
@@ -80,7 +90,11 @@ async def test_outsiders_cannot_join_or_send(connect, alice, bob, charlie, call)
     await c.send("join", call.id)
     err = await c.error()
     assert err["code"] == "forbidden"
-    for mtype, body in (("offer", OFFER), ("candidate", CANDIDATE), ("report", {"connectionType": "host"})):
+    for mtype, body in (
+        ("offer", OFFER),
+        ("candidate", CANDIDATE),
+        ("report", {"connectionType": "host"}),
+    ):
         await c.send(mtype, call.id, body)
         assert (await c.error())["code"] == "forbidden"
     await c.send("hangup", call.id)
@@ -118,12 +132,20 @@ async def test_members_must_join_before_signaling(connect, alice, bob, call):
         ('{"v": 1, "type": "join"}', "bad_envelope"),
         ('{"v": 1, "type": "join", "call": "not-a-uuid"}', "bad_envelope"),
         ('{"v": 1, "type": "ping", "body": []}', "bad_envelope"),
-        ('{"v": 1, "type": "offer", "call": "00000000-0000-4000-8000-000000000000", "body": {"description": {"type": "answer", "sdp": "x"}}}', "bad_body"),
-        ('{"v": 1, "type": "report", "call": "00000000-0000-4000-8000-000000000000", "body": {"connectionType": "carrier-pigeon"}}', "bad_body"),
+        (
+            '{"v": 1, "type": "offer", "call": "00000000-0000-4000-8000-000000000000", "body": {"description": {"type": "answer", "sdp": "x"}}}',
+            "bad_body",
+        ),
+        (
+            '{"v": 1, "type": "report", "call": "00000000-0000-4000-8000-000000000000", "body": {"connectionType": "carrier-pigeon"}}',
+            "bad_body",
+        ),
         ("[" * 100_000 + "]" * 100_000, "frame_too_large"),
     ],
 )
-async def test_bad_frames_get_a_coded_error_and_the_socket_stays_up(connect, alice, bob, frame, code):
+async def test_bad_frames_get_a_coded_error_and_the_socket_stays_up(
+    connect, alice, bob, frame, code
+):
     a = await connect(alice)
     b = await connect(bob)
     await a.send_raw(frame)
@@ -149,7 +171,11 @@ async def test_errors_refer_to_the_message_they_answer(connect, alice):
     a = await connect(alice)
     await a.send_raw('{"v": 1, "type": "teleport", "id": "my-id-42"}')
     err = await a.recv_type("error")
-    assert err["ref"] == "my-id-42" and err["body"]["code"] == "unknown_type" and "teleport" in err["body"]["message"]
+    assert (
+        err["ref"] == "my-id-42"
+        and err["body"]["code"] == "unknown_type"
+        and "teleport" in err["body"]["message"]
+    )
 
 
 async def test_hangup_ends_the_call_for_everyone(connect, alice, bob, call):
@@ -183,7 +209,11 @@ async def test_the_callee_hears_the_ring_live(connect, alice, bob):
 
 async def test_reports_are_stored_for_the_history(connect, alice, bob, call):
     a, b = await in_call(connect, alice, bob, call)
-    await a.send("report", call.id, {"connectionType": "relay", "relayUrl": "turn:x.example:3478?transport=udp", "rttMs": 12.5})
+    await a.send(
+        "report",
+        call.id,
+        {"connectionType": "relay", "relayUrl": "turn:x.example:3478?transport=udp", "rttMs": 12.5},
+    )
     await a.recv_type("reported")
     p = await sync_to_async(Participant.objects.get)(call=call, user=alice)
     # That URL belongs to no relay alice was given: the type is kept, no relay is claimed.

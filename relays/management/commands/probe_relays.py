@@ -12,8 +12,12 @@ class Command(BaseCommand):
     help = "Probe every enabled relay now (STUN Binding + TURN Allocate) and store the results."
 
     def add_arguments(self, parser):
-        parser.add_argument("--relay", action="append", dest="names", help="probe only this relay; repeatable")
-        parser.add_argument("--json", action="store_true", dest="as_json", help="one JSON object per line per relay")
+        parser.add_argument(
+            "--relay", action="append", dest="names", help="probe only this relay; repeatable"
+        )
+        parser.add_argument(
+            "--json", action="store_true", dest="as_json", help="one JSON object per line per relay"
+        )
 
     def handle(self, *args, names=None, as_json=False, **opts):
         ids = None
@@ -33,7 +37,11 @@ class Command(BaseCommand):
                 continue
             style = self.style.SUCCESS if o.report.ok else self.style.ERROR
             rtt = f"{o.report.rtt_ms:.2f} ms" if o.report.rtt_ms is not None else "-"
-            self.stdout.write(style(f"{o.relay.name:20} {o.relay.status:8} rtt={rtt:>9} in {o.duration_ms:.0f} ms"))
+            self.stdout.write(
+                style(
+                    f"{o.relay.name:20} {o.relay.status:8} rtt={rtt:>9} in {o.duration_ms:.0f} ms"
+                )
+            )
             for r in o.report.results:
                 mark = "ok  " if r.ok else "FAIL"
                 ms = f"{r.ms:.2f} ms" if r.ms is not None else f"{r.error} {r.detail}"
@@ -48,6 +56,8 @@ def _json_line(o) -> str:
             "name": o.relay.name,
             "status": o.relay.status,
             "rtt_ms": o.report.rtt_ms,
-            "urls": [{"url": r.url, "ok": r.ok, "ms": r.ms, "error": r.error} for r in o.report.results],
+            "urls": [
+                {"url": r.url, "ok": r.ok, "ms": r.ms, "error": r.error} for r in o.report.results
+            ],
         }
     )

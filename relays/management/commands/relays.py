@@ -16,8 +16,12 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True)
         add = sub.add_parser("add", help="register a relay")
         add.add_argument("name")
-        add.add_argument("--url", action="append", required=True, dest="urls", help="ICE URL; repeat for several")
-        add.add_argument("--secret-file", required=True, help="file holding the coturn static-auth-secret")
+        add.add_argument(
+            "--url", action="append", required=True, dest="urls", help="ICE URL; repeat for several"
+        )
+        add.add_argument(
+            "--secret-file", required=True, help="file holding the coturn static-auth-secret"
+        )
         add.add_argument("--region", default="")
         add.add_argument("--realm", default="")
         add.add_argument("--disabled", action="store_true", help="register it disabled")
@@ -36,7 +40,14 @@ class Command(BaseCommand):
         if not secret:
             raise CommandError("the secret file is empty")
         try:
-            relay = relay_create(name=name, urls=urls, secret=secret, region=region, realm=realm, enabled=not disabled)
+            relay = relay_create(
+                name=name,
+                urls=urls,
+                secret=secret,
+                region=region,
+                realm=realm,
+                enabled=not disabled,
+            )
         except ValidationError as exc:
             msgs = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
             raise CommandError(msgs) from exc
@@ -51,7 +62,9 @@ class Command(BaseCommand):
         for r in relays:
             status = "stale" if r.status == "up" and r.is_stale() else r.status
             rtt = f"{r.last_rtt_ms:.2f}ms" if r.last_rtt_ms is not None else "-"
-            self.stdout.write(f"{r.name:20} {status:8} {'yes' if r.enabled else 'no':7} {rtt:>9} {r.region or '-':10} {' '.join(r.urls)}")
+            self.stdout.write(
+                f"{r.name:20} {status:8} {'yes' if r.enabled else 'no':7} {rtt:>9} {r.region or '-':10} {' '.join(r.urls)}"
+            )
 
     def do_remove(self, *, name, **_):
         if not relay_remove(name=name):
