@@ -36,6 +36,8 @@ APT_PACKAGES = {
     "chromium": "chromium",
     "redis-server": "redis-server",
     "pg_ctlcluster": "postgresql",
+    "faketime": "faketime",  # runs a test relay with its clock off, for the clock-skew check
+    "openssl": "openssl",  # a self-signed certificate for the TLS (turns:) test relay
 }
 
 

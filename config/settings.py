@@ -131,6 +131,19 @@ CELERY_TIMEZONE = "UTC"
 # --- relays -------------------------------------------------------------------------------
 RELAY_SWEEP_INTERVAL = env.float("RELAY_SWEEP_INTERVAL", default=15.0)  # seconds
 RELAY_PROBE_TIMEOUT = env.float("RELAY_PROBE_TIMEOUT", default=3.0)  # seconds, per URL
+RELAY_PROBE_VERIFY_TLS = env.bool("RELAY_PROBE_VERIFY_TLS", default=True)
+# Hysteresis: sweeps in a row before a relay moves to a worse / a better status.
+RELAY_DOWN_AFTER = env.int("RELAY_DOWN_AFTER", default=2)
+RELAY_UP_AFTER = env.int("RELAY_UP_AFTER", default=2)
+# Degraded when the data plane loses more than this share of packets, or its RTT is higher.
+RELAY_DEGRADED_LOSS = env.float("RELAY_DEGRADED_LOSS", default=0.05)
+RELAY_DEGRADED_RTT_MS = env.float("RELAY_DEGRADED_RTT_MS", default=250.0)
+RELAY_DATA_PLANE_PACKETS = env.int("RELAY_DATA_PLANE_PACKETS", default=10)
+# The data-plane echo, safety audit and credential checks run at most this often per relay
+# (and at once after its URLs or secret change); Binding and Allocate run every sweep.
+RELAY_DEEP_CHECK_INTERVAL = env.float("RELAY_DEEP_CHECK_INTERVAL", default=60.0)
+RELAY_PROBE_RETENTION_HOURS = env.float("RELAY_PROBE_RETENTION_HOURS", default=72.0)
+RELAY_SWEEP_ON_WORKER_START = env.bool("RELAY_SWEEP_ON_WORKER_START", default=True)
 TURN_CREDENTIAL_TTL = env.int("TURN_CREDENTIAL_TTL", default=3600)  # seconds
 RELAYS_PER_CALLER = env.int("RELAYS_PER_CALLER", default=2)
 CELERY_BEAT_SCHEDULE = {
@@ -139,6 +152,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": RELAY_SWEEP_INTERVAL,
         "options": {"expires": RELAY_SWEEP_INTERVAL},
     },
+    "relay-prune": {"task": "relays.tasks.prune_relay_history", "schedule": 3600.0},
 }
 
 # --- signaling ----------------------------------------------------------------------------
@@ -203,4 +217,3 @@ LOGGING = {
         "django.channels.server": {"level": "WARNING"},
     },
 }
-RELAY_PROBE_VERIFY_TLS = env.bool("RELAY_PROBE_VERIFY_TLS", default=True)

@@ -1,26 +1,74 @@
-"""Relays in Django admin: status badges, write-only secret, probe-now action."""
+"""Relays in Django admin: a fleet overview, status badges, charts, write-only secrets, and
+actions (probe, drain, disable, enable) that call services and record who did what."""
 
 from django import forms
 from django.contrib import admin, messages
+from django.shortcuts import render
+from django.urls import path
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
-from .models import CredentialGrant, ProbeResult, Relay, RelayStatus
-from .services import relay_sweep
+from .charts import rtt_loss_svg
+from .models import CredentialGrant, ProbeResult, Relay, RelayEvent
+from .selectors import relay_probe_history
+from .services import (
+    relay_config_changed,
+    relay_disable,
+    relay_drain,
+    relay_enable,
+    relay_set_unsafe_override,
+    relay_stage_next_secret,
+    relay_sweep,
+)
 
 BADGE_COLOURS = {
-    RelayStatus.UP: "#1a7f37",
-    RelayStatus.DOWN: "#cf222e",
-    RelayStatus.UNKNOWN: "#6e7781",
-    "stale": "#9a6700",
+    "up": "#1a7f37",
+    "degraded": "#bf8700",
+    "down": "#cf222e",
+    "unknown": "#6e7781",
+    "stale": "#8250df",
+    "unsafe": "#a40e26",
+    "draining": "#0969da",
+    "disabled": "#57606a",
 }
 
 
+def badge(text: str, colour_key: str | None = None):
+    return format_html(
+        '<span class="relay-badge relay-badge-{}" style="background:{};color:#fff;padding:1px 8px;'
+        'border-radius:10px;font-weight:600;font-size:11px;margin-right:3px">{}</span>',
+        colour_key or text,
+        BADGE_COLOURS.get(colour_key or text, "#6e7781"),
+        text,
+    )
+
+
+def relay_badges(relay: Relay):
+    parts = [badge(relay.display_status())]
+    if relay.unsafe:
+        parts.append(badge("unsafe" + (" (override)" if relay.unsafe_override else ""), "unsafe"))
+    if relay.draining:
+        parts.append(badge("draining"))
+    if not relay.enabled:
+        parts.append(badge("disabled"))
+    return format_html_join("", "{}", ((p,) for p in parts))
+
+
 class RelayAdminForm(forms.ModelForm):
-    # Write-only: the current secret is never rendered back into the page.
+    # Write-only: no secret is ever rendered back into the page.
     secret = forms.CharField(
         widget=forms.PasswordInput(render_value=False),
         required=False,
-        help_text="The coturn static-auth-secret. Write-only: leave blank to keep the current one.",
+        help_text="The coturn static-auth-secret. Write-only: leave blank to keep the current one. "
+        "To change it without breaking calls, stage a next secret instead.",
+    )
+    next_secret = forms.CharField(
+        widget=forms.PasswordInput(render_value=False),
+        required=False,
+        help_text="Rotation: configure coturn to accept both secrets, then stage the new one here. "
+        "Traverse switches to it once a probe with it succeeds, and keeps the old one until every "
+        "credential issued with it has expired.",
     )
     urls = forms.JSONField(
         help_text='A JSON list, e.g. ["stun:relay1.example:3478", "turn:relay1.example:3478?transport=udp"]'
@@ -28,7 +76,16 @@ class RelayAdminForm(forms.ModelForm):
 
     class Meta:
         model = Relay
-        fields = ("name", "region", "urls", "realm", "enabled", "secret")
+        fields = (
+            "name",
+            "region",
+            "urls",
+            "realm",
+            "enabled",
+            "secret",
+            "next_secret",
+            "unsafe_override",
+        )
 
     def clean_secret(self):
         secret = self.cleaned_data.get("secret", "")
@@ -38,79 +95,152 @@ class RelayAdminForm(forms.ModelForm):
             return self.instance.secret
         return secret
 
+    def clean_next_secret(self):
+        return self.cleaned_data.get("next_secret", "") or self.instance.next_secret
+
 
 @admin.register(Relay)
 class RelayAdmin(admin.ModelAdmin):
     form = RelayAdminForm
+    change_list_template = "admin/relays/relay/change_list.html"
     list_display = (
         "name",
-        "status_badge",
+        "status_badges",
+        "transports",
         "region",
         "rtt",
+        "loss",
         "last_checked_at",
         "enabled",
         "short_error",
     )
-    list_filter = ("status", "enabled", "region")
+    list_filter = ("status", "enabled", "draining", "unsafe", "region")
     search_fields = ("name", "region", "urls")
     readonly_fields = (
-        "status_badge",
-        "last_rtt_ms",
+        "status_badges",
+        "transports",
+        "health_figures",
         "last_checked_at",
         "last_error",
+        "safety",
+        "rotation",
+        "chart",
+        "recent_events",
         "recent_probes",
         "created_at",
         "updated_at",
     )
     fieldsets = (
-        (None, {"fields": ("name", "region", "urls", "realm", "enabled", "secret")}),
+        (None, {"fields": ("name", "region", "urls", "realm", "enabled")}),
+        ("Secrets (write-only)", {"fields": ("secret", "next_secret", "rotation")}),
         (
             "Health",
             {
                 "fields": (
-                    "status_badge",
-                    "last_rtt_ms",
+                    "status_badges",
+                    "transports",
+                    "health_figures",
                     "last_checked_at",
                     "last_error",
-                    "recent_probes",
+                    "chart",
                 )
             },
         ),
-        ("Record", {"fields": ("created_at", "updated_at")}),
+        ("Safety", {"fields": ("safety", "unsafe_override")}),
+        ("History", {"fields": ("recent_events", "recent_probes", "created_at", "updated_at")}),
     )
-    actions = ("probe_now",)
+    actions = ("probe_now", "drain", "disable", "enable")
 
+    # --- columns ------------------------------------------------------------------------
     @admin.display(description="status", ordering="status")
-    def status_badge(self, obj: Relay):
-        state = "stale" if obj.status == RelayStatus.UP and obj.is_stale() else obj.status
-        return format_html(
-            '<span class="relay-badge" style="background:{};color:#fff;padding:2px 8px;border-radius:10px;'
-            'font-weight:600">{}</span>',
-            BADGE_COLOURS.get(state, "#6e7781"),
-            state,
+    def status_badges(self, obj: Relay):
+        return relay_badges(obj)
+
+    @admin.display(description="transports")
+    def transports(self, obj: Relay):
+        if not obj.transport_status:
+            return "—"
+        return format_html_join(
+            "",
+            "{}",
+            (
+                (badge(f"{k} {v}", v if v != "up" else "up"),)
+                for k, v in sorted(obj.transport_status.items())
+            ),
         )
 
     @admin.display(description="RTT", ordering="last_rtt_ms")
     def rtt(self, obj: Relay) -> str:
         return f"{obj.last_rtt_ms:.2f} ms" if obj.last_rtt_ms is not None else "—"
 
+    @admin.display(description="loss", ordering="last_loss")
+    def loss(self, obj: Relay) -> str:
+        return f"{obj.last_loss * 100:.1f}%" if obj.last_loss is not None else "—"
+
     @admin.display(description="last error")
     def short_error(self, obj: Relay) -> str:
         return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
 
-    @admin.action(description="Probe the selected relays now")
-    def probe_now(self, request, queryset):
-        outcomes = relay_sweep(relay_ids=[r.pk for r in queryset if r.enabled])
-        for o in outcomes:
-            level = messages.SUCCESS if o.report.ok else messages.WARNING
-            self.message_user(
-                request, f"Relay {o.relay.name}: {o.relay.status} {o.report.error}".strip(), level
+    @admin.display(description="figures")
+    def health_figures(self, obj: Relay) -> str:
+        jitter = f"{obj.last_jitter_ms:.2f} ms" if obj.last_jitter_ms is not None else "—"
+        return f"STUN RTT {self.rtt(obj)} · data-plane loss {self.loss(obj)} · jitter {jitter}"
+
+    @admin.display(description="safety audit")
+    def safety(self, obj: Relay):
+        if obj.deep_checked_at is None:
+            return "not audited yet"
+        if obj.unsafe:
+            return format_html(
+                "{} grants permission to private peers: <code>{}</code>. Not assigned{}.",
+                badge("unsafe"),
+                ", ".join(obj.accepted_peers),
+                " (overridden by an admin)" if obj.unsafe_override else " unless overridden",
             )
-        skipped = [r.name for r in queryset if not r.enabled]
-        if skipped:
-            self.message_user(
-                request, f"Not probed (disabled): {', '.join(skipped)}", messages.INFO
+        return format_html(
+            "refuses every private peer (audited {:%Y-%m-%d %H:%M:%S} UTC)", obj.deep_checked_at
+        )
+
+    @admin.display(description="rotation")
+    def rotation(self, obj: Relay) -> str:
+        parts = []
+        if obj.next_secret:
+            parts.append("a next secret is staged; issuing switches once a probe with it succeeds")
+        if obj.previous_secret:
+            parts.append(
+                f"the old secret is kept until {obj.previous_secret_until:%Y-%m-%d %H:%M:%S} UTC"
             )
+        return "; ".join(parts) or "no rotation in progress"
+
+    @admin.display(description="RTT and loss, last 6 hours")
+    def chart(self, obj: Relay):
+        history = relay_probe_history(relay=obj, hours=6)
+        return mark_safe(  # noqa: S308 - built from numbers and an escaped title only
+            rtt_loss_svg(
+                [(p.checked_at, p.rtt_ms, p.loss) for p in history],
+                title=f"{obj.name} RTT and loss",
+            )
+        )
+
+    @admin.display(description="events")
+    def recent_events(self, obj: Relay):
+        rows = obj.events.select_related("actor")[:15]
+        return (
+            format_html_join(
+                "",
+                "<div>{} · <strong>{}</strong>{} {}</div>",
+                (
+                    (
+                        f"{e.at:%Y-%m-%d %H:%M:%S}",
+                        e.kind,
+                        f" by {e.actor.get_username()}" if e.actor else "",
+                        e.detail[:200],
+                    )
+                    for e in rows
+                ),
+            )
+            or "no events yet"
+        )
 
     @admin.display(description="recent probes")
     def recent_probes(self, obj: Relay):
@@ -122,7 +252,7 @@ class RelayAdmin(admin.ModelAdmin):
                 (
                     (
                         f"{p.checked_at:%Y-%m-%d %H:%M:%S}",
-                        "ok" if p.ok else "failed",
+                        p.observation or ("ok" if p.ok else "failed"),
                         f"{p.rtt_ms:.2f} ms" if p.rtt_ms is not None else "—",
                         p.error or "",
                     )
@@ -132,15 +262,149 @@ class RelayAdmin(admin.ModelAdmin):
             or "no probe yet"
         )
 
+    # --- saving -------------------------------------------------------------------------
+    def save_model(self, request, obj: Relay, form, change):
+        staged = "next_secret" in form.changed_data and obj.next_secret
+        override_changed = change and "unsafe_override" in form.changed_data
+        super().save_model(request, obj, form, change)
+        if change and ({"urls", "secret"} & set(form.changed_data)):
+            relay_config_changed(relay=obj)
+        if staged:
+            relay_stage_next_secret(relay=obj, secret=obj.next_secret, actor=request.user)
+        if override_changed:
+            relay_set_unsafe_override(relay=obj, override=obj.unsafe_override, actor=request.user)
+
+    # --- actions ------------------------------------------------------------------------
+    @admin.action(description="Probe the selected relays now")
+    def probe_now(self, request, queryset):
+        outcomes = relay_sweep(relay_ids=[r.pk for r in queryset if r.enabled], force=True)
+        for o in outcomes:
+            level = (
+                messages.SUCCESS
+                if o.observation == "ok" and not o.relay.unsafe
+                else messages.WARNING
+            )
+            self.message_user(
+                request, f"Relay {o.relay.name}: {o.relay.status} {o.report.error}".strip(), level
+            )
+        skipped = [r.name for r in queryset if not r.enabled]
+        if skipped:
+            self.message_user(
+                request, f"Not probed (disabled): {', '.join(skipped)}", messages.INFO
+            )
+
+    @admin.action(description="Drain: no new assignments, current credentials run out")
+    def drain(self, request, queryset):
+        for relay in queryset:
+            relay_drain(relay=relay, actor=request.user)
+        self.message_user(request, f"Draining {queryset.count()} relay(s).", messages.SUCCESS)
+
+    @admin.action(description="Disable: no probes, no assignments")
+    def disable(self, request, queryset):
+        for relay in queryset:
+            relay_disable(relay=relay, actor=request.user)
+        self.message_user(request, f"Disabled {queryset.count()} relay(s).", messages.SUCCESS)
+
+    @admin.action(description="Enable (and stop draining)")
+    def enable(self, request, queryset):
+        for relay in queryset:
+            relay_enable(relay=relay, actor=request.user)
+        self.message_user(
+            request,
+            f"Enabled {queryset.count()} relay(s); they are probed afresh.",
+            messages.SUCCESS,
+        )
+
+    # --- fleet overview -----------------------------------------------------------------
+    def get_urls(self):
+        return [
+            path("fleet/", self.admin_site.admin_view(self.fleet_view), name="relays_relay_fleet"),
+            *super().get_urls(),
+        ]
+
+    def fleet_view(self, request):
+        relays = list(Relay.objects.all())
+        now = timezone.now()
+        counts: dict[str, int] = {}
+        for r in relays:
+            key = "disabled" if not r.enabled else r.display_status(now)
+            counts[key] = counts.get(key, 0) + 1
+        cards = [
+            {
+                "relay": r,
+                "badges": relay_badges(r),
+                "transports": self.transports(r),
+                "chart": mark_safe(  # noqa: S308 - numbers and an escaped title only
+                    rtt_loss_svg(
+                        [
+                            (p.checked_at, p.rtt_ms, p.loss)
+                            for p in relay_probe_history(relay=r, hours=1)
+                        ],
+                        title=f"{r.name} RTT and loss",
+                    )
+                ),
+            }
+            for r in relays
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Relay fleet",
+            "opts": self.model._meta,
+            "cards": cards,
+            "counts": sorted(counts.items()),
+            "unsafe": sum(1 for r in relays if r.unsafe),
+        }
+        return render(request, "admin/relays/fleet.html", context)
+
 
 @admin.register(ProbeResult)
 class ProbeResultAdmin(admin.ModelAdmin):
-    list_display = ("relay", "checked_at", "ok", "rtt_ms", "duration_ms", "error")
-    list_filter = ("ok", "relay")
+    list_display = (
+        "relay",
+        "checked_at",
+        "observation",
+        "rtt_ms",
+        "loss",
+        "jitter_ms",
+        "duration_ms",
+        "error",
+    )
+    list_filter = ("observation", "ok", "relay")
     date_hierarchy = "checked_at"
-    readonly_fields = ("relay", "checked_at", "ok", "rtt_ms", "duration_ms", "error", "urls")
+    readonly_fields = (
+        "relay",
+        "checked_at",
+        "ok",
+        "observation",
+        "rtt_ms",
+        "loss",
+        "jitter_ms",
+        "duration_ms",
+        "error",
+        "urls",
+        "data_plane",
+        "audit",
+        "credentials",
+    )
 
     def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(RelayEvent)
+class RelayEventAdmin(admin.ModelAdmin):
+    list_display = ("at", "relay", "kind", "actor", "detail", "delivered_at")
+    list_filter = ("kind", "relay")
+    search_fields = ("relay__name", "detail", "actor__username")
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False
 
 

@@ -41,6 +41,9 @@ def render_coturn_config(
     relay_ip: str | None = None,
     allow_loopback_peers: bool = False,
     log_file: str = "stdout",
+    tls_port: int | None = None,
+    cert: str | None = None,
+    pkey: str | None = None,
     extra: list[str] | None = None,
 ) -> str:
     """A turnserver.conf. `allow_loopback_peers` is for loopback-only test rigs, never production:
@@ -55,7 +58,6 @@ def render_coturn_config(
         f"static-auth-secret={secret}",
         f"realm={realm}",
         "fingerprint",
-        "no-tls",
         "no-dtls",
         "no-cli",
         "no-multicast-peers",
@@ -65,6 +67,10 @@ def render_coturn_config(
         f"pidfile={state_dir}/turnserver.pid",
         f"userdb={state_dir}/turndb.sqlite",
     ]
+    if tls_port and cert and pkey:
+        lines += [f"tls-listening-port={tls_port}", f"cert={cert}", f"pkey={pkey}"]
+    else:
+        lines.append("no-tls")
     if allow_loopback_peers:
         lines.append("allow-loopback-peers")
     else:

@@ -1,4 +1,5 @@
-"""The relay registry: relays, what their probes found, and the credentials handed out for them."""
+"""The relay registry: relays, what their probes found, what happened to them, and the
+credentials handed out for them."""
 
 from __future__ import annotations
 
@@ -28,7 +29,13 @@ def validate_ice_urls(value: object) -> None:
 class RelayStatus(models.TextChoices):
     UNKNOWN = "unknown", "Unknown"
     UP = "up", "Up"
+    DEGRADED = "degraded", "Degraded"
     DOWN = "down", "Down"
+
+
+# How good each status is, for the hysteresis: a move to a worse one needs RELAY_DOWN_AFTER
+# worse sweeps in a row, a move to a better one RELAY_UP_AFTER better sweeps in a row.
+STATUS_RANK = {RelayStatus.DOWN: 0, RelayStatus.DEGRADED: 1, RelayStatus.UP: 2}
 
 
 class Relay(models.Model):
@@ -37,20 +44,48 @@ class Relay(models.Model):
     region = models.CharField(max_length=64, blank=True)
     urls = models.JSONField(
         validators=[validate_ice_urls],
-        help_text='ICE URLs, e.g. ["turn:relay1.example:3478?transport=udp", "turns:relay1.example:443?transport=tcp"].',
+        help_text='ICE URLs, e.g. ["turn:relay1.example:3478?transport=udp", '
+        '"turns:relay1.example:443?transport=tcp"].',
     )
     realm = models.CharField(max_length=128, blank=True)
     enabled = models.BooleanField(default=True)
     # The shared secret of coturn's use-auth-secret. Write-only: never in API output, admin
-    # lists or logs (see __repr__ and RelayAdminForm).
+    # lists or logs (see __repr__ and RelayAdminForm). So are the next and previous secrets.
     secret = models.CharField(max_length=256)
+    # Rotation: issuing switches to next_secret once a probe with it succeeds; the old secret is
+    # kept until the longest credential issued with it has expired.
+    next_secret = models.CharField(max_length=256, blank=True)
+    previous_secret = models.CharField(max_length=256, blank=True)
+    previous_secret_until = models.DateTimeField(null=True, blank=True)
+    # Drain: no new assignments; credentials already handed out run out on their own.
+    draining = models.BooleanField(default=False)
 
     status = models.CharField(
         max_length=16, choices=RelayStatus.choices, default=RelayStatus.UNKNOWN
     )
+    transport_status = models.JSONField(
+        default=dict, blank=True
+    )  # {"stun": "up", "udp": "down", …}
+    worse_streak = models.PositiveSmallIntegerField(default=0)
+    better_streak = models.PositiveSmallIntegerField(default=0)
     last_rtt_ms = models.FloatField(null=True, blank=True)
+    last_loss = models.FloatField(null=True, blank=True)
+    last_jitter_ms = models.FloatField(null=True, blank=True)
     last_checked_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    # The safety audit: a relay that grants permission towards private peers is unsafe and is
+    # never assigned, unless an admin overrides that on purpose.
+    unsafe = models.BooleanField(default=False)
+    accepted_peers = models.JSONField(default=list, blank=True)
+    unsafe_override = models.BooleanField(
+        default=False,
+        help_text="Assign this relay even though the safety audit finds it reaches private "
+        "addresses. Only for test rigs on loopback; never in production.",
+    )
+    deep_checked_at = models.DateTimeField(null=True, blank=True)
+    # Sweep claims: one worker owns a relay's probe per interval (a conditional UPDATE).
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    claim_token = models.CharField(max_length=32, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -74,15 +109,27 @@ class Relay(models.Model):
         now = now or timezone.now()
         return (now - self.last_checked_at).total_seconds() > 3 * settings.RELAY_SWEEP_INTERVAL
 
+    def display_status(self, now=None) -> str:
+        """What admins and the CLI see: the stored status, or stale when too old to trust."""
+        if self.status != RelayStatus.UNKNOWN and self.is_stale(now):
+            return "stale"
+        return self.status
+
 
 class ProbeResult(models.Model):
     relay = models.ForeignKey(Relay, on_delete=models.CASCADE, related_name="probe_results")
     checked_at = models.DateTimeField(default=timezone.now, db_index=True)
     ok = models.BooleanField()
+    observation = models.CharField(max_length=8, blank=True)  # ok, partial or fail
     rtt_ms = models.FloatField(null=True, blank=True)
+    loss = models.FloatField(null=True, blank=True)
+    jitter_ms = models.FloatField(null=True, blank=True)
     duration_ms = models.FloatField()
     error = models.TextField(blank=True)
-    urls = models.JSONField(default=list)  # [{url, kind, ok, ms, error, detail}]
+    urls = models.JSONField(default=list)  # [{url, kind, transport, ok, ms, error, detail}]
+    data_plane = models.JSONField(null=True, blank=True)
+    audit = models.JSONField(null=True, blank=True)
+    credentials = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-checked_at"]
@@ -113,3 +160,37 @@ class CredentialGrant(models.Model):
 
     def __str__(self) -> str:
         return self.id
+
+
+class RelayEventKind(models.TextChoices):
+    UP = "up", "Up"
+    DEGRADED = "degraded", "Degraded"
+    DOWN = "down", "Down"
+    UNSAFE = "unsafe", "Unsafe"
+    SAFE = "safe", "Safe again"
+    DRAINED = "drained", "Drained"
+    DISABLED = "disabled", "Disabled"
+    ENABLED = "enabled", "Enabled"
+    SECRET_STAGED = "secret-staged", "Next secret staged"
+    SECRET_ROTATED = "secret-rotated", "Secret rotated"
+    OVERRIDE = "override", "Unsafe override changed"
+
+
+class RelayEvent(models.Model):
+    """Something that happened to a relay: a health change, or an admin's action with who did
+    it and when. Webhooks (issue 6) deliver these and set `delivered_at`."""
+
+    relay = models.ForeignKey(Relay, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=20, choices=RelayEventKind.choices)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    detail = models.TextField(blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.relay_id} {self.kind} at {self.at:%Y-%m-%d %H:%M:%S}"

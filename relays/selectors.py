@@ -1,27 +1,41 @@
-"""Reads of the relay registry: which relays may be handed out right now."""
+"""Reads of the relay registry: which relays may be handed out right now, and their history."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import F, QuerySet
+from django.db.models import Case, F, IntegerField, Max, Q, QuerySet, Value, When
 from django.utils import timezone
 
-from .models import Relay, RelayStatus
+from .models import CredentialGrant, ProbeResult, Relay, RelayStatus
 
 
 def relays_assignable(*, now=None) -> QuerySet[Relay]:
-    """Enabled relays that are up on a fresh probe, best first (lowest recent RTT).
+    """Relays that may be handed out, best first: up before degraded, then lowest recent RTT.
 
-    A relay whose last probe is older than three sweep intervals is stale: we no longer know
-    that it works, so it is never handed out, whatever its stored status says.
+    Never handed out: down, unknown, disabled, draining, unsafe (unless an admin overrode the
+    audit), or stale (no probe newer than three sweep intervals, so we no longer know it works).
     """
     now = now or timezone.now()
     fresh_after = now - timedelta(seconds=3 * settings.RELAY_SWEEP_INTERVAL)
-    return Relay.objects.filter(
-        enabled=True, status=RelayStatus.UP, last_checked_at__gte=fresh_after
-    ).order_by(F("last_rtt_ms").asc(nulls_last=True), "name")
+    return (
+        Relay.objects.filter(
+            enabled=True,
+            draining=False,
+            status__in=[RelayStatus.UP, RelayStatus.DEGRADED],
+            last_checked_at__gte=fresh_after,
+        )
+        .filter(Q(unsafe=False) | Q(unsafe_override=True))
+        .annotate(
+            health_rank=Case(
+                When(status=RelayStatus.UP, then=Value(0)),
+                default=Value(1),
+                output_field=IntegerField(),
+            )
+        )
+        .order_by("health_rank", F("last_rtt_ms").asc(nulls_last=True), "name")
+    )
 
 
 def select_relays_for(*, user, limit: int | None = None) -> list[Relay]:
@@ -34,8 +48,15 @@ def select_relays_for(*, user, limit: int | None = None) -> list[Relay]:
     return list(relays_assignable()[:limit])
 
 
-def relays_for_sweep(*, relay_ids=None) -> QuerySet[Relay]:
-    qs = Relay.objects.filter(enabled=True)
-    if relay_ids is not None:
-        qs = qs.filter(pk__in=list(relay_ids))
-    return qs
+def relay_latest_grant_expiry(*, relay: Relay):
+    """When the last credential issued for this relay expires (None when none was issued)."""
+    return CredentialGrant.objects.filter(relays=relay).aggregate(m=Max("expires_at"))["m"]
+
+
+def relay_probe_history(*, relay: Relay, hours: float = 6) -> list[ProbeResult]:
+    since = timezone.now() - timedelta(hours=hours)
+    return list(
+        ProbeResult.objects.filter(relay=relay, checked_at__gte=since)
+        .only("checked_at", "ok", "observation", "rtt_ms", "loss", "jitter_ms")
+        .order_by("checked_at")
+    )

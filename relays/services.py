@@ -1,27 +1,31 @@
-"""Writes to the relay registry: register and remove relays, sweep them, issue credentials."""
+"""Writes to the relay registry: register, sweep, drain, rotate, prune, and issue credentials."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass
+import secrets as pysecrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from .credentials import turn_rest_pair
-from .models import CredentialGrant, ProbeResult, Relay, RelayStatus
-from .probes import RelayReport, probe_relay
-from .selectors import relays_for_sweep, select_relays_for
+from .health import Health, next_health, observe
+from .models import CredentialGrant, ProbeResult, Relay, RelayEvent, RelayEventKind, RelayStatus
+from .probes import ProbePlan, RelayReport, probe_relay
+from .selectors import relay_latest_grant_expiry, select_relays_for
 
 logger = logging.getLogger(__name__)
 
 PROBE_CREDENTIAL_TTL = 120  # seconds; probes use their own short-lived TURN REST username
 
 
+# --- registry -----------------------------------------------------------------------------
 def relay_create(
     *,
     name: str,
@@ -30,9 +34,18 @@ def relay_create(
     region: str = "",
     realm: str = "",
     enabled: bool = True,
+    unsafe_override: bool = False,
 ) -> Relay:
     """Register a relay. Raises ValidationError on bad URLs or a duplicate name."""
-    relay = Relay(name=name, urls=urls, secret=secret, region=region, realm=realm, enabled=enabled)
+    relay = Relay(
+        name=name,
+        urls=urls,
+        secret=secret,
+        region=region,
+        realm=realm,
+        enabled=enabled,
+        unsafe_override=unsafe_override,
+    )
     relay.full_clean()
     relay.save()
     logger.info("relay registered: %s %s", relay.name, relay.urls)
@@ -47,90 +60,298 @@ def relay_remove(*, name: str) -> bool:
     return bool(deleted)
 
 
+def _event(relay: Relay, kind: str, *, actor=None, detail: str = "", at=None) -> RelayEvent:
+    event = RelayEvent(relay=relay, kind=kind, actor=actor, detail=detail, at=at or timezone.now())
+    who = f" by {actor.get_username()}" if actor is not None else ""
+    log = logger.warning if kind in ("down", "degraded", "unsafe") else logger.info
+    log("relay %s: %s%s %s", relay.name, kind, who, detail)
+    return event
+
+
+def _admin_change(relay: Relay, kind: str, actor, detail: str = "", **fields) -> Relay:
+    with transaction.atomic():
+        for name, value in fields.items():
+            setattr(relay, name, value)
+        relay.save(update_fields=[*fields, "updated_at"])
+        _event(relay, kind, actor=actor, detail=detail).save()
+    return relay
+
+
+def relay_drain(*, relay: Relay, actor) -> Relay:
+    """No new assignments; the credentials already handed out run out on their own."""
+    return _admin_change(relay, RelayEventKind.DRAINED, actor, draining=True)
+
+
+def relay_disable(*, relay: Relay, actor) -> Relay:
+    """No probes and no assignments until re-enabled."""
+    return _admin_change(relay, RelayEventKind.DISABLED, actor, enabled=False)
+
+
+def relay_enable(*, relay: Relay, actor) -> Relay:
+    """Back in service: enabled and not draining. Its health is probed again from unknown."""
+    return _admin_change(
+        relay,
+        RelayEventKind.ENABLED,
+        actor,
+        enabled=True,
+        draining=False,
+        status=RelayStatus.UNKNOWN,
+        worse_streak=0,
+        better_streak=0,
+        deep_checked_at=None,
+    )
+
+
+def relay_set_unsafe_override(*, relay: Relay, override: bool, actor, reason: str = "") -> Relay:
+    """Let an admin assign a relay the audit flags unsafe (test rigs on loopback only)."""
+    detail = ("override on" if override else "override off") + (f": {reason}" if reason else "")
+    return _admin_change(
+        relay, RelayEventKind.OVERRIDE, actor, detail=detail, unsafe_override=override
+    )
+
+
+def relay_stage_next_secret(*, relay: Relay, secret: str, actor=None) -> Relay:
+    """Stage the secret to rotate to. Issuing switches once a probe with it succeeds."""
+    return _admin_change(relay, RelayEventKind.SECRET_STAGED, actor, next_secret=secret)
+
+
+def relay_config_changed(*, relay: Relay) -> None:
+    """URLs or secret changed: run the deep checks at the next sweep, not an interval later."""
+    Relay.objects.filter(pk=relay.pk).update(deep_checked_at=None)
+
+
+# --- sweeps -------------------------------------------------------------------------------
 @dataclass
 class SweepOutcome:
     relay: Relay
     report: RelayReport
-    duration_ms: float
+    observation: str
     previous_status: str
+    events: list[RelayEvent] = field(default_factory=list)
+
+    @property
+    def duration_ms(self) -> float:
+        return self.report.duration_ms
 
 
-async def _probe_all(relays: list[Relay], timeout: float) -> list[tuple[RelayReport, float]]:
-    expires = int(time.time()) + PROBE_CREDENTIAL_TTL
+def relays_claim(*, relay_ids=None, now, force: bool = False) -> list[Relay]:
+    """Claim the enabled relays nobody has claimed this interval, in one conditional UPDATE.
 
-    async def one(relay: Relay) -> tuple[RelayReport, float]:
-        username, password = turn_rest_pair(
-            secret=relay.secret, expires_at=expires, opaque_id=f"probe-{relay.name}"
-        )
-        t0 = time.perf_counter()
-        report = await probe_relay(
-            relay.ice_urls(),
-            username=username,
-            password=password,
-            timeout=timeout,
-            verify_tls=settings.RELAY_PROBE_VERIFY_TLS,
-        )
-        return report, (time.perf_counter() - t0) * 1000
-
-    return list(await asyncio.gather(*(one(r) for r in relays)))
-
-
-def relay_sweep(*, relay_ids=None, timeout: float | None = None) -> list[SweepOutcome]:
-    """Probe every enabled relay (or the given ones) concurrently, then store what was found.
-
-    The probes run first, with no database connection held; the results are then written in one
-    transaction. Wall time is bounded by the probe timeout, however many relays are dead.
+    Several workers can sweep at once: each relay is probed by whichever claims it first, and by
+    no one else until the claim runs out (just under one interval). `force` (a person asked,
+    from admin or the CLI) takes relays whatever their claim.
     """
-    relays = list(relays_for_sweep(relay_ids=relay_ids))
+    token = pysecrets.token_hex(8)
+    qs = Relay.objects.filter(enabled=True)
+    if relay_ids is not None:
+        qs = qs.filter(pk__in=list(relay_ids))
+    if not force:
+        qs = qs.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
+    qs.update(
+        claimed_until=now + timedelta(seconds=0.9 * settings.RELAY_SWEEP_INTERVAL),
+        claim_token=token,
+    )
+    return list(Relay.objects.filter(claim_token=token).order_by("name"))
+
+
+def _plan(relay: Relay, *, now, timeout: float) -> ProbePlan:
+    deep_due = relay.deep_checked_at is None or (
+        (now - relay.deep_checked_at).total_seconds() >= settings.RELAY_DEEP_CHECK_INTERVAL
+    )
+    opaque = f"probe-{relay.name}"
+    secret, next_secret = relay.secret, relay.next_secret
+
+    def creds(expires_at: int, _secret=secret) -> tuple[str, str]:
+        return turn_rest_pair(secret=_secret, expires_at=expires_at, opaque_id=opaque)
+
+    def next_creds(expires_at: int) -> tuple[str, str]:
+        return turn_rest_pair(secret=next_secret, expires_at=expires_at, opaque_id=opaque)
+
+    return ProbePlan(
+        urls=relay.ice_urls(),
+        credentials=creds,
+        timeout=timeout,
+        verify_tls=settings.RELAY_PROBE_VERIFY_TLS,
+        packets=settings.RELAY_DATA_PLANE_PACKETS if deep_due else 0,
+        audit=deep_due,
+        check_credentials=deep_due,
+        next_credentials=next_creds if next_secret else None,
+        credential_ttl=PROBE_CREDENTIAL_TTL,
+    )
+
+
+async def _probe_all(
+    relays: list[Relay],
+    plans: list[ProbePlan],
+    on_result: Callable[[Relay, RelayReport], None] | None,
+) -> list[RelayReport]:
+    async def one(relay: Relay, plan: ProbePlan) -> RelayReport:
+        report = await probe_relay(plan)
+        if on_result is not None:
+            on_result(relay, report)
+        return report
+
+    return list(await asyncio.gather(*(one(r, p) for r, p in zip(relays, plans, strict=True))))
+
+
+def relay_sweep(
+    *,
+    relay_ids=None,
+    timeout: float | None = None,
+    force: bool = False,
+    on_result: Callable[[Relay, RelayReport], None] | None = None,
+) -> list[SweepOutcome]:
+    """Probe the claimed relays concurrently, then store what was found.
+
+    The probes run with no database connection held; the results are then written in one
+    transaction with a fixed number of statements (bulk insert and update), whatever the fleet
+    size. Wall time is bounded by the probe timeout, however many relays are dead.
+    """
+    now = timezone.now()
+    relays = relays_claim(relay_ids=relay_ids, now=now, force=force)
     if not relays:
         return []
     timeout = timeout or settings.RELAY_PROBE_TIMEOUT
-    measured = asyncio.run(_probe_all(relays, timeout))
-    now = timezone.now()
-    outcomes = []
-    with transaction.atomic():
-        for relay, (report, duration_ms) in zip(relays, measured, strict=True):
-            outcomes.append(
-                relay_record_probe(
-                    relay=relay, report=report, duration_ms=duration_ms, checked_at=now
+    plans = [_plan(r, now=now, timeout=timeout) for r in relays]
+    reports = asyncio.run(_probe_all(relays, plans, on_result))
+    return relay_record_probes(
+        relays=relays, plans=plans, reports=reports, checked_at=timezone.now()
+    )
+
+
+_RELAY_FIELDS = [
+    "status",
+    "worse_streak",
+    "better_streak",
+    "transport_status",
+    "last_rtt_ms",
+    "last_loss",
+    "last_jitter_ms",
+    "last_checked_at",
+    "last_error",
+    "unsafe",
+    "accepted_peers",
+    "deep_checked_at",
+    "secret",
+    "next_secret",
+    "previous_secret",
+    "previous_secret_until",
+    "updated_at",
+]
+
+
+def relay_record_probes(
+    *, relays: list[Relay], plans: list[ProbePlan], reports: list[RelayReport], checked_at
+) -> list[SweepOutcome]:
+    """Store probe results, move each relay's health, and record what changed as events."""
+    outcomes: list[SweepOutcome] = []
+    results: list[ProbeResult] = []
+    events: list[RelayEvent] = []
+    for relay, plan, report in zip(relays, plans, reports, strict=True):
+        observation = observe(
+            report, max_loss=settings.RELAY_DEGRADED_LOSS, max_rtt_ms=settings.RELAY_DEGRADED_RTT_MS
+        )
+        outcome = SweepOutcome(
+            relay=relay, report=report, observation=observation, previous_status=relay.status
+        )
+        health = next_health(
+            Health(relay.status, relay.worse_streak, relay.better_streak),
+            observation,
+            down_after=settings.RELAY_DOWN_AFTER,
+            up_after=settings.RELAY_UP_AFTER,
+        )
+        dp = report.data_plane
+        results.append(
+            ProbeResult(
+                relay=relay,
+                checked_at=checked_at,
+                ok=report.ok,
+                observation=observation,
+                rtt_ms=report.rtt_ms,
+                loss=dp.loss if dp else None,
+                jitter_ms=dp.jitter_ms if dp else None,
+                duration_ms=report.duration_ms,
+                error=report.error,
+                urls=[r.as_dict() for r in report.results],
+                data_plane=dp.as_dict() if dp else None,
+                audit=report.audit.as_dict() if report.audit else None,
+                credentials=report.credentials.as_dict() if report.credentials else None,
+            )
+        )
+        if health.status != relay.status:
+            outcome.events.append(
+                _event(
+                    relay, health.status, detail=report.error or "all checks passed", at=checked_at
                 )
             )
+        relay.status, relay.worse_streak, relay.better_streak = (
+            health.status,
+            health.worse_streak,
+            health.better_streak,
+        )
+        relay.transport_status = {
+            k: "up" if ok else "down" for k, ok in report.transports().items()
+        }
+        relay.last_rtt_ms = report.rtt_ms
+        if dp is not None and not dp.not_measurable:
+            relay.last_loss, relay.last_jitter_ms = dp.loss, dp.jitter_ms
+        relay.last_checked_at = checked_at
+        relay.last_error = report.error
+        relay.updated_at = checked_at
+        if plan.audit and report.audit is not None and report.audit.ran:
+            if report.audit.unsafe != relay.unsafe or (
+                report.audit.unsafe and report.audit.accepted != relay.accepted_peers
+            ):
+                kind = RelayEventKind.UNSAFE if report.audit.unsafe else RelayEventKind.SAFE
+                detail = (
+                    f"accepts peers {', '.join(report.audit.accepted)}"
+                    if report.audit.unsafe
+                    else ""
+                )
+                outcome.events.append(_event(relay, kind, detail=detail, at=checked_at))
+            relay.unsafe = report.audit.unsafe
+            relay.accepted_peers = report.audit.accepted
+        if plan.audit or plan.packets or plan.check_credentials:
+            relay.deep_checked_at = checked_at
+        if report.next_secret_ok and relay.next_secret:
+            until = relay_latest_grant_expiry(relay=relay) or checked_at
+            relay.previous_secret, relay.previous_secret_until = (
+                relay.secret,
+                max(until, checked_at),
+            )
+            relay.secret, relay.next_secret = relay.next_secret, ""
+            outcome.events.append(
+                _event(
+                    relay,
+                    RelayEventKind.SECRET_ROTATED,
+                    at=checked_at,
+                    detail=f"issuing with the new secret; the old one is kept until {relay.previous_secret_until:%Y-%m-%d %H:%M:%S}Z",
+                )
+            )
+        events.extend(outcome.events)
+        outcomes.append(outcome)
+    with transaction.atomic():
+        ProbeResult.objects.bulk_create(results)
+        Relay.objects.bulk_update(relays, _RELAY_FIELDS)
+        RelayEvent.objects.bulk_create(events)
     return outcomes
 
 
-def relay_record_probe(
-    *, relay: Relay, report: RelayReport, duration_ms: float, checked_at
-) -> SweepOutcome:
-    """Store one probe and move the relay's health status to what it found."""
-    previous = relay.status
-    ProbeResult.objects.create(
-        relay=relay,
-        checked_at=checked_at,
-        ok=report.ok,
-        rtt_ms=report.rtt_ms,
-        duration_ms=round(duration_ms, 3),
-        error=report.error,
-        urls=[r.as_dict() for r in report.results],
+def relay_prune_history(*, now=None) -> dict:
+    """Delete probe results older than the retention window; forget old secrets whose
+    credentials have all expired."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(hours=settings.RELAY_PROBE_RETENTION_HOURS)
+    deleted, _ = ProbeResult.objects.filter(checked_at__lt=cutoff).delete()
+    forgotten = (
+        Relay.objects.filter(previous_secret_until__lt=now)
+        .exclude(previous_secret="")
+        .update(previous_secret="", previous_secret_until=None)
     )
-    relay.status = RelayStatus.UP if report.ok else RelayStatus.DOWN
-    relay.last_rtt_ms = report.rtt_ms
-    relay.last_checked_at = checked_at
-    relay.last_error = report.error
-    Relay.objects.filter(pk=relay.pk).update(
-        status=relay.status,
-        last_rtt_ms=relay.last_rtt_ms,
-        last_checked_at=checked_at,
-        last_error=relay.last_error,
-        updated_at=checked_at,
-    )
-    if previous != relay.status:
-        log = logger.info if relay.status == RelayStatus.UP else logger.warning
-        log("relay %s: %s -> %s %s", relay.name, previous, relay.status, relay.last_error)
-    return SweepOutcome(
-        relay=relay, report=report, duration_ms=duration_ms, previous_status=previous
-    )
+    return {"probe_results_deleted": deleted, "old_secrets_forgotten": forgotten}
 
 
+# --- issuing ------------------------------------------------------------------------------
 def ice_servers_issue(*, user) -> dict:
     """Choose the best relays for this user and issue TURN REST credentials for them.
 
@@ -155,9 +376,10 @@ def ice_servers_issue(*, user) -> dict:
         return payload
     grant = CredentialGrant.objects.create(user=user, expires_at=expires_at)
     grant.relays.set(relays)
+    expiry = int(expires_at.timestamp())
     for relay in relays:
         username, credential = turn_rest_pair(
-            secret=relay.secret, expires_at=int(expires_at.timestamp()), opaque_id=grant.id
+            secret=relay.secret, expires_at=expiry, opaque_id=grant.id
         )
         payload["iceServers"].append(
             {"urls": list(relay.urls), "username": username, "credential": credential}

@@ -1,18 +1,26 @@
-"""Celery tasks for relays: thin wrappers that call services."""
+"""Celery tasks for relays: thin wrappers that take ids and call services."""
 
 from celery import shared_task
 from celery.signals import worker_ready
+from django.conf import settings
 
-from .services import relay_sweep
+from .services import relay_prune_history, relay_sweep
 
 
 @shared_task(name="relays.tasks.sweep_relays", ignore_result=False)
 def sweep_relays(relay_ids: list[str] | None = None) -> dict:
+    """Probe the relays this worker claims for the interval; returns {name: status}."""
     outcomes = relay_sweep(relay_ids=relay_ids)
     return {o.relay.name: o.relay.status for o in outcomes}
+
+
+@shared_task(name="relays.tasks.prune_relay_history")
+def prune_relay_history() -> dict:
+    return relay_prune_history()
 
 
 @worker_ready.connect
 def sweep_when_a_worker_starts(sender, **kwargs) -> None:
     # A fresh worker learns the fleet's health at once instead of one interval later.
-    sweep_relays.delay()
+    if settings.RELAY_SWEEP_ON_WORKER_START:
+        sweep_relays.delay()

@@ -72,33 +72,109 @@ def free_port() -> int:
 _relay_port_base = 50000 + (os.getpid() % 50) * 200
 
 
+def _next_relay_range() -> tuple[int, int]:
+    global _relay_port_base
+    lo = _relay_port_base
+    _relay_port_base = lo + 40 if lo + 80 < 64000 else 50000
+    return lo, lo + 39
+
+
 @dataclass
 class Coturn:
     port: int
     secret: str
-    proc: subprocess.Popen
     conf: Path
+    argv: list[str]
+    tls_port: int | None = None
+    udp_only: bool = False
+    proc: subprocess.Popen | None = None
 
     @property
     def urls(self) -> list[str]:
-        return [
+        urls = [
             f"turn:127.0.0.1:{self.port}?transport=udp",
             f"turn:127.0.0.1:{self.port}?transport=tcp",
         ]
+        if self.tls_port:
+            urls.append(f"turns:127.0.0.1:{self.tls_port}?transport=tcp")
+        return urls
+
+    @property
+    def log(self) -> str:
+        path = self.conf.parent / "turn.log"
+        return path.read_text() if path.exists() else ""
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            # UDP-only relays have no TCP listener: wait for the pid file instead.
+            if self.udp_only and (self.conf.parent / "turnserver.pid").exists():
+                time.sleep(0.2)
+                return
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"turnserver exited: {self.log[-2000:]}") from None
+                time.sleep(0.05)
+        raise RuntimeError("turnserver did not start listening")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        (self.conf.parent / "turnserver.pid").unlink(missing_ok=True)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def self_signed_cert(tmp_path_factory) -> tuple[str, str]:
+    openssl = need_binary("openssl")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
 
 
 @pytest.fixture
-def coturn(tmp_path):
-    """A factory of real coturn relays on 127.0.0.1, each with its own port, secret and state dir."""
+def coturn(tmp_path, request):
+    """A factory of real coturn relays on 127.0.0.1, each with its own ports, secret and state.
+
+    allow_loopback_peers: loopback test rigs only (browsers on one machine meet through it).
+    extra_secrets: more static-auth-secret lines (rotation). tls: a turns: listener with a
+    self-signed certificate. udp_only: no TCP listener. clock_offset: run the relay under
+    faketime with its clock that far off ("+600s").
+    """
     binary = need_binary("turnserver")
     started: list[Coturn] = []
 
@@ -107,15 +183,23 @@ def coturn(tmp_path):
         secret: str | None = None,
         allow_loopback_peers: bool = True,
         extra: list[str] | None = None,
+        extra_secrets: list[str] | None = None,
+        tls: bool = False,
+        udp_only: bool = False,
+        clock_offset: str | None = None,
     ) -> Coturn:
-        global _relay_port_base
         secret = secret or secrets.token_urlsafe(24)
         port = free_port()
         state = tmp_path / f"coturn-{port}"
         state.mkdir()
-        lo, _relay_port_base = _relay_port_base, _relay_port_base + 40
-        if _relay_port_base > 64000:
-            _relay_port_base = 50000
+        lo, hi = _next_relay_range()
+        more = [f"static-auth-secret={s}" for s in extra_secrets or []] + list(extra or [])
+        tls_port = cert = key = None
+        if tls:
+            cert, key = request.getfixturevalue("self_signed_cert")
+            tls_port = free_port()
+        if udp_only:
+            more.append("no-tcp")
         conf = state / "turnserver.conf"
         conf.write_text(
             render_coturn_config(
@@ -125,29 +209,24 @@ def coturn(tmp_path):
                 realm="test.traverse",
                 state_dir=str(state),
                 min_port=lo,
-                max_port=lo + 39,
+                max_port=hi,
                 allow_loopback_peers=allow_loopback_peers,
                 log_file=str(state / "turn.log"),
-                extra=extra,
+                tls_port=tls_port,
+                cert=cert,
+                pkey=key,
+                extra=more,
             )
         )
-        proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        argv = [binary, "-c", str(conf)]
+        if clock_offset:
+            argv = [need_binary("faketime"), "-f", clock_offset, *argv]
+        relay = Coturn(
+            port=port, secret=secret, conf=conf, argv=argv, tls_port=tls_port, udp_only=udp_only
         )
-        relay = Coturn(port=port, secret=secret, proc=proc, conf=conf)
         started.append(relay)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return relay
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"turnserver exited: {(state / 'turn.log').read_text()[-2000:]}"
-                    ) from None
-                time.sleep(0.05)
-        raise RuntimeError("turnserver did not start listening")
+        relay.start()
+        return relay
 
     yield start
     for relay in started:

@@ -50,6 +50,8 @@ def child_env() -> dict:
     env = dict(os.environ)
     env["DATABASE_URL"] = database_url_for_subprocess()
     env["PYTHONUNBUFFERED"] = "1"
+    # The tests queue each sweep themselves; a sweep at worker start would race them for the claims.
+    env["RELAY_SWEEP_ON_WORKER_START"] = "false"
     env.pop("DJANGO_SETTINGS_MODULE", None)
     return env
 

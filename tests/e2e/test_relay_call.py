@@ -40,15 +40,21 @@ def test_two_browsers_call_through_the_assigned_relay(
 ):
     base = services["base"]
     # allow-loopback-peers: both browsers' relay candidates are on 127.0.0.1, so the relay must
-    # reach loopback peers. Only test rigs may do this (see relays/coturn.py).
+    # reach loopback peers. The safety audit rightly flags that relay unsafe, so this test rig
+    # uses the admin override; production relays never do (see relays/coturn.py).
     relay_server = coturn(allow_loopback_peers=True)
     relay = relay_create(
-        name="e2e-relay", urls=relay_server.urls, secret=relay_server.secret, region="test"
+        name="e2e-relay",
+        urls=relay_server.urls,
+        secret=relay_server.secret,
+        region="test",
+        unsafe_override=True,
     )
 
     assert sweep_through_worker() == {"e2e-relay": "up"}
     relay.refresh_from_db()
     assert relay.status == RelayStatus.UP and relay.last_rtt_ms is not None
+    assert relay.unsafe and "127.0.0.1" in relay.accepted_peers  # the audit sees through the rig
     assert relay.probe_results.exists()
 
     a = sign_in(browser, base, "alice", password)

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from relays.ice_urls import parse_ice_url
 from relays.models import CredentialGrant, Relay, RelayStatus
-from relays.probes import probe_relay
+from relays.probes import ProbePlan, probe_relay
 from relays.services import relay_sweep
 
 pytestmark = pytest.mark.django_db
@@ -92,14 +92,15 @@ def test_issued_credentials_allocate_on_the_real_relay(client, alice, password, 
     relay_sweep()
     client.login(username="alice", password=password)
     (ice,) = client.get(URL).json()["iceServers"]
-    report = asyncio.run(
-        probe_relay(
-            [parse_ice_url(u) for u in ice["urls"]],
-            username=ice["username"],
-            password=ice["credential"],
-            timeout=3,
-        )
+    plan = ProbePlan(
+        urls=[parse_ice_url(u) for u in ice["urls"]],
+        credentials=lambda _exp: (ice["username"], ice["credential"]),
+        timeout=3,
+        packets=0,
+        audit=False,
+        check_credentials=False,
     )
+    report = asyncio.run(probe_relay(plan))
     assert report.ok, report.error
 
 

@@ -1,6 +1,11 @@
-"""manage.py probe_relays: one sweep in the foreground, with each relay's result."""
+"""manage.py probe_relays: one sweep in the foreground, progress while it runs, then a summary.
+
+Exits 1 when an enabled relay is down or unsafe, so scripts and monitors can act on it.
+"""
 
 import json
+import sys
+import time
 
 from django.core.management.base import BaseCommand, CommandError
 
@@ -9,7 +14,7 @@ from relays.services import relay_sweep
 
 
 class Command(BaseCommand):
-    help = "Probe every enabled relay now (STUN Binding + TURN Allocate) and store the results."
+    help = "Probe every enabled relay now (Binding, Allocate per URL, data plane, safety audit, credentials)."
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -27,37 +32,68 @@ class Command(BaseCommand):
             if missing:
                 raise CommandError(f"no relay named {', '.join(missing)}")
             ids = list(found.values())
-        outcomes = relay_sweep(relay_ids=ids)
-        if not outcomes:
+        total = Relay.objects.filter(enabled=True, **({"pk__in": ids} if ids else {})).count()
+        if not total:
             self.stdout.write("no enabled relay to probe")
             return
+        progress = sys.stderr
+        t0 = time.perf_counter()
+        done = 0
+        progress.write(f"probing {total} relay(s)…\n")
+
+        def on_result(relay, report):
+            nonlocal done
+            done += 1
+            mark = "ok " if report.ok else "!! "
+            progress.write(f"  [{done}/{total}] {mark}{relay.name} ({report.duration_ms:.0f} ms)\n")
+            progress.flush()
+
+        outcomes = relay_sweep(relay_ids=ids, force=True, on_result=on_result)
+        progress.write(f"done in {(time.perf_counter() - t0) * 1000:.0f} ms\n")
+        if as_json:
+            for o in outcomes:
+                self.stdout.write(json.dumps(_summary(o)))
+        else:
+            self._table(outcomes)
+        bad = [o.relay.name for o in outcomes if o.relay.status == "down" or o.relay.unsafe]
+        if bad:
+            raise CommandError(f"down or unsafe: {', '.join(bad)}", returncode=1)
+
+    def _table(self, outcomes):
+        self.stdout.write(
+            f"{'RELAY':20} {'STATUS':9} {'SEEN':8} {'RTT':>9} {'LOSS':>6}  SAFETY   URLS"
+        )
         for o in outcomes:
-            if as_json:
-                self.stdout.write(_json_line(o))
-                continue
-            style = self.style.SUCCESS if o.report.ok else self.style.ERROR
-            rtt = f"{o.report.rtt_ms:.2f} ms" if o.report.rtt_ms is not None else "-"
+            r, rep = o.relay, o.report
+            rtt = f"{rep.rtt_ms:.2f}ms" if rep.rtt_ms is not None else "-"
+            dp = rep.data_plane
+            loss = f"{dp.loss * 100:.0f}%" if dp and dp.loss is not None else "-"
+            safety = "UNSAFE" if r.unsafe else ("ok" if r.deep_checked_at else "-")
+            style = self.style.SUCCESS if r.status == "up" and not r.unsafe else self.style.ERROR
+            urls = " ".join(f"{u.url}={'ok' if u.ok else u.error}" for u in rep.results)
             self.stdout.write(
                 style(
-                    f"{o.relay.name:20} {o.relay.status:8} rtt={rtt:>9} in {o.duration_ms:.0f} ms"
+                    f"{r.name:20} {r.display_status():9} {o.observation:8} {rtt:>9} {loss:>6}  {safety:8} {urls}"
                 )
             )
-            for r in o.report.results:
-                mark = "ok  " if r.ok else "FAIL"
-                ms = f"{r.ms:.2f} ms" if r.ms is not None else f"{r.error} {r.detail}"
-                self.stdout.write(f"    {mark} {r.kind:4} {r.url}  {ms}")
-        if any(not o.report.ok for o in outcomes):
-            raise CommandError("some relays are down", returncode=1)
+            if r.unsafe:
+                self.stdout.write(f"{'':20} accepts private peers: {', '.join(r.accepted_peers)}")
+            if rep.credentials and rep.credentials.clock_skew:
+                self.stdout.write(f"{'':20} clock skew: {rep.credentials.clock_skew}")
 
 
-def _json_line(o) -> str:
-    return json.dumps(
-        {
-            "name": o.relay.name,
-            "status": o.relay.status,
-            "rtt_ms": o.report.rtt_ms,
-            "urls": [
-                {"url": r.url, "ok": r.ok, "ms": r.ms, "error": r.error} for r in o.report.results
-            ],
-        }
-    )
+def _summary(o) -> dict:
+    r, rep = o.relay, o.report
+    dp = rep.data_plane
+    return {
+        "name": r.name,
+        "status": r.display_status(),
+        "observation": o.observation,
+        "unsafe": r.unsafe,
+        "accepted_peers": list(r.accepted_peers),
+        "rtt_ms": rep.rtt_ms,
+        "transports": r.transport_status,
+        "data_plane": dp.as_dict() if dp else None,
+        "clock_skew": rep.credentials.clock_skew if rep.credentials else None,
+        "urls": [{"url": u.url, "ok": u.ok, "ms": u.ms, "error": u.error} for u in rep.results],
+    }

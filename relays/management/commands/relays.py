@@ -6,7 +6,24 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from relays.models import Relay
-from relays.services import relay_create, relay_remove
+from relays.services import (
+    relay_create,
+    relay_disable,
+    relay_drain,
+    relay_enable,
+    relay_remove,
+    relay_stage_next_secret,
+)
+
+
+def _read_secret(path: str) -> str:
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        raise CommandError(f"cannot read the secret file: {exc.strerror}") from exc
+    if not secret:
+        raise CommandError("the secret file is empty")
+    return secret
 
 
 class Command(BaseCommand):
@@ -28,17 +45,23 @@ class Command(BaseCommand):
         sub.add_parser("list", help="list relays and their health")
         rm = sub.add_parser("remove", help="remove a relay")
         rm.add_argument("name")
+        for action, text in (
+            ("drain", "no new assignments; current credentials run out"),
+            ("disable", "no probes, no assignments"),
+            ("enable", "back in service (and stop draining)"),
+        ):
+            sub.add_parser(action, help=text).add_argument("name")
+        rot = sub.add_parser(
+            "rotate", help="stage the next secret; issuing switches once a probe with it succeeds"
+        )
+        rot.add_argument("name")
+        rot.add_argument("--next-secret-file", required=True)
 
     def handle(self, *args, action, **opts):
         getattr(self, f"do_{action}")(**opts)
 
     def do_add(self, *, name, urls, secret_file, region, realm, disabled, **_):
-        try:
-            secret = Path(secret_file).read_text().strip()
-        except OSError as exc:
-            raise CommandError(f"cannot read the secret file: {exc.strerror}") from exc
-        if not secret:
-            raise CommandError("the secret file is empty")
+        secret = _read_secret(secret_file)
         try:
             relay = relay_create(
                 name=name,
@@ -58,13 +81,43 @@ class Command(BaseCommand):
         if not relays:
             self.stdout.write("no relays registered")
             return
-        self.stdout.write(f"{'NAME':20} {'STATUS':8} {'ENABLED':7} {'RTT':>9} {'REGION':10} URLS")
+        self.stdout.write(
+            f"{'NAME':20} {'STATUS':9} {'STATE':9} {'SAFETY':7} {'RTT':>9} {'REGION':10} URLS"
+        )
         for r in relays:
-            status = "stale" if r.status == "up" and r.is_stale() else r.status
+            state = "disabled" if not r.enabled else ("draining" if r.draining else "active")
+            safety = "UNSAFE" if r.unsafe else ("ok" if r.deep_checked_at else "-")
             rtt = f"{r.last_rtt_ms:.2f}ms" if r.last_rtt_ms is not None else "-"
             self.stdout.write(
-                f"{r.name:20} {status:8} {'yes' if r.enabled else 'no':7} {rtt:>9} {r.region or '-':10} {' '.join(r.urls)}"
+                f"{r.name:20} {r.display_status():9} {state:9} {safety:7} {rtt:>9} {r.region or '-':10} {' '.join(r.urls)}"
             )
+
+    def _relay(self, name: str) -> Relay:
+        relay = Relay.objects.filter(name=name).first()
+        if relay is None:
+            raise CommandError(f"no relay named {name!r}")
+        return relay
+
+    def do_drain(self, *, name, **_):
+        relay_drain(relay=self._relay(name), actor=None)
+        self.stdout.write(self.style.SUCCESS(f"draining {name}"))
+
+    def do_disable(self, *, name, **_):
+        relay_disable(relay=self._relay(name), actor=None)
+        self.stdout.write(self.style.SUCCESS(f"disabled {name}"))
+
+    def do_enable(self, *, name, **_):
+        relay_enable(relay=self._relay(name), actor=None)
+        self.stdout.write(self.style.SUCCESS(f"enabled {name}"))
+
+    def do_rotate(self, *, name, next_secret_file, **_):
+        relay = self._relay(name)
+        relay_stage_next_secret(relay=relay, secret=_read_secret(next_secret_file), actor=None)
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"staged the next secret of {name}; issuing switches after a probe with it succeeds"
+            )
+        )
 
     def do_remove(self, *, name, **_):
         if not relay_remove(name=name):

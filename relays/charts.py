@@ -1,0 +1,80 @@
+"""Server-side SVG charts for admin (no CDN, no JavaScript): RTT and loss over time.
+
+Drawn here rather than with a vendored chart library: two polylines and a few labels are less
+code than wiring a library into Django admin, and they render with JavaScript turned off.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from html import escape
+
+W, H, PAD_L, PAD_R, PAD_T, PAD_B = 720, 200, 48, 48, 16, 28
+
+
+def _scale(values: list[float], lo: float, hi: float, top: float, bottom: float) -> list[float]:
+    span = (hi - lo) or 1.0
+    return [bottom - (v - lo) / span * (bottom - top) for v in values]
+
+
+def rtt_loss_svg(points: list[tuple[datetime, float | None, float | None]], *, title: str) -> str:
+    """points: (time, rtt ms or None, loss 0..1 or None), oldest first."""
+    if len(points) < 2:
+        return '<p class="help">Not enough probes yet for a chart.</p>'
+    t0, t1 = points[0][0].timestamp(), points[-1][0].timestamp()
+    span = (t1 - t0) or 1.0
+    xs = [PAD_L + (p[0].timestamp() - t0) / span * (W - PAD_L - PAD_R) for p in points]
+    rtts = [p[1] for p in points]
+    known = [r for r in rtts if r is not None]
+    rtt_max = max(known) * 1.2 if known else 1.0
+    top, bottom = PAD_T, H - PAD_B
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+        f'role="img" aria-label="{escape(title)}" class="relay-chart" font-family="sans-serif" font-size="11">',
+        f'<rect x="{PAD_L}" y="{top}" width="{W - PAD_L - PAD_R}" height="{bottom - top}" fill="#fafbfc" stroke="#d0d7de"/>',
+    ]
+    for frac in (0, 0.5, 1):
+        y = bottom - frac * (bottom - top)
+        parts.append(
+            f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>'
+        )
+        parts.append(
+            f'<text x="{PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end" fill="#0969da">{rtt_max * frac:.1f}</text>'
+        )
+        parts.append(
+            f'<text x="{W - PAD_R + 4}" y="{y + 4:.1f}" fill="#cf222e">{frac * 100:.0f}%</text>'
+        )
+    segment: list[str] = []
+    for x, r in zip(xs, rtts, strict=True):
+        if r is None:
+            if len(segment) > 1:
+                parts.append(
+                    f'<polyline fill="none" stroke="#0969da" stroke-width="1.5" points="{" ".join(segment)}"/>'
+                )
+            segment = []
+            continue
+        (y,) = _scale([r], 0, rtt_max, top, bottom)
+        segment.append(f"{x:.1f},{y:.1f}")
+    if len(segment) > 1:
+        parts.append(
+            f'<polyline fill="none" stroke="#0969da" stroke-width="1.5" points="{" ".join(segment)}"/>'
+        )
+    for x, p in zip(xs, points, strict=True):
+        if p[2] is not None:
+            (y,) = _scale([p[2]], 0, 1, top, bottom)
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="#cf222e"/>')
+        if p[1] is None:
+            parts.append(
+                f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{bottom}" stroke="#cf222e" stroke-opacity="0.35"/>'
+            )
+    parts.append(f'<text x="{PAD_L}" y="{H - 8}" fill="#656d76">{points[0][0]:%H:%M:%S}</text>')
+    parts.append(
+        f'<text x="{W - PAD_R}" y="{H - 8}" text-anchor="end" fill="#656d76">{points[-1][0]:%H:%M:%S} UTC</text>'
+    )
+    parts.append(
+        f'<text x="{W / 2:.0f}" y="{H - 8}" text-anchor="middle" fill="#656d76">'
+        '<tspan fill="#0969da">— RTT ms (left)</tspan>   <tspan fill="#cf222e">● loss (right)</tspan>   '
+        '<tspan fill="#cf222e">| failed probe</tspan></text>'
+    )
+    parts.append("</svg>")
+    return "".join(parts)
