@@ -184,6 +184,9 @@ class RelayAdmin(admin.ModelAdmin):
     @admin.display(description="figures")
     def health_figures(self, obj: Relay) -> str:
         jitter = f"{obj.last_jitter_ms:.2f} ms" if obj.last_jitter_ms is not None else "—"
+        if obj.last_loss is None and obj.deep_checked_at and not obj.unsafe:
+            # A safe relay whose only address is private refuses itself as a peer.
+            return f"STUN RTT {self.rtt(obj)} · data plane not measurable from here (the relay refuses its own private address as a peer)"
         return f"STUN RTT {self.rtt(obj)} · data-plane loss {self.loss(obj)} · jitter {jitter}"
 
     @admin.display(description="safety audit")
@@ -198,7 +201,9 @@ class RelayAdmin(admin.ModelAdmin):
                 " (overridden by an admin)" if obj.unsafe_override else " unless overridden",
             )
         return format_html(
-            "refuses every private peer (audited {:%Y-%m-%d %H:%M:%S} UTC)", obj.deep_checked_at
+            "{} refuses every private peer (audited {} UTC)",
+            badge("safe", "up"),
+            f"{obj.deep_checked_at:%Y-%m-%d %H:%M:%S}",
         )
 
     @admin.display(description="rotation")

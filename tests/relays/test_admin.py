@@ -36,7 +36,7 @@ def test_non_staff_users_cannot_reach_admin(client, alice, password, relay):
 def test_list_shows_status_rtt_and_never_the_secret(client, staff, password, relay):
     client.login(username="root", password=password)
     html = client.get("/admin/relays/relay/").content.decode()
-    assert "fra-1" in html and "relay-badge" in html and ">up<" in html and "1.25 ms" in html
+    assert "fra-1" in html and "relay-badge-up" in html and "1.25 ms" in html
     assert "s3cr3t-value" not in html
 
 
@@ -79,7 +79,7 @@ def test_stale_relays_show_as_stale(client, staff, password, relay, settings):
         last_checked_at=timezone.now() - timezone.timedelta(hours=1)
     )
     client.login(username="root", password=password)
-    assert ">stale<" in client.get("/admin/relays/relay/").content.decode()
+    assert "relay-badge-stale" in client.get("/admin/relays/relay/").content.decode()
 
 
 def test_probe_now_action_probes_for_real(client, staff, password, coturn):
@@ -94,3 +94,76 @@ def test_probe_now_action_probes_for_real(client, staff, password, coturn):
     assert "Relay live: up" in response.content.decode()
     relay.refresh_from_db()
     assert relay.status == RelayStatus.UP
+
+
+def _act(client, action, relay):
+    return client.post(
+        "/admin/relays/relay/", {"action": action, "_selected_action": [str(relay.pk)]}, follow=True
+    )
+
+
+def test_drain_disable_enable_are_recorded_with_who_and_when(client, staff, password, relay, alice):
+    from relays.models import RelayEvent
+    from relays.selectors import select_relays_for
+
+    client.login(username="root", password=password)
+    assert [r.name for r in select_relays_for(user=alice)] == ["fra-1"]
+
+    _act(client, "drain", relay)
+    relay.refresh_from_db()
+    assert relay.draining and relay.enabled and select_relays_for(user=alice) == []
+    _act(client, "disable", relay)
+    relay.refresh_from_db()
+    assert not relay.enabled
+    _act(client, "enable", relay)
+    relay.refresh_from_db()
+    assert relay.enabled and not relay.draining and relay.status == "unknown"  # probed afresh
+
+    events = list(RelayEvent.objects.filter(relay=relay).order_by("at", "id"))
+    assert [e.kind for e in events] == ["drained", "disabled", "enabled"]
+    assert all(e.actor == staff and e.at is not None for e in events)
+    html = client.get(f"/admin/relays/relay/{relay.pk}/change/").content.decode()
+    assert "drained" in html and "by root" in html
+
+
+def test_next_secret_is_write_only_and_staging_it_is_recorded(client, staff, password, relay):
+    client.login(username="root", password=password)
+    data = {
+        "name": "fra-1",
+        "region": "eu",
+        "urls": '["turn:fra1.example:3478?transport=udp"]',
+        "realm": "",
+        "enabled": "on",
+        "secret": "",
+        "next_secret": "the-next-one",
+    }
+    assert client.post(f"/admin/relays/relay/{relay.pk}/change/", data).status_code == 302
+    relay.refresh_from_db()
+    assert relay.next_secret == "the-next-one" and relay.secret == "s3cr3t-value"
+    html = client.get(f"/admin/relays/relay/{relay.pk}/change/").content.decode()
+    assert "the-next-one" not in html and "a next secret is staged" in html
+    assert relay.events.filter(kind="secret-staged", actor=staff).exists()
+
+
+def test_fleet_overview_and_chart(client, staff, password, registered, coturn):
+    good, _ = registered("good")
+    leaky_server = coturn(allow_loopback_peers=True)
+    from relays.services import relay_create, relay_sweep
+
+    relay_create(name="leaky", urls=leaky_server.urls, secret=leaky_server.secret)
+    relay_sweep()
+    relay_sweep(force=True)
+    client.login(username="root", password=password)
+    html = client.get("/admin/relays/relay/fleet/").content.decode()
+    assert 'data-relay="good"' in html and 'data-relay="leaky"' in html
+    assert "relay-badge-unsafe" in html and "accepts private peers: 127.0.0.1" in html
+    assert "<svg" in html and "polyline" in html
+    change = client.get(f"/admin/relays/relay/{good.pk}/change/").content.decode()
+    assert 'class="relay-chart"' in change and "refuses every private peer" in change
+    assert "Fleet overview" in client.get("/admin/relays/relay/").content.decode()
+
+
+def test_fleet_overview_is_for_staff_only(client, alice, password):
+    client.login(username="alice", password=password)
+    response = client.get("/admin/relays/relay/fleet/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]

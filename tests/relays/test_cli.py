@@ -1,4 +1,4 @@
-"""manage.py relays add|list|remove and manage.py probe_relays."""
+"""manage.py relays … and manage.py probe_relays."""
 
 import json
 
@@ -13,12 +13,16 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def secret_file(tmp_path):
-    def make(value: str):
-        path = tmp_path / "secret"
+    def make(value: str, name: str = "secret"):
+        path = tmp_path / name
         path.write_text(value + "\n")
         return str(path)
 
     return make
+
+
+def urls_args(server):
+    return sum((["--url", u] for u in server.urls), [])
 
 
 @pytest.mark.smoke
@@ -46,6 +50,30 @@ def test_add_list_remove(capsys, secret_file):
 
 
 @pytest.mark.smoke
+def test_drain_disable_enable_and_rotate(capsys, secret_file):
+    call_command(
+        "relays", "add", "x", "--url", "turn:x.example", "--secret-file", secret_file("one")
+    )
+    call_command("relays", "drain", "x")
+    assert Relay.objects.get().draining
+    call_command("relays", "disable", "x")
+    call_command("relays", "list")
+    assert "disabled" in capsys.readouterr().out
+    call_command("relays", "enable", "x")
+    relay = Relay.objects.get()
+    assert relay.enabled and not relay.draining
+    call_command("relays", "rotate", "x", "--next-secret-file", secret_file("two", "next"))
+    relay.refresh_from_db()
+    assert relay.secret == "one" and relay.next_secret == "two"
+    assert [e.kind for e in relay.events.order_by("at", "id")] == [
+        "drained",
+        "disabled",
+        "enabled",
+        "secret-staged",
+    ]
+
+
+@pytest.mark.smoke
 def test_bad_input_is_a_clear_error(secret_file, tmp_path):
     with pytest.raises(CommandError, match="not an ICE URL"):
         call_command("relays", "add", "x", "--url", "http://x", "--secret-file", secret_file("abc"))
@@ -65,37 +93,51 @@ def test_bad_input_is_a_clear_error(secret_file, tmp_path):
         )
     with pytest.raises(CommandError, match="no relay named"):
         call_command("relays", "remove", "nope")
+    with pytest.raises(CommandError, match="no relay named"):
+        call_command("probe_relays", "--relay", "nope")
     assert not Relay.objects.exists()
 
 
-def test_probe_relays_prints_results_and_fails_when_one_is_down(capsys, coturn, secret_file):
+def test_probe_relays_shows_progress_and_a_summary(capsys, coturn, secret_file):
+    good = coturn(allow_loopback_peers=False)
+    call_command(
+        "relays", "add", "good", *urls_args(good), "--secret-file", secret_file(good.secret)
+    )
+    capsys.readouterr()
+    call_command("probe_relays")
+    captured = capsys.readouterr()
+    assert "probing 1 relay(s)" in captured.err and "[1/1] ok good" in captured.err
+    assert "RELAY" in captured.out and "good" in captured.out and "up" in captured.out
+
+
+def test_probe_relays_json_and_exit_code(capsys, coturn, secret_file):
     good = coturn(allow_loopback_peers=False)
     bad = coturn(allow_loopback_peers=False)
+    leaky = coturn(allow_loopback_peers=True)
     call_command(
-        "relays",
-        "add",
-        "good",
-        *sum((["--url", u] for u in good.urls), []),
-        "--secret-file",
-        secret_file(good.secret),
+        "relays", "add", "good", *urls_args(good), "--secret-file", secret_file(good.secret, "g")
     )
     call_command(
-        "relays",
-        "add",
-        "bad",
-        *sum((["--url", u] for u in bad.urls), []),
-        "--secret-file",
-        secret_file("wrong"),
+        "relays", "add", "bad", *urls_args(bad), "--secret-file", secret_file("wrong", "b")
+    )
+    call_command(
+        "relays", "add", "leaky", *urls_args(leaky), "--secret-file", secret_file(leaky.secret, "l")
     )
     capsys.readouterr()
 
-    call_command("probe_relays", "--relay", "good")
-    out = capsys.readouterr().out
-    assert "good" in out and "up" in out and "bad" not in out
+    call_command("probe_relays", "--relay", "good")  # exit 0: the one probed is up and safe
+    capsys.readouterr()
 
-    with pytest.raises(CommandError, match="down"):
+    with pytest.raises(CommandError, match="down or unsafe: bad, leaky"):
         call_command("probe_relays", "--json")
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert {line["name"]: line["status"] for line in lines} == {"good": "up", "bad": "down"}
-    bad_line = next(line for line in lines if line["name"] == "bad")
-    assert {u["error"] for u in bad_line["urls"] if u["url"].startswith("turn:")} == {"401"}
+    lines = {line["name"]: line for line in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert {n: (v["status"], v["unsafe"]) for n, v in lines.items()} == {
+        "good": ("up", False),
+        "bad": ("down", False),
+        "leaky": ("up", True),
+    }
+    assert "10.0.0.1" in lines["leaky"]["accepted_peers"] and lines["good"]["accepted_peers"] == []
+    for line in lines.values():
+        assert set(line) >= {"name", "status", "unsafe", "accepted_peers", "urls"}
+        assert all(set(u) == {"url", "ok", "ms", "error"} for u in line["urls"])
+    assert {u["error"] for u in lines["bad"]["urls"] if u["url"].startswith("turn:")} == {"401"}
