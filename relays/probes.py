@@ -173,7 +173,7 @@ def classify_error(exc: BaseException) -> tuple[str, str]:
     """Turn an exception into (error class, detail) that admins and the CLI can read."""
     if isinstance(exc, stun.TransactionFailed):
         code, reason = exc.response.attributes.get("ERROR-CODE", (0, "error"))
-        return str(code), str(reason)
+        return str(code), str(reason).rstrip("\x00").strip()
     if isinstance(exc, TimeoutError | stun.TransactionTimeout):
         return "timeout", "no answer within the probe timeout"
     if isinstance(exc, ConnectionRefusedError):
@@ -255,6 +255,23 @@ class Allocation:
         *,
         verify_tls: bool = True,
         lifetime: int = 60,
+    ) -> Allocation:
+        try:
+            return await cls._open(
+                target, username, password, verify_tls=verify_tls, lifetime=lifetime
+            )
+        except stun.TransactionFailed as exc:
+            # 437 Allocation Mismatch: the OS gave our new socket a local port that an allocation
+            # just deleted still holds on the relay. RFC 8656: retry from another 5-tuple.
+            if _error_code(exc) != 437:
+                raise
+            return await cls._open(
+                target, username, password, verify_tls=verify_tls, lifetime=lifetime
+            )
+
+    @classmethod
+    async def _open(
+        cls, target: IceUrl, username: str, password: str, *, verify_tls: bool, lifetime: int
     ) -> Allocation:
         loop = asyncio.get_running_loop()
         server = (target.host, target.port)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -185,8 +185,13 @@ async def _probe_all(
     plans: list[ProbePlan],
     on_result: Callable[[Relay, RelayReport], None] | None,
 ) -> list[RelayReport]:
+    # A cap on probes in flight keeps a large fleet within the worker's file descriptors; it is
+    # far above the number of dead relays a sweep should meet, so they can't delay the rest.
+    limit = asyncio.Semaphore(settings.RELAY_SWEEP_CONCURRENCY)
+
     async def one(relay: Relay, plan: ProbePlan) -> RelayReport:
-        report = await probe_relay(plan)
+        async with limit:
+            report = await probe_relay(plan)
         if on_result is not None:
             on_result(relay, report)
         return report
@@ -238,6 +243,26 @@ _RELAY_FIELDS = [
     "previous_secret_until",
     "updated_at",
 ]
+
+
+def _update_relays(relays: list[Relay], names: list[str]) -> None:
+    """One prepared UPDATE run for every relay (executemany).
+
+    Written by hand because bulk_update builds a CASE WHEN expression per field per row: on a
+    1,000-relay sweep that cost 2 ms of CPU per relay, twice the whole budget of a probe.
+    """
+    fields = [Relay._meta.get_field(n) for n in names]
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(f.column)} = %s" for f in fields)
+    sql = f"UPDATE {quote(Relay._meta.db_table)} SET {assignments} WHERE {quote(Relay._meta.pk.column)} = %s"
+    pk = Relay._meta.pk
+    rows = [
+        [f.get_db_prep_save(getattr(r, f.attname), connection) for f in fields]
+        + [pk.get_db_prep_value(r.pk, connection)]
+        for r in relays
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
 
 def relay_record_probes(
@@ -332,7 +357,7 @@ def relay_record_probes(
         outcomes.append(outcome)
     with transaction.atomic():
         ProbeResult.objects.bulk_create(results)
-        Relay.objects.bulk_update(relays, _RELAY_FIELDS)
+        _update_relays(relays, _RELAY_FIELDS)
         RelayEvent.objects.bulk_create(events)
     return outcomes
 
