@@ -392,6 +392,10 @@ class _Timer(asyncio.DatagramProtocol):
                 self.all_back.set_result(None)
 
 
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _is_private(host: str) -> bool:
     try:
         ip = ipaddress.ip_address(host)
@@ -572,7 +576,7 @@ async def probe_relay(plan: ProbePlan) -> RelayReport:
         _timed(
             "stun",
             u,
-            u.url if u.scheme == "stun" else f"stun:{u.host}:{u.port}",
+            u.url if u.scheme == "stun" else f"stun:{_host(u.host)}:{u.port}",
             stun_binding(u.host, u.port),
             plan.timeout,
         )

@@ -88,15 +88,16 @@ class Coturn:
     tls_port: int | None = None
     udp_only: bool = False
     proc: subprocess.Popen | None = None
+    host: str = "127.0.0.1"
 
     @property
     def urls(self) -> list[str]:
         urls = [
-            f"turn:127.0.0.1:{self.port}?transport=udp",
-            f"turn:127.0.0.1:{self.port}?transport=tcp",
+            f"turn:{self.host}:{self.port}?transport=udp",
+            f"turn:{self.host}:{self.port}?transport=tcp",
         ]
         if self.tls_port:
-            urls.append(f"turns:127.0.0.1:{self.tls_port}?transport=tcp")
+            urls.append(f"turns:{self.host}:{self.tls_port}?transport=tcp")
         return urls
 
     @property
@@ -115,7 +116,7 @@ class Coturn:
                 time.sleep(0.2)
                 return
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                with socket.create_connection((self.host, self.port), timeout=0.2):
                     return
             except OSError:
                 if self.proc.poll() is not None:
@@ -173,7 +174,8 @@ def coturn(tmp_path, request):
     allow_loopback_peers: loopback test rigs only (browsers on one machine meet through it).
     extra_secrets: more static-auth-secret lines (rotation). tls: a turns: listener with a
     self-signed certificate. udp_only: no TCP listener. clock_offset: run the relay under
-    faketime with its clock that far off ("+600s").
+    faketime with its clock that far off ("+600s"). netns: run it in a namespace from the
+    relay_netns fixture, on that namespace's own address.
     """
     binary = need_binary("turnserver")
     started: list[Coturn] = []
@@ -187,6 +189,7 @@ def coturn(tmp_path, request):
         tls: bool = False,
         udp_only: bool = False,
         clock_offset: str | None = None,
+        netns: dict | None = None,
     ) -> Coturn:
         secret = secret or secrets.token_urlsafe(24)
         port = free_port()
@@ -203,7 +206,7 @@ def coturn(tmp_path, request):
         conf = state / "turnserver.conf"
         conf.write_text(
             render_coturn_config(
-                listen_ip="127.0.0.1",
+                listen_ip=netns["address"] if netns else "127.0.0.1",
                 port=port,
                 secret=secret,
                 realm="test.traverse",
@@ -221,8 +224,16 @@ def coturn(tmp_path, request):
         argv = [binary, "-c", str(conf)]
         if clock_offset:
             argv = [need_binary("faketime"), "-f", clock_offset, *argv]
+        if netns:
+            argv = [*netns["exec"], *argv]
         relay = Coturn(
-            port=port, secret=secret, conf=conf, argv=argv, tls_port=tls_port, udp_only=udp_only
+            port=port,
+            secret=secret,
+            conf=conf,
+            argv=argv,
+            tls_port=tls_port,
+            udp_only=udp_only,
+            host=netns["address"] if netns else "127.0.0.1",
         )
         started.append(relay)
         relay.start()
@@ -237,3 +248,35 @@ def coturn(tmp_path, request):
 def _no_rate_limits_unless_asked(settings, request):
     """Rate-limit counters live in the shared Redis; only tests marked `ratelimit` count them."""
     settings.RATELIMIT_ENABLE = "ratelimit" in request.keywords
+
+
+@pytest.fixture
+def relay_netns(tmp_path):
+    """A network namespace that the test creates, holding a relay host with an address of its own
+    (203.0.113.10, TEST-NET-3), reachable from here over a veth pair (203.0.113.1). A safe relay
+    there can pass both the data-plane echo (its relayed address is not private) and the safety
+    audit. Traffic goes only to this namespace."""
+    ip = need_binary("ip")
+    if os.geteuid() != 0:
+        message = "creating a network namespace needs root"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    tag = f"{os.getpid() % 10000}"
+    ns, host_if, ns_if = f"trav{tag}", f"tvh{tag}", f"tvn{tag}"
+
+    def sh(*args: str) -> None:
+        subprocess.run([ip, *args], check=True, capture_output=True)
+
+    sh("netns", "add", ns)
+    try:
+        sh("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", ns)
+        sh("addr", "add", "203.0.113.1/24", "dev", host_if)
+        sh("link", "set", host_if, "up")
+        sh("-n", ns, "addr", "add", "203.0.113.10/24", "dev", ns_if)
+        sh("-n", ns, "link", "set", ns_if, "up")
+        sh("-n", ns, "link", "set", "lo", "up")
+        yield {"netns": ns, "address": "203.0.113.10", "exec": [ip, "netns", "exec", ns]}
+    finally:
+        subprocess.run([ip, "link", "del", host_if], capture_output=True)
+        subprocess.run([ip, "netns", "del", ns], capture_output=True)

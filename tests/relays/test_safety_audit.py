@@ -121,3 +121,28 @@ def test_override_is_recorded_and_lets_the_relay_be_assigned(coturn, alice, djan
     event = RelayEvent.objects.get(relay=relay, kind="override")
     assert event.actor == admin and "loopback browser test rig" in event.detail
     assert Relay.objects.get(pk=relay.pk).unsafe  # still flagged: the override doesn't hide it
+
+
+def test_a_safe_relay_with_its_own_address_passes_both_the_data_plane_and_the_audit(
+    coturn, relay_netns
+):
+    server = coturn(allow_loopback_peers=False, netns=relay_netns)
+    relay = relay_create(name="netns-relay", urls=server.urls, secret=server.secret)
+    (outcome,) = relay_sweep()
+    relay.refresh_from_db()
+    report = outcome.report
+    assert report.ok, report.error
+    assert report.audit.ran and report.audit.accepted == []  # refuses every private peer
+    dp = report.data_plane
+    assert dp.ok and not dp.not_measurable and dp.sent == dp.received == 10, dp
+    assert dp.loss == 0 and dp.rtt_ms > 0 and dp.jitter_ms is not None
+    assert relay.status == "up" and not relay.unsafe and relay.last_loss == 0
+    assert outcome.observation == "ok"
+
+
+def test_ipv6_urls_are_probed_where_advertised(coturn):
+    server = coturn(allow_loopback_peers=False, extra=["listening-ip=::1"])
+    urls = [f"turn:[::1]:{server.port}?transport=udp", f"turn:[::1]:{server.port}?transport=tcp"]
+    report = probe(urls, server.secret)
+    assert report.ok, report.error
+    assert [r.url for r in report.results] == [f"stun:[::1]:{server.port}", *urls]
