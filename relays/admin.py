@@ -2,6 +2,7 @@
 actions (probe, drain, disable, enable) that call services and record who did what."""
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.shortcuts import render
 from django.urls import path
@@ -224,6 +225,7 @@ class RelayAdmin(admin.ModelAdmin):
             rtt_loss_svg(
                 [(p.checked_at, p.rtt_ms, p.loss) for p in history],
                 title=f"{obj.name} RTT and loss",
+                max_gap_s=3 * settings.RELAY_SWEEP_INTERVAL,
             )
         )
 
@@ -346,6 +348,7 @@ class RelayAdmin(admin.ModelAdmin):
                             for p in relay_probe_history(relay=r, hours=1)
                         ],
                         title=f"{r.name} RTT and loss",
+                        max_gap_s=3 * settings.RELAY_SWEEP_INTERVAL,
                     )
                 ),
             }

@@ -17,8 +17,14 @@ def _scale(values: list[float], lo: float, hi: float, top: float, bottom: float)
     return [bottom - (v - lo) / span * (bottom - top) for v in values]
 
 
-def rtt_loss_svg(points: list[tuple[datetime, float | None, float | None]], *, title: str) -> str:
-    """points: (time, rtt ms or None, loss 0..1 or None), oldest first."""
+def rtt_loss_svg(
+    points: list[tuple[datetime, float | None, float | None]],
+    *,
+    title: str,
+    max_gap_s: float = 60.0,
+) -> str:
+    """points: (time, rtt ms or None, loss 0..1 or None), oldest first. The RTT line breaks where
+    probes are missing for more than max_gap_s (the platform was stopped), or where one failed."""
     if len(points) < 2:
         return '<p class="help">Not enough probes yet for a chart.</p>'
     t0, t1 = points[0][0].timestamp(), points[-1][0].timestamp()
@@ -45,7 +51,16 @@ def rtt_loss_svg(points: list[tuple[datetime, float | None, float | None]], *, t
             f'<text x="{W - PAD_R + 4}" y="{y + 4:.1f}" fill="#cf222e">{frac * 100:.0f}%</text>'
         )
     segment: list[str] = []
-    for x, r in zip(xs, rtts, strict=True):
+    previous: datetime | None = None
+    for x, r, p in zip(xs, rtts, points, strict=True):
+        gap = previous is not None and (p[0] - previous).total_seconds() > max_gap_s
+        previous = p[0]
+        if gap and len(segment) > 1:
+            parts.append(
+                f'<polyline fill="none" stroke="#0969da" stroke-width="1.5" points="{" ".join(segment)}"/>'
+            )
+        if gap:
+            segment = []
         if r is None:
             if len(segment) > 1:
                 parts.append(

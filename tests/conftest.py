@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import secrets
 import shutil
 import socket
@@ -106,8 +108,10 @@ class Coturn:
         return path.read_text() if path.exists() else ""
 
     def start(self) -> None:
+        # Its own process group: faketime and `ip netns exec` wrap turnserver in a parent process,
+        # and stopping must reach the relay itself.
         self.proc = subprocess.Popen(
-            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -125,13 +129,17 @@ class Coturn:
         raise RuntimeError("turnserver did not start listening")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                pass
+            # The group may outlive its leader (faketime's child): make sure all of it is gone.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
         (self.conf.parent / "turnserver.pid").unlink(missing_ok=True)
 
     def restart(self) -> None:
