@@ -41,18 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            try:
-                u.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
+from tests.conftest import free_port  # noqa: E402 - one way to find a port free for UDP and TCP
 
 
 def start_coturns(n: int, secret: str, workdir: Path) -> tuple[list[subprocess.Popen], list[int]]:
