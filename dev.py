@@ -41,6 +41,22 @@ APT_PACKAGES = {
 }
 
 
+# Code with no Django in it, and the services and selectors: checked with mypy on every test run.
+TYPED_MODULES = [
+    "relays/probes.py",
+    "relays/health.py",
+    "relays/credentials.py",
+    "relays/ice_urls.py",
+    "relays/coturn.py",
+    "relays/charts.py",
+    "relays/services.py",
+    "relays/selectors.py",
+    "signaling/protocol.py",
+    "calls/services.py",
+    "calls/selectors.py",
+]
+
+
 def say(msg: str) -> None:
     print(f"\033[1m[traverse]\033[0m {msg}", flush=True)
 
@@ -411,6 +427,14 @@ def cmd_test(pytest_args: list[str]) -> int:
         "-v",
         "0",
         env={**env, "DATABASE_URL": "sqlite:///:memory:", "REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
+    say("lint (ruff) and types (mypy on the services, selectors, probes and protocol)")
+    subprocess.run([str(VENV / "bin" / "ruff"), "check", "--quiet", "."], cwd=ROOT, check=True)
+    subprocess.run(
+        [str(VENV / "bin" / "mypy"), "--no-error-summary", *TYPED_MODULES],
+        cwd=ROOT,
+        check=True,
+        env={**env, "DATABASE_URL": "sqlite:///:memory:"},
     )
     rc = 0
     if db_url and redis_url:

@@ -276,6 +276,7 @@ class Allocation:
         loop = asyncio.get_running_loop()
         server = (target.host, target.port)
         transport: asyncio.BaseTransport
+        protocol: TurnClientTcpProtocol | TurnClientUdpProtocol
         if target.transport == "tcp":
             ctx = None
             if target.tls:
