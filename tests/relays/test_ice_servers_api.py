@@ -109,3 +109,24 @@ def test_schema_documents_the_endpoint(client, alice, password):
     response = client.get("/api/v1/schema/")
     assert response.status_code == 200
     assert b"/api/v1/ice-servers/" in response.content
+
+
+def test_issuing_ice_servers_takes_a_fixed_number_of_queries(
+    client, alice, password, settings, django_assert_num_queries
+):
+    """The hot path of every call: the query count doesn't grow with the fleet or the relays handed out."""
+    settings.RELAYS_PER_CALLER = 3
+    for i in range(6):
+        Relay.objects.create(
+            name=f"r{i}",
+            urls=[f"turn:r{i}.example:3478?transport=udp"],
+            secret="s",
+            status=RelayStatus.UP,
+            last_rtt_ms=i,
+            last_checked_at=timezone.now(),
+        )
+    client.login(username="alice", password=password)
+    # session, user, relays, grant insert, grant-relay links (read, insert)
+    with django_assert_num_queries(6):
+        body = client.get(URL).json()
+    assert len(body["iceServers"]) == 3
