@@ -143,6 +143,7 @@ RELAY_DATA_PLANE_PACKETS = env.int("RELAY_DATA_PLANE_PACKETS", default=10)
 # (and at once after its URLs or secret change); Binding and Allocate run every sweep.
 RELAY_DEEP_CHECK_INTERVAL = env.float("RELAY_DEEP_CHECK_INTERVAL", default=60.0)
 RELAY_PROBE_RETENTION_HOURS = env.float("RELAY_PROBE_RETENTION_HOURS", default=72.0)
+CREDENTIAL_GRANT_RETENTION_DAYS = env.int("CREDENTIAL_GRANT_RETENTION_DAYS", default=30)
 RELAY_SWEEP_ON_WORKER_START = env.bool("RELAY_SWEEP_ON_WORKER_START", default=True)
 RELAY_SWEEP_CONCURRENCY = env.int("RELAY_SWEEP_CONCURRENCY", default=1000)  # probes in flight
 TURN_CREDENTIAL_TTL = env.int("TURN_CREDENTIAL_TTL", default=3600)  # seconds

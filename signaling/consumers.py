@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -61,14 +62,11 @@ class SignalConsumer(AsyncWebsocketConsumer):
         self.bucket = _TokenBucket(RATE_PER_SECOND, RATE_BURST)
         await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
         await self.accept()
-        ice = await database_sync_to_async(ice_servers_issue)(user=user)
-        await self.emit(
-            "welcome",
-            body={
-                "user": {"id": user.pk, "username": user.username, "name": user.label()},
-                "ice": ice,
-            },
-        )
+        body: dict = {"user": {"id": user.pk, "username": user.username, "name": user.label()}}
+        # Pages that only listen (home: incoming calls) connect with ?ice=0 and get no credentials.
+        if parse_qs(self.scope.get("query_string", b"").decode()).get("ice") != ["0"]:
+            body["ice"] = await database_sync_to_async(ice_servers_issue)(user=user)
+        await self.emit("welcome", body=body)
 
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "user"):

@@ -20,7 +20,7 @@ const forceRelay = document.getElementById("force-relay");
 forceRelay.checked = localStorage.getItem("traverse.forceRelay") === "1";
 forceRelay.addEventListener("change", () => localStorage.setItem("traverse.forceRelay", forceRelay.checked ? "1" : "0"));
 
-const signal = new Signal();
+const signal = new Signal("/ws/signal/?ice=0");
 signal
   .on("welcome", () => { status.textContent = "Online: incoming calls show up here."; })
   .on("close", () => { status.textContent = "Offline: reconnecting…"; })

@@ -118,3 +118,13 @@ def test_probe_history_is_pruned_after_the_retention_window(registered, settings
     assert relay_prune_history()["probe_results_deleted"] == 2
     assert relay.probe_results.count() == 1
     assert Relay.objects.get(pk=relay.pk).status == "up"
+
+
+def test_long_expired_credential_grants_are_pruned(alice, settings):
+    settings.CREDENTIAL_GRANT_RETENTION_DAYS = 30
+    now = timezone.now()
+    old = CredentialGrant.objects.create(user=alice, expires_at=now - timedelta(days=31))
+    recent = CredentialGrant.objects.create(user=alice, expires_at=now - timedelta(days=29))
+    assert relay_prune_history(now=now)["grants_deleted"] >= 1
+    assert not CredentialGrant.objects.filter(pk=old.pk).exists()
+    assert CredentialGrant.objects.filter(pk=recent.pk).exists()  # still traceable in relay logs

@@ -60,13 +60,15 @@ class Socket:
 async def connect():
     opened: list[Socket] = []
 
-    async def open_socket(user=None, origin: bytes = b"http://127.0.0.1") -> Socket | None:
+    async def open_socket(
+        user=None, origin: bytes = b"http://127.0.0.1", path: str = "/ws/signal/"
+    ) -> Socket | None:
         headers = [(b"origin", origin), (b"host", b"127.0.0.1")]
         if user is not None:
             headers.append(
                 (b"cookie", f"sessionid={await sync_to_async(session_cookie)(user)}".encode())
             )
-        communicator = WebsocketCommunicator(application, "/ws/signal/", headers=headers)
+        communicator = WebsocketCommunicator(application, path, headers=headers)
         connected, _ = await communicator.connect(timeout=5)
         if not connected:
             return None

@@ -64,6 +64,14 @@ async def test_welcome_carries_the_envelope_and_ice_servers(connect, alice):
     assert set(w["body"]["ice"]) >= {"iceServers", "ttl", "expiresAt", "refreshAt", "relays"}
 
 
+async def test_listening_pages_get_no_credentials(connect, alice):
+    from relays.models import CredentialGrant
+
+    sock = await connect(alice, path="/ws/signal/?ice=0")
+    assert "ice" not in sock.welcome["body"] and sock.welcome["body"]["user"]["username"] == "alice"
+    assert not await sync_to_async(CredentialGrant.objects.exists)()
+
+
 @pytest.mark.smoke
 async def test_offer_answer_and_candidates_reach_only_the_peer(connect, alice, bob, charlie, call):
     a, b = await in_call(connect, alice, bob, call)
