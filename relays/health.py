@@ -26,6 +26,8 @@ def observe(report: RelayReport, *, max_loss: float, max_rtt_ms: float) -> str:
         return "fail"
     if not report.ok:
         return "partial"
+    if report.deep_timed_out:
+        return "partial"
     dp = report.data_plane
     if dp is not None and not dp.not_measurable:
         if not dp.ok:

@@ -128,6 +128,7 @@ class RelayReport:
     credentials: CredentialCheck | None = None
     next_secret_ok: bool | None = None  # a probe with the relay's next secret succeeded
     duration_ms: float = 0.0
+    deep_timed_out: bool = False  # the data-plane, audit and credential checks ran out of time
 
     @property
     def ok(self) -> bool:
@@ -165,6 +166,8 @@ class RelayReport:
             parts.append(f"data plane: {self.data_plane.error} {self.data_plane.detail}".strip())
         if self.audit and self.audit.unsafe:
             parts.append(f"UNSAFE: accepts peers {', '.join(self.audit.accepted)}")
+        if self.deep_timed_out:
+            parts.append("deep checks: timeout")
         return "; ".join(parts)
 
 
@@ -417,13 +420,19 @@ async def data_plane_probe(
     """Two allocations on the relay echo `packets` packets to each other through channels."""
     a = b = None
     try:
-        a, b = await asyncio.wait_for(
+        opened = await asyncio.wait_for(
             asyncio.gather(
                 Allocation.open(target, username, password, verify_tls=verify_tls),
                 Allocation.open(target, username, password, verify_tls=verify_tls),
+                return_exceptions=True,  # so that one failing can't leak the other
             ),
             timeout,
         )
+        a, b = (x if isinstance(x, Allocation) else None for x in opened)
+        for x in opened:
+            if isinstance(x, BaseException):
+                raise x
+        assert a is not None and b is not None
         timer, echo = _Timer(), _Echo()
         a.protocol.receiver, b.protocol.receiver = timer, echo
         echo.allocation = b
@@ -506,19 +515,24 @@ async def safety_audit(
         result.error = classify_error(exc)[0]
         return result
     try:
-        for peer in peers:
-            try:
-                await asyncio.wait_for(
+        # The requests are independent: all of them in one round trip, bounded together.
+        answers = await asyncio.gather(
+            *(
+                asyncio.wait_for(
                     alloc.request(stun.Method.CREATE_PERMISSION, XOR_PEER_ADDRESS=(peer, 9)),
                     timeout,
                 )
+                for peer in peers
+            ),
+            return_exceptions=True,
+        )
+        for peer, answer in zip(peers, answers, strict=True):
+            if not isinstance(answer, BaseException):
                 result.accepted.append(peer)
-            except Exception as exc:  # noqa: BLE001
-                code = _error_code(exc)
-                if code in _REFUSALS:
-                    result.refused.append(peer)
-                else:
-                    result.errors[peer] = classify_error(exc)[0]
+            elif _error_code(answer) in _REFUSALS:
+                result.refused.append(peer)
+            else:
+                result.errors[peer] = classify_error(answer)[0]
     finally:
         await alloc.close(timeout)
     return result
@@ -638,7 +652,15 @@ async def probe_relay(plan: ProbePlan) -> RelayReport:
         if plan.next_credentials is not None:
             report.next_secret_ok = bool(done.pop(0))
 
-    gathered = await asyncio.gather(asyncio.gather(*steps), deep())
+    async def bounded_deep() -> None:
+        # Each deep step is bounded, but a relay that dies half-way through could chain them:
+        # the whole set gets twice the probe timeout, so one relay can't hold up a sweep.
+        try:
+            await asyncio.wait_for(deep(), 2 * plan.timeout)
+        except TimeoutError:
+            report.deep_timed_out = True
+
+    gathered = await asyncio.gather(asyncio.gather(*steps), bounded_deep())
     report.results = list(gathered[0])
 
     # coturn answers 401 both to a wrong secret and to a clock that disagrees with ours. A

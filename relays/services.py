@@ -338,8 +338,8 @@ def relay_record_probes(
                 outcome.events.append(_event(relay, kind, detail=detail, at=checked_at))
             relay.unsafe = report.audit.unsafe
             relay.accepted_peers = report.audit.accepted
-        if plan.audit or plan.packets or plan.check_credentials:
-            relay.deep_checked_at = checked_at
+        if (plan.audit or plan.packets or plan.check_credentials) and not report.deep_timed_out:
+            relay.deep_checked_at = checked_at  # (when they timed out, they run again next sweep)
         if report.next_secret_ok and relay.next_secret:
             until = relay_latest_grant_expiry(relay=relay) or checked_at
             relay.previous_secret, relay.previous_secret_until = (
