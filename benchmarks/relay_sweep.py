@@ -115,7 +115,7 @@ class WriteCounter:
         return execute(sql, params, many, context)
 
 
-def measured_sweep(**kwargs) -> dict:
+def measured_sweep(*, deep: bool = False, **kwargs) -> dict:
     from django.db import connection
 
     from relays.services import relay_sweep
@@ -133,6 +133,9 @@ def measured_sweep(**kwargs) -> dict:
         c1, w1 = time.process_time(), time.perf_counter()
     n = len(outcomes)
     probes = sum(len(o.report.results) for o in outcomes)
+    probe_only = probe_phase_only(
+        relay_ids=kwargs.get("relay_ids"), timeout=kwargs["timeout"], deep=deep
+    )
     return {
         "relays": n,
         "url_probes": probes,
@@ -142,6 +145,8 @@ def measured_sweep(**kwargs) -> dict:
         "cpu_ms_per_relay": round((c1 - c0) * 1000 / n, 3),
         "probing_cpu_ms_per_relay": round((phase["probes_done_cpu"] - c0) * 1000 / n, 3),
         "probing_cpu_ms_per_url_probe": round((phase["probes_done_cpu"] - c0) * 1000 / probes, 3),
+        # The probes alone (relays already loaded, plans made): the code in relays/probes.py.
+        "probe_code_cpu_ms_per_relay": probe_only,
         "db_writes": counter.writes,
         "db_statements": counter.statements,
         "status": {
@@ -154,6 +159,25 @@ def measured_sweep(**kwargs) -> dict:
             if o.relay.name.startswith("live-") and not o.report.ok
         ][:10],
     }
+
+
+def probe_phase_only(*, relay_ids, timeout: float, deep: bool) -> float:
+    from django.utils import timezone
+
+    from relays.models import Relay
+    from relays.services import _plan, _probe_all
+
+    qs = Relay.objects.filter(enabled=True)
+    if relay_ids is not None:
+        qs = qs.filter(pk__in=relay_ids)
+    if deep:
+        qs.update(deep_checked_at=None)
+    relays = list(qs)
+    now = timezone.now()
+    plans = [_plan(r, now=now, timeout=timeout) for r in relays]
+    c0 = time.process_time()
+    asyncio.run(_probe_all(relays, plans, None))
+    return round((time.process_time() - c0) * 1000 / len(relays), 3)
 
 
 async def bare_aioice(ports: list[int], secret: str, count: int, timeout: float) -> dict:
@@ -262,7 +286,7 @@ def main() -> int:
                 : args.deep_sample
             ]
         )
-        deep = measured_sweep(timeout=args.timeout, relay_ids=sample)
+        deep = measured_sweep(timeout=args.timeout, relay_ids=sample, deep=True)
 
         result = {
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -286,7 +310,8 @@ def main() -> int:
             "deep_sweep_sample": deep,
             "goals": {
                 "wall_le_timeout_plus_1s": routine["wall_s"] <= args.timeout + 1,
-                "probing_cpu_le_1ms_per_relay": routine["probing_cpu_ms_per_relay"] <= 1.0,
+                "probe_cpu_le_1ms_per_relay": routine["probe_code_cpu_ms_per_relay"] <= 1.0,
+                "whole_sweep_cpu_le_1ms_per_relay": routine["cpu_ms_per_relay"] <= 1.0,
             },
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -315,17 +340,17 @@ def _markdown(r: dict) -> str:
 Machine: {m["platform"]}, {m["cpus"]} CPUs, Python {m["python"]}, load {m["loadavg_1m"]}, {m["hmac_sha1_per_s"]:,} HMAC-SHA1/s.
 Setup: {u["relays"]} relays ({u["dead"]} dead: half UDP, half TCP), {u["coturn_processes"]} coturn processes, probe timeout {u["probe_timeout_s"]} s, {u["database"]} database.
 
-| | wall | CPU per relay (probing) | CPU per relay (whole sweep) | DB writes | statuses |
-|---|---|---|---|---|---|
-| routine sweep, {s["relays"]} relays, {s["url_probes"]} URL probes | {s["wall_s"]} s (probing {s["probing_wall_s"]} s) | {s["probing_cpu_ms_per_relay"]} ms | {s["cpu_ms_per_relay"]} ms | {s["db_writes"]} ({s["db_statements"]} statements) | {s["status"]} |
-| deep sweep, {d["relays"]} relays | {d["wall_s"]} s | {d["probing_cpu_ms_per_relay"]} ms | {d["cpu_ms_per_relay"]} ms | {d["db_writes"]} | {d["status"]} |
-| baseline: bare aioice Allocate + close, {b["allocations"]} | {b["wall_s"]} s | {b["cpu_ms_per_allocation"]} ms per allocation | | | {b["ok"]} ok |
+| | wall | CPU per relay: probe code | … with loading and planning | … whole sweep | DB writes | statuses |
+|---|---|---|---|---|---|---|
+| routine sweep, {s["relays"]} relays, {s["url_probes"]} URL probes | {s["wall_s"]} s (probing {s["probing_wall_s"]} s) | {s["probe_code_cpu_ms_per_relay"]} ms | {s["probing_cpu_ms_per_relay"]} ms | {s["cpu_ms_per_relay"]} ms | {s["db_writes"]} ({s["db_statements"]} statements) | {s["status"]} |
+| deep sweep, {d["relays"]} relays | {d["wall_s"]} s | {d["probe_code_cpu_ms_per_relay"]} ms | {d["probing_cpu_ms_per_relay"]} ms | {d["cpu_ms_per_relay"]} ms | {d["db_writes"]} | {d["status"]} |
+| baseline: bare aioice Allocate + close, {b["allocations"]} | {b["wall_s"]} s | {b["cpu_ms_per_allocation"]} ms per allocation | | | | {b["ok"]} ok |
 
 DB writes are statements: the claim (one UPDATE), the probe results (one multi-row INSERT; SQLite
 splits it to stay under its 999-parameter limit) and the relays (one prepared UPDATE run per relay
 with executemany). Rows written per sweep: one ProbeResult and one Relay per relay, plus events.
 
-Goals: wall ≤ timeout + 1 s: **{r["goals"]["wall_le_timeout_plus_1s"]}**; probing CPU ≤ 1 ms per relay: **{r["goals"]["probing_cpu_le_1ms_per_relay"]}**.
+Goals: wall ≤ timeout + 1 s: **{r["goals"]["wall_le_timeout_plus_1s"]}**; probe CPU ≤ 1 ms per relay: **{r["goals"]["probe_cpu_le_1ms_per_relay"]}**; whole sweep (loading, probing, storing) ≤ 1 ms per relay: **{r["goals"]["whole_sweep_cpu_le_1ms_per_relay"]}**.
 """
 
 

@@ -215,6 +215,29 @@ class _StunClient(asyncio.DatagramProtocol):
                 fut.set_exception(exc)
 
 
+class _Retransmit:
+    """Resend a STUN request on a timer until it is answered: one chained timer callback, not a
+    task, because a sweep runs a thousand of these at once."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, transport, data: bytes, fut: asyncio.Future
+    ):
+        self.loop, self.transport, self.data, self.fut = loop, transport, data, fut
+        self.attempt = 0
+        self.handle = loop.call_later(_RETRANSMIT_S[0], self.fire)
+
+    def fire(self) -> None:
+        if self.fut.done() or self.transport.is_closing():
+            return
+        self.transport.sendto(self.data)
+        self.attempt += 1
+        if self.attempt < len(_RETRANSMIT_S):
+            self.handle = self.loop.call_later(_RETRANSMIT_S[self.attempt], self.fire)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 async def stun_binding(host: str, port: int) -> float:
     """One STUN Binding over UDP; returns the round trip in milliseconds. Unbounded: wrap it."""
     loop = asyncio.get_running_loop()
@@ -225,13 +248,12 @@ async def stun_binding(host: str, port: int) -> float:
         proto.pending[request.transaction_id] = fut
         data = bytes(request)
         t0 = time.perf_counter()
-        for wait in (*_RETRANSMIT_S, None):
-            transport.sendto(data)
-            try:
-                response = await asyncio.wait_for(asyncio.shield(fut), wait) if wait else await fut
-                break
-            except TimeoutError:
-                continue
+        transport.sendto(data)
+        retransmit = _Retransmit(loop, transport, data, fut)
+        try:
+            response = await fut
+        finally:
+            retransmit.cancel()
         rtt = (time.perf_counter() - t0) * 1000
         if response.message_class != stun.Class.RESPONSE:
             raise stun.TransactionFailed(response)
@@ -342,11 +364,12 @@ class Allocation:
 async def turn_allocate(
     target: IceUrl, username: str, password: str, *, verify_tls: bool = True, timeout: float
 ) -> float:
-    """A TURN Allocate, then its deletion; returns the Allocate time in milliseconds."""
+    """A TURN Allocate, then its deletion; returns the Allocate time in milliseconds. The caller
+    bounds the Allocate (every caller wraps this in wait_for); the deletion has its own bound."""
     t0 = time.perf_counter()
-    alloc = await asyncio.wait_for(
-        Allocation.open(target, username, password, verify_tls=verify_tls), timeout
-    )
+    alloc = await Allocation.open(
+        target, username, password, verify_tls=verify_tls
+    )  # bounded by the caller
     ms = (time.perf_counter() - t0) * 1000
     await alloc.close(timeout)
     return ms

@@ -188,11 +188,18 @@ async def _probe_all(
 ) -> list[RelayReport]:
     # A cap on probes in flight keeps a large fleet within the worker's file descriptors; it is
     # far above the number of dead relays a sweep should meet, so they can't delay the rest.
-    limit = asyncio.Semaphore(settings.RELAY_SWEEP_CONCURRENCY)
+    limit = (
+        asyncio.Semaphore(settings.RELAY_SWEEP_CONCURRENCY)
+        if len(relays) > settings.RELAY_SWEEP_CONCURRENCY
+        else None
+    )
 
     async def one(relay: Relay, plan: ProbePlan) -> RelayReport:
-        async with limit:
+        if limit is None:
             report = await probe_relay(plan)
+        else:
+            async with limit:
+                report = await probe_relay(plan)
         if on_result is not None:
             on_result(relay, report)
         return report
