@@ -127,3 +127,46 @@ def test_relay_with_wrong_secret_is_marked_down_and_never_assigned(
         body = client.get("/api/v1/ice-servers/").json()
         assert [r["name"] for r in body["relays"]] == ["good"]
         assert all(f":{bad_server.port}" not in u for s in body["iceServers"] for u in s["urls"])
+
+
+def test_bad_frames_through_the_real_server(services, browser, alice, bob, password):
+    """Through Daphne itself: an oversized frame, bad JSON and an unknown type each get a coded
+    error, the socket stays up, and another user's socket is unaffected."""
+    a = sign_in(browser, services["base"], "alice", password)
+    b = sign_in(browser, services["base"], "bob", password)
+    script = """async ([frames]) => {
+        const ws = new WebSocket(`ws://${location.host}/ws/signal/?ice=0`);
+        const inbox = [];
+        ws.onmessage = (ev) => inbox.push(JSON.parse(ev.data));
+        await new Promise((ok) => ws.addEventListener('open', ok));
+        const next = async (type) => {
+            for (let i = 0; i < 200; i++) {
+                const at = inbox.findIndex((m) => m.type === type);
+                if (at >= 0) return inbox.splice(at, 1)[0];
+                await new Promise((r) => setTimeout(r, 25));
+            }
+            return null;
+        };
+        await next('welcome');
+        const codes = [];
+        for (const f of frames) { ws.send(f); const e = await next('error'); codes.push(e && e.body.code); }
+        ws.send(JSON.stringify({v: 1, type: 'ping', id: 'after'}));
+        const pong = await next('pong');
+        window._ws = ws;
+        return {codes, pong: pong && pong.ref, open: ws.readyState === WebSocket.OPEN};
+    }"""
+    frames = [
+        '{"v":1,"type":"ping","body":{"pad":"' + "x" * 70_000 + '"}}',
+        "{nope",
+        '{"v":1,"type":"teleport"}',
+    ]
+    result = a.evaluate(script, [frames])
+    assert result == {
+        "codes": ["frame_too_large", "bad_json", "unknown_type"],
+        "pong": "after",
+        "open": True,
+    }
+    other = b.evaluate(script, [[]])
+    assert other == {"codes": [], "pong": "after", "open": True}
+    a.context.close()
+    b.context.close()
