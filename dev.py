@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 VPY = VENV / "bin" / "python"
 VAR = Path(os.environ.get("TRAVERSE_VAR_DIR", ROOT / "var"))
+PORT = int(os.environ.get("TRAVERSE_PORT", "8000"))
 APT_PACKAGES = {
     "turnserver": "coturn",
     "chromium": "chromium",
@@ -71,8 +72,10 @@ def ensure_venv(extras: str) -> None:
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     stamp = VENV / f".installed-{extras or 'base'}"
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if stamp.exists() and stamp.read_text() == digest:
-        return
+    # The dev install holds everything the base one does.
+    for done in (stamp, VENV / ".installed-dev"):
+        if done.exists() and done.read_text() == digest:
+            return
     say(f"installing the project{f' [{extras}]' if extras else ''} into .venv (pip)")
     subprocess.run([str(VPY), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
     target = f".[{extras}]" if extras else "."
@@ -195,7 +198,7 @@ def cmd_run() -> int:
         manager.add_process("relay", relay, env=env)
     py = str(VPY)
     manager.add_process(
-        "web", f"exec {py} -m daphne -b 127.0.0.1 -p 8000 config.asgi:application", env=env
+        "web", f"exec {py} -m daphne -b 127.0.0.1 -p {PORT} config.asgi:application", env=env
     )
     manager.add_process(
         "worker",
@@ -208,7 +211,8 @@ def cmd_run() -> int:
         env=env,
     )
     say(
-        "Traverse is starting on http://127.0.0.1:8000/  (admin: http://127.0.0.1:8000/admin/). Ctrl-C stops everything."
+        f"Traverse is starting on http://127.0.0.1:{PORT}/  (admin: http://127.0.0.1:{PORT}/admin/). "
+        "Ctrl-C stops everything."
     )
     manager.loop()
     return manager.returncode or 0
