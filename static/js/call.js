@@ -13,7 +13,7 @@ const remoteVideo = document.getElementById("remote");
 
 // Exposed for people debugging a call from the console, and for the browser tests.
 const state = (window.traverseCall = {
-  status: "starting", connectedAt: null, report: null, ice: null, errors: [],
+  status: "starting", connectedAt: null, connections: 0, report: null, ice: null, errors: [],
 });
 
 function setStatus(text) {
@@ -76,6 +76,7 @@ function startPeerConnection() {
     const s = pc.connectionState;
     if (s === "connected") {
       if (!state.connectedAt) state.connectedAt = Date.now();
+      state.connections += 1;
       setStatus("connected");
       reportConnection();
     } else if (s === "failed") {

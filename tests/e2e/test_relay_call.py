@@ -170,3 +170,39 @@ def test_bad_frames_through_the_real_server(services, browser, alice, bob, passw
     assert other == {"codes": [], "pong": "after", "open": True}
     a.context.close()
     b.context.close()
+
+
+def test_a_reloaded_page_rejoins_the_call(services, browser, coturn, alice, bob, password):
+    """Either side may reload mid-call: it rejoins, perfect negotiation runs again, and both
+    reach connected through the relay once more."""
+    relay_server = coturn(allow_loopback_peers=True)  # loopback rig: see the first test
+    relay_create(
+        name="rejoin-relay",
+        urls=relay_server.urls,
+        secret=relay_server.secret,
+        unsafe_override=True,
+    )
+    assert sweep_through_worker() == {"rejoin-relay": "up"}
+    base = services["base"]
+    a = sign_in(browser, base, "alice", password)
+    b = sign_in(browser, base, "bob", password)
+    a.fill("input[name=callee]", "bob")
+    a.click("#dial")
+    a.wait_for_url("**/calls/*/")
+    b.wait_for_selector("#incoming li a", timeout=10_000)
+    b.click("#incoming li a")
+    connected = "window.traverseCall && window.traverseCall.status === 'connected'"
+    for page in (a, b):
+        page.wait_for_function(connected, timeout=20_000)
+    for reloading, other in ((b, a), (a, b)):
+        before = other.evaluate("window.traverseCall.connections")
+        reloading.reload()
+        reloading.wait_for_function(connected, timeout=20_000)
+        # The side that stayed saw the peer leave and come back, and connected anew.
+        other.wait_for_function(f"window.traverseCall.connections > {before}", timeout=20_000)
+        other.wait_for_function(connected, timeout=20_000)
+        assert reloading.evaluate("window.traverseCall.selectedPair()")["connectionType"] == "relay"
+    a.click("#hangup")
+    b.wait_for_url("**/details/", timeout=10_000)
+    a.context.close()
+    b.context.close()
