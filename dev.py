@@ -272,25 +272,20 @@ def _local_relay(env: dict) -> str | None:
     )
     (state / "turnserver.conf").chmod(0o600)
     urls = [f"turn:127.0.0.1:{port}?transport=udp", f"turn:127.0.0.1:{port}?transport=tcp"]
-    code = (
-        "import os, json; from relays.models import Relay; from relays.services import relay_create; "
-        "urls = json.loads(os.environ['TRAVERSE_LOCAL_URLS']); secret = open(os.environ['TRAVERSE_LOCAL_SECRET']).read().strip(); "
-        "r = Relay.objects.filter(name='local').first(); "
-        "Relay.objects.filter(pk=r.pk).update(urls=urls, secret=secret) if r else "
-        "relay_create(name='local', urls=urls, secret=secret, region='local', realm='traverse.local')"
-    )
-    import json
-
+    url_args = [arg for url in urls for arg in ("--url", url)]
     manage(
-        "shell",
-        "--no-imports",
-        "-c",
-        code,
-        env={
-            **env,
-            "TRAVERSE_LOCAL_URLS": json.dumps(urls),
-            "TRAVERSE_LOCAL_SECRET": str(state / "secret"),
-        },
+        "relays",
+        "add",
+        "local",
+        *url_args,
+        "--secret-file",
+        str(state / "secret"),
+        "--region",
+        "local",
+        "--realm",
+        "traverse.local",
+        "--update",
+        env=env,
     )
     say(
         f"local relay 'local' on 127.0.0.1:{port} (coturn, log in {state / 'turn.log'}); the worker probes it every sweep"

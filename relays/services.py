@@ -53,6 +53,22 @@ def relay_create(
     return relay
 
 
+def relay_update(
+    *, relay: Relay, urls: list[str], secret: str, region: str = "", realm: str = ""
+) -> Relay:
+    """Change a relay's URLs, secret, region and realm at once (provisioning scripts). A new
+    secret takes effect immediately; to change it without breaking calls, stage a next secret.
+    The deep checks run again at the next sweep. Raises ValidationError on bad URLs."""
+    changed = relay.urls != urls or relay.secret != secret
+    relay.urls, relay.secret, relay.region, relay.realm = urls, secret, region, realm
+    relay.full_clean()
+    relay.save(update_fields=["urls", "secret", "region", "realm", "updated_at"])
+    if changed:
+        relay_config_changed(relay=relay)
+        logger.info("relay updated: %s %s", relay.name, relay.urls)
+    return relay
+
+
 def relay_remove(*, name: str) -> bool:
     """Remove a relay by name. Returns False when there was none."""
     deleted, _ = Relay.objects.filter(name=name).delete()

@@ -141,3 +141,33 @@ def test_probe_relays_json_and_exit_code(capsys, coturn, secret_file):
         assert set(line) >= {"name", "status", "unsafe", "accepted_peers", "urls"}
         assert all(set(u) == {"url", "ok", "ms", "error"} for u in line["urls"])
     assert {u["error"] for u in lines["bad"]["urls"] if u["url"].startswith("turn:")} == {"401"}
+
+
+@pytest.mark.smoke
+def test_add_with_update_is_idempotent_provisioning(secret_file):
+    args = ["--url", "turn:a.example:3478?transport=udp", "--region", "eu"]
+    call_command(
+        "relays", "add", "prov", *args, "--secret-file", secret_file("one", "s1"), "--update"
+    )
+    relay = Relay.objects.get()
+    Relay.objects.filter(pk=relay.pk).update(deep_checked_at=relay.created_at)
+    with pytest.raises(CommandError, match="already exists"):
+        call_command("relays", "add", "prov", *args, "--secret-file", secret_file("one", "s1"))
+    call_command(
+        "relays",
+        "add",
+        "prov",
+        "--url",
+        "turn:b.example:3478?transport=tcp",
+        "--secret-file",
+        secret_file("two", "s2"),
+        "--update",
+    )
+    relay.refresh_from_db()
+    assert (
+        relay.urls == ["turn:b.example:3478?transport=tcp"]
+        and relay.secret == "two"
+        and relay.region == ""
+    )
+    assert relay.deep_checked_at is None  # the new config is audited at the next sweep
+    assert Relay.objects.count() == 1

@@ -13,6 +13,7 @@ from relays.services import (
     relay_enable,
     relay_remove,
     relay_stage_next_secret,
+    relay_update,
 )
 
 
@@ -42,6 +43,11 @@ class Command(BaseCommand):
         add.add_argument("--region", default="")
         add.add_argument("--realm", default="")
         add.add_argument("--disabled", action="store_true", help="register it disabled")
+        add.add_argument(
+            "--update",
+            action="store_true",
+            help="when the relay exists, update its URLs, secret, region and realm (idempotent provisioning)",
+        )
         sub.add_parser("list", help="list relays and their health")
         rm = sub.add_parser("remove", help="remove a relay")
         rm.add_argument("name")
@@ -60,9 +66,14 @@ class Command(BaseCommand):
     def handle(self, *args, action, **opts):
         getattr(self, f"do_{action}")(**opts)
 
-    def do_add(self, *, name, urls, secret_file, region, realm, disabled, **_):
+    def do_add(self, *, name, urls, secret_file, region, realm, disabled, update=False, **_):
         secret = _read_secret(secret_file)
+        existing = Relay.objects.filter(name=name).first() if update else None
         try:
+            if existing is not None:
+                relay_update(relay=existing, urls=urls, secret=secret, region=region, realm=realm)
+                self.stdout.write(self.style.SUCCESS(f"updated relay {name} ({len(urls)} URL(s))"))
+                return
             relay = relay_create(
                 name=name,
                 urls=urls,
