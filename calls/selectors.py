@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.db.models import Prefetch, QuerySet
 
 from .models import Call, Participant
@@ -45,3 +46,19 @@ def calls_ringing_for(*, user) -> QuerySet[Call]:
         .select_related("created_by")
         .order_by("-created_at")
     )
+
+
+class NotCallable(ValueError):
+    """The username names nobody this caller can ring; the message says why."""
+
+
+def callee_for(*, caller, username: str):
+    """The active user a caller may ring by this username (any case). The one rule that the web
+    form and the API both apply; raises NotCallable with a message for the caller."""
+    name = username.strip()
+    user = get_user_model().objects.filter(username__iexact=name, is_active=True).first()
+    if user is None:
+        raise NotCallable(f"There is no one called {name!r} here.")
+    if user.pk == caller.pk:
+        raise NotCallable("You can't call yourself.")
+    return user

@@ -1,7 +1,7 @@
-from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
 from .models import Call, Participant
+from .selectors import NotCallable, callee_for
 
 
 class ParticipantSerializer(serializers.ModelSerializer):
@@ -35,11 +35,7 @@ class CallCreateSerializer(serializers.Serializer):
     callee = serializers.CharField(max_length=150, help_text="The username to call.")
 
     def validate_callee(self, value: str):
-        user = (
-            get_user_model().objects.filter(username__iexact=value.strip(), is_active=True).first()
-        )
-        if user is None:
-            raise serializers.ValidationError("No such user.")
-        if user.pk == self.context["request"].user.pk:
-            raise serializers.ValidationError("You can't call yourself.")
-        return user
+        try:
+            return callee_for(caller=self.context["request"].user, username=value)
+        except NotCallable as exc:
+            raise serializers.ValidationError(str(exc)) from exc
