@@ -9,7 +9,11 @@
                           redis-server, postgresql from apt), start PostgreSQL and Redis when they
                           don't answer, run the whole suite, then the smoke subset on the embedded
                           defaults.
+    python3 dev.py lock [--upgrade]
+                          resolve requirements/{run,dev}.lock (with hashes) from pyproject.toml;
+                          --upgrade takes the newest allowed releases and runs the suite on them.
 
+Both run and test install exactly what the lock files name, with their hashes.
 Only the standard library is used until the virtualenv exists; then the script re-runs itself
 with the virtualenv's Python.
 """
@@ -63,27 +67,57 @@ def say(msg: str) -> None:
 
 
 # --- virtualenv ---------------------------------------------------------------------------
+LOCKS = {"": ROOT / "requirements" / "run.lock", "dev": ROOT / "requirements" / "dev.lock"}
+
+
 def ensure_venv(extras: str) -> None:
-    """Create .venv and install the project (with `extras`) when pyproject.toml changed."""
+    """Create .venv and install exactly what the lock file names, with its hashes.
+
+    `requirements/run.lock` (run) and `requirements/dev.lock` (test: the same versions plus the
+    test tools) come from `python3 dev.py lock`; a new upstream release changes nothing here until
+    the lock is upgraded on purpose.
+    """
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py itself may be started by an older python3
         sys.exit("Traverse needs Python 3.11 or newer.")
     if not VPY.exists():
         say("creating the virtualenv in .venv")
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    lock = LOCKS[extras]
     stamp = VENV / f".installed-{extras or 'base'}"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    # The dev install holds everything the base one does.
-    for done in (stamp, VENV / ".installed-dev"):
-        if done.exists() and done.read_text() == digest:
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    # The dev install holds everything the base one does (the run lock is a subset of it).
+    dev_digest = hashlib.sha256(LOCKS["dev"].read_bytes()).hexdigest()
+    for done, want in ((stamp, digest), (VENV / ".installed-dev", dev_digest)):
+        if done.exists() and done.read_text() == want:
             return
-    say(f"installing the project{f' [{extras}]' if extras else ''} into .venv (pip)")
-    subprocess.run([str(VPY), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-    target = f".[{extras}]" if extras else "."
-    subprocess.run([str(VPY), "-m", "pip", "install", "-q", target], cwd=ROOT, check=True)
-    shutil.rmtree(ROOT / "build", ignore_errors=True)
-    for egg in ROOT.glob("*.egg-info"):
-        shutil.rmtree(egg, ignore_errors=True)
+    say(f"installing {lock.relative_to(ROOT)} into .venv (pip, hashes required)")
+    subprocess.run(
+        [str(VPY), "-m", "pip", "install", "-q", "--require-hashes", "--no-deps", "-r", str(lock)],
+        cwd=ROOT,
+        check=True,
+    )
     stamp.write_text(digest)
+
+
+def cmd_lock(args: list[str]) -> int:
+    """Resolve pyproject.toml into the two lock files. With --upgrade, take the newest releases
+    that pyproject.toml allows, install them and run the whole suite against them."""
+    ensure_venv("dev")
+    reexec_in_venv()
+    upgrade = ["--upgrade"] if "--upgrade" in args else []
+    uv = str(VENV / "bin" / "uv")
+    common = ["pip", "compile", "pyproject.toml", "--universal", "--python-version", "3.11"]
+    common += ["--generate-hashes", "--quiet", *upgrade]
+    dev, run = LOCKS["dev"], LOCKS[""]
+    say(f"resolving {dev.relative_to(ROOT)}{' (upgrading)' if upgrade else ''}")
+    subprocess.run([uv, *common, "--extra", "dev", "-o", str(dev)], cwd=ROOT, check=True)
+    # The run lock takes the dev lock's versions, so both commands run the same code.
+    subprocess.run([uv, *common, "-c", str(dev), "-o", str(run)], cwd=ROOT, check=True)
+    subprocess.run(["git", "--no-pager", "diff", "--stat", "--", "requirements"], cwd=ROOT)
+    if not upgrade:
+        return 0
+    say("running the whole suite against the new lock")
+    os.execv(sys.executable, [sys.executable, __file__, "test"])
 
 
 def reexec_in_venv() -> None:
@@ -471,10 +505,12 @@ def cmd_test(pytest_args: list[str]) -> int:
 
 
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("run", "test", "lock"):
         print(__doc__)
         return 2
     os.chdir(ROOT)
+    if sys.argv[1] == "lock":
+        return cmd_lock(sys.argv[2:])
     return cmd_run() if sys.argv[1] == "run" else cmd_test(sys.argv[2:])
 
 

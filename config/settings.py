@@ -104,19 +104,42 @@ def _celery_url(url: str) -> str:
     return "redis+socket://" + url[len("unix://") :] if url.startswith("unix://") else url
 
 
+# channels-redis waits for messages in BZPOPMIN for up to CHANNEL_LAYER_BLOCK_SECONDS (its
+# brpop_timeout, 5 s). redis-py 8 reads with a 5 s socket timeout by default, so an idle socket's
+# read raced the block and lost: every quiet consumer died with 1011 after 5-6 s
+# (django/channels_redis#422). Reads on the layer's connections wait longer than the block; a
+# dead Redis is still noticed within REDIS_SOCKET_TIMEOUT. A system check keeps
+# the two apart (signaling.E001).
+CHANNEL_LAYER_BLOCK_SECONDS = 5
+REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=15.0)
+REDIS_CONNECT_TIMEOUT = env.float("REDIS_CONNECT_TIMEOUT", default=3.0)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+                    "socket_keepalive": True,
+                    "health_check_interval": 30,
+                }
+            ],
             "prefix": env.str("TRAVERSE_CHANNEL_PREFIX", default="traverse"),
             "capacity": 200,
             "expiry": 30,
         },
     }
 }
+# The cache (rate-limit counters, presence) answers fast or not at all: a frozen Redis turns into
+# a 503 within a couple of seconds, not a hung request.
 CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"socket_timeout": 2.0, "socket_connect_timeout": REDIS_CONNECT_TIMEOUT},
+    }
 }
 
 CELERY_BROKER_URL = _celery_url(REDIS_URL)
