@@ -14,6 +14,13 @@ class CallState(models.TextChoices):
     ENDED = "ended", "Ended"
 
 
+class EndReason(models.TextChoices):
+    HANGUP = "hangup", "Hung up"
+    NO_ANSWER = "no_answer", "No answer"
+    CANCELLED = "cancelled", "Cancelled"
+    CONNECTION_LOST = "connection_lost", "Connection lost"
+
+
 class Call(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     created_by = models.ForeignKey(
@@ -52,6 +59,16 @@ class ConnectionType(models.TextChoices):
     RELAY = "relay", "Relayed (TURN)"
 
 
+class ParticipantState(models.TextChoices):
+    """One device's place in a call. A socket that drops makes it `reconnecting` for the grace
+    window (SIGNALING_GRACE_SECONDS); only when that runs out is it `left`."""
+
+    RINGING = "ringing", "Ringing"
+    JOINED = "joined", "Joined"
+    RECONNECTING = "reconnecting", "Reconnecting"
+    LEFT = "left", "Left"
+
+
 class Participant(models.Model):
     call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="participants")
     user = models.ForeignKey(
@@ -60,7 +77,12 @@ class Participant(models.Model):
     role = models.CharField(max_length=8, choices=ParticipantRole.choices)
     # The device channel (Channels) that joined; point-to-point signaling goes here.
     channel_name = models.CharField(max_length=200, blank=True)
+    state = models.CharField(
+        max_length=16, choices=ParticipantState.choices, default=ParticipantState.RINGING
+    )
     joined_at = models.DateTimeField(null=True, blank=True)
+    # When its socket dropped; the leave happens SIGNALING_GRACE_SECONDS later unless it returns.
+    reconnecting_since = models.DateTimeField(null=True, blank=True)
     left_at = models.DateTimeField(null=True, blank=True)
     # What the device reported from getStats() once connected.
     connection_type = models.CharField(max_length=8, choices=ConnectionType.choices, blank=True)
@@ -78,10 +100,12 @@ class Participant(models.Model):
                 fields=["call", "user"], name="one_participant_per_user_per_call"
             )
         ]
+        indexes = [models.Index(fields=["state", "reconnecting_since"])]
 
     def __str__(self) -> str:
         return f"{self.user} in {self.call_id}"
 
     @property
     def present(self) -> bool:
-        return bool(self.channel_name) and self.left_at is None
+        """Its device is in the call with a live socket (not reconnecting, not left)."""
+        return self.state == ParticipantState.JOINED and bool(self.channel_name)

@@ -182,6 +182,21 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- signaling ----------------------------------------------------------------------------
 SIGNALING_MAX_FRAME_BYTES = 64 * 1024
+# A socket that drops starts a grace window: the device is `reconnecting`, and only when the
+# window runs out does it leave (and a one-to-one call end).
+SIGNALING_GRACE_SECONDS = env.float("SIGNALING_GRACE_SECONDS", default=30.0)
+# Each server process refreshes one heartbeat key this often (a third of it); a process whose
+# key has expired is dead, and its sockets' participants start their grace window.
+PRESENCE_TTL_SECONDS = env.float("PRESENCE_TTL_SECONDS", default=30.0)
+# A call nobody answers ends with `no_answer` after this many seconds.
+CALL_RING_TIMEOUT = env.float("CALL_RING_TIMEOUT", default=60.0)
+# How often the reaper ends grace windows, unanswered calls and dead processes' sockets.
+CALL_REAP_INTERVAL = env.float("CALL_REAP_INTERVAL", default=5.0)
+CELERY_BEAT_SCHEDULE["calls-reap"] = {
+    "task": "calls.tasks.reap_calls",
+    "schedule": CALL_REAP_INTERVAL,
+    "options": {"expires": CALL_REAP_INTERVAL},
+}
 
 # --- auth, i18n, static -------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

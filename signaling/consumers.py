@@ -16,12 +16,20 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from calls.models import CallState, Participant
+from calls.models import CallState, EndReason, Participant, ParticipantState
 from calls.selectors import participant_for
-from calls.services import CallError, call_end, call_join, call_leave, participant_report
+from calls.services import (
+    CallError,
+    call_disconnected,
+    call_end,
+    call_join,
+    call_leave,
+    participant_report,
+)
 from relays.services import ice_servers_issue
 
 from .groups import user_group
+from .presence import presence_for
 from .protocol import ClientMessage, ProtocolError, envelope, parse_frame
 
 logger = logging.getLogger(__name__)
@@ -50,6 +58,15 @@ def _call_members(call_id: str) -> list[Participant]:
 
 
 class SignalConsumer(AsyncWebsocketConsumer):
+    async def __call__(self, scope, receive, send) -> None:
+        # disconnect() only runs when the server tells the consumer the socket closed. A consumer
+        # that dies (its channel layer read failed, the task was cancelled) never hears that, so
+        # the same clean-up runs here too: a drop is a drop, however the socket went.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._release()
+
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -60,8 +77,11 @@ class SignalConsumer(AsyncWebsocketConsumer):
         self.joined: set[str] = set()
         self.ended: set[str] = set()
         self.bucket = _TokenBucket(RATE_PER_SECOND, RATE_BURST)
+        self.session_key = getattr(self.scope.get("session"), "session_key", None)
+        self.released = False
         await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
         await self.accept()
+        await presence_for(self.channel_name).add_socket(self.channel_name, user.pk)
         body: dict = {"user": {"id": user.pk, "username": user.username, "name": user.label()}}
         # Pages that only listen (home: incoming calls) connect with ?ice=0 and get no credentials.
         if parse_qs(self.scope.get("query_string", b"").decode()).get("ice") != ["0"]:
@@ -69,14 +89,27 @@ class SignalConsumer(AsyncWebsocketConsumer):
         await self.emit("welcome", body=body)
 
     async def disconnect(self, code: int) -> None:
-        if not hasattr(self, "user"):
+        await self._release()
+
+    async def _release(self) -> None:
+        """The socket is gone: each call it was in starts its grace window (the participant is
+        `reconnecting`, not left). Runs once, whichever way the socket went."""
+        if not hasattr(self, "user") or self.released:
             return
-        await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
-        for call_id in list(self.joined):
-            await database_sync_to_async(call_leave)(
-                call_id=call_id, user=self.user, channel_name=self.channel_name
-            )
-        self.joined.clear()
+        self.released = True
+        joined, self.joined = list(self.joined), set()
+        for call_id in joined:
+            try:
+                await database_sync_to_async(call_disconnected)(
+                    call_id=call_id, user=self.user, channel_name=self.channel_name
+                )
+            except Exception:  # the reaper finds this device through presence instead
+                logger.exception("signaling: could not record the drop of call %s", call_id)
+        try:
+            await presence_for(self.channel_name).remove_socket(self.channel_name)
+            await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
+        except Exception as exc:
+            logger.warning("signaling: clean-up of %s incomplete: %s", self.channel_name, exc)
 
     # --- sending ------------------------------------------------------------------------
     async def emit(
@@ -135,7 +168,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
         if (
             msg.call not in self.joined
             or me.channel_name != self.channel_name
-            or me.left_at is not None
+            or me.state != ParticipantState.JOINED
         ):
             raise ProtocolError("not_joined", "Join the call on this connection first.", msg.id)
         return me, [p for p in members if p.pk != me.pk and p.present]
@@ -148,8 +181,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
         if me is None:
             # Same answer whether the call doesn't exist or isn't theirs: ids are not probeable.
             raise ProtocolError("forbidden", "You are not a participant of this call.", msg.id)
-        call, peers = await database_sync_to_async(call_join)(
-            participant=me, channel_name=self.channel_name
+        call, peers, resumed = await database_sync_to_async(call_join)(
+            participant=me, channel_name=self.channel_name, resume=msg.body["resume"]
         )
         self.joined.add(msg.call)
         await self.emit(
@@ -158,6 +191,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
             ref=msg.id,
             body={
                 "state": call.state,
+                "resumed": resumed,
                 "role": me.role,
                 "polite": me.role == "callee",
                 "peers": [
@@ -200,7 +234,9 @@ class SignalConsumer(AsyncWebsocketConsumer):
         me = await database_sync_to_async(participant_for)(call_id=msg.call, user=self.user)
         if me is None:
             raise ProtocolError("forbidden", "You are not a participant of this call.", msg.id)
-        await database_sync_to_async(call_end)(call_id=msg.call, user=self.user, reason="hangup")
+        await database_sync_to_async(call_end)(
+            call_id=msg.call, user=self.user, reason=EndReason.HANGUP
+        )
 
     async def on_report(self, msg: ClientMessage) -> None:
         me, _ = await self._require_joined(msg)
@@ -227,7 +263,19 @@ class SignalConsumer(AsyncWebsocketConsumer):
 
     async def call_peer_joined(self, event: dict) -> None:
         if event["call"] in self.joined:
-            await self.emit("peer-joined", call=event["call"], body={"user": event["user"]})
+            await self.emit(
+                "peer-joined",
+                call=event["call"],
+                body={"user": event["user"], "resumed": event.get("resumed", False)},
+            )
+
+    async def call_peer_reconnecting(self, event: dict) -> None:
+        if event["call"] in self.joined:
+            await self.emit(
+                "peer-reconnecting",
+                call=event["call"],
+                body={"user": event["user"], "graceSeconds": settings.SIGNALING_GRACE_SECONDS},
+            )
 
     async def call_peer_left(self, event: dict) -> None:
         if event["call"] in self.joined:
@@ -241,3 +289,16 @@ class SignalConsumer(AsyncWebsocketConsumer):
         await self.emit(
             "hangup", call=event["call"], body={"by": event["by"], "reason": event["reason"]}
         )
+
+    # --- accounts ---------------------------------------------------------------------
+    async def user_signed_out(self, event: dict) -> None:
+        """That session signed out: its sockets close (other sessions of the user stay)."""
+        if event.get("session") is None or event["session"] == self.session_key:
+            await self.emit("error", body={"code": "signed_out", "message": "You signed out."})
+            await self.close(code=4401)
+
+    async def user_deactivated(self, event: dict) -> None:
+        await self.emit(
+            "error", body={"code": "account_disabled", "message": "This account is disabled."}
+        )
+        await self.close(code=4403)

@@ -137,6 +137,11 @@ def _validate_body(msg: ClientMessage) -> None:
         ):
             raise ProtocolError("bad_body", "`rttMs` must be a number of milliseconds.", msg.id)
         msg.body = {"connectionType": ctype, "relayUrl": relay_url, "rttMs": rtt}
+    elif msg.type == "join":
+        resume = b.get("resume", False)
+        if not isinstance(resume, bool):
+            raise ProtocolError("bad_body", "`join` takes body.resume = true or false.", msg.id)
+        msg.body = {"resume": resume}
     else:
         msg.body = {}
 

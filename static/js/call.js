@@ -48,9 +48,15 @@ let ignoreOffer = false;
 let ended = false;
 let rtcConfig = { iceServers: [] };
 
+// A peer connection worth keeping when the signaling socket comes back: media may still flow on it.
+function pcAlive() {
+  return !!pc && ["new", "connecting", "connected", "disconnected"].includes(pc.connectionState);
+}
+
 function startPeerConnection() {
   if (pc) pc.close();
   pc = new RTCPeerConnection(rtcConfig);
+  let counted = false;
   makingOffer = false;
   ignoreOffer = false;
   if (localStream) for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
@@ -76,9 +82,17 @@ function startPeerConnection() {
     const s = pc.connectionState;
     if (s === "connected") {
       if (!state.connectedAt) state.connectedAt = Date.now();
-      state.connections += 1;
+      // Peer connections that got connected: a call that never renegotiates keeps this at 1.
+      if (!counted) { counted = true; state.connections += 1; }
       setStatus("connected");
       reportConnection();
+    } else if (s === "failed" && signal.ws && signal.ws.readyState === WebSocket.OPEN) {
+      // The path broke (a network change, an expired relay allocation): ICE restart on the same
+      // connection, negotiated over signaling, before giving up.
+      state.iceRestarts = (state.iceRestarts || 0) + 1;
+      if (state.iceRestarts <= 2) { setStatus("reconnecting media"); pc.restartIce(); return; }
+      setStatus("failed");
+      showError("The connection failed. No relay could carry the call.");
     } else if (s === "failed") {
       setStatus("failed");
       showError("The connection failed. No relay could carry the call.");
@@ -184,14 +198,35 @@ signal
     rtcConfig = { iceServers: msg.body.ice.iceServers, iceTransportPolicy: forceRelay ? "relay" : "all" };
     scheduleIceRefresh(msg.body.ice);
     if (msg.body.ice.status !== "ok") connEl.textContent = "no relay available: direct only";
-    signal.send("join", callId);
+    // After a signaling drop, the page says it still holds its peer connection: the server then
+    // treats this as a resume, and neither side renegotiates.
+    const resume = pcAlive();
+    if (resume) pc.setConfiguration(rtcConfig);
+    state.signalingSessions = (state.signalingSessions || 0) + 1;
+    signal.send("join", callId, { resume });
   })
   .on("joined", (msg) => {
     polite = msg.body.polite;
+    if (msg.body.resumed && pcAlive()) {
+      setStatus(pc.connectionState === "connected" ? "connected" : pc.connectionState);
+      return;
+    }
     setStatus(msg.body.peers.length ? "connecting" : "ringing");
     if (msg.body.peers.length) startPeerConnection();
   })
-  .on("peer-joined", () => { setStatus("connecting"); startPeerConnection(); })
+  .on("peer-joined", (msg) => {
+    if (msg.body.resumed && pcAlive()) {
+      setStatus(pc.connectionState === "connected" ? "connected" : pc.connectionState);
+      return;
+    }
+    setStatus("connecting");
+    startPeerConnection();
+  })
+  .on("peer-reconnecting", (msg) => {
+    // Media may well still flow: keep the peer connection, and wait for the peer's socket.
+    setStatus(`the other side's signaling dropped; waiting up to ${msg.body.graceSeconds} s`);
+  })
+  .on("close", () => { state.signalingDrops = (state.signalingDrops || 0) + 1; })
   .on("peer-left", () => {
     setStatus("the other side left; waiting for them to come back");
     if (pc) { pc.close(); pc = null; }

@@ -38,7 +38,7 @@ export class Signal {
       };
       ws.onclose = (ev) => {
         this.dispatch("close", { code: ev.code });
-        if (this.closedByUs || ev.code === 4401) return;
+        if (this.closedByUs || ev.code === 4401 || ev.code === 4403) return; // signed out, disabled
         const delay = Math.min(10000, 500 * 2 ** this.retry++);
         setTimeout(() => this.connect().then((m) => this.dispatch("reconnected", m)), delay);
       };

@@ -200,14 +200,6 @@ async def test_hangup_ends_the_call_for_everyone(connect, alice, bob, call):
     assert (await a.error())["code"] == "call_ended"
 
 
-async def test_closing_a_socket_tells_the_peer(connect, alice, bob, call):
-    a, b = await in_call(connect, alice, bob, call)
-    await b.close()
-    assert (await a.recv_type("peer-left"))["body"]["user"] == bob.pk
-    left = await sync_to_async(lambda: Participant.objects.get(call=call, user=bob).left_at)()
-    assert left is not None
-
-
 async def test_the_callee_hears_the_ring_live(connect, alice, bob):
     b = await connect(bob)
     call = await sync_to_async(call_start)(caller=alice, callee=bob)

@@ -1,0 +1,117 @@
+"""Which server processes are alive, and which signaling sockets each one holds.
+
+Presence is owned per process, not per socket: each process refreshes one heartbeat key
+(`PRESENCE_TTL_SECONDS`, every third of it) and lists its sockets in one hash under it, written
+only when a socket opens or closes. A thousand idle sockets cost one Redis write per heartbeat,
+not a thousand. A process that dies (SIGKILL, a crash, a lost machine) stops refreshing; once its
+key has expired, whoever looks next (another process starting, or the reaper task) finds its
+sockets and turns their call participants into `reconnecting`, so the grace window runs out and
+the leave happens: a dead process leaves no ghosts. A process only ever cleans entries of
+processes whose heartbeat has expired, so several processes can share one Redis.
+
+A process is named by its channel layer's client prefix: every channel name it hands out is
+`specific.<prefix>!<socket>`, so the owner of a channel name can be read off the name itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from typing import Any
+
+import redis.asyncio as aioredis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+NODES_KEY = "traverse:presence:nodes"
+
+
+def heartbeat_key(node: str) -> str:
+    return f"traverse:presence:node:{node}"
+
+
+def sockets_key(node: str) -> str:
+    return f"traverse:presence:node:{node}:sockets"
+
+
+def node_of(channel_name: str) -> str:
+    """The process that owns a channel name (`specific.<prefix>!<socket>` -> `specific.<prefix>`)."""
+    return channel_name.split("!", 1)[0]
+
+
+def redis_client() -> aioredis.Redis:
+    return aioredis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
+    )
+
+
+class ProcessPresence:
+    """The heartbeat of one server process (one event loop) and the sockets it holds."""
+
+    def __init__(self, node: str):
+        self.node = node
+        self.ttl = settings.PRESENCE_TTL_SECONDS
+        self.redis = redis_client()
+        self.sockets: dict[str, int] = {}
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        first = True
+        while True:
+            try:
+                await self.beat()
+                if first:
+                    first = False
+                    # Start-up: the entries of processes that died before we came up.
+                    from channels.db import database_sync_to_async
+
+                    from .services import presence_reap_dead_nodes
+
+                    await database_sync_to_async(presence_reap_dead_nodes)(exclude=self.node)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down: keep beating; sockets reconnect meanwhile
+                logger.warning("presence heartbeat of %s failed: %s", self.node, exc)
+            await asyncio.sleep(self.ttl / 3)
+
+    async def beat(self) -> None:
+        """Refresh the heartbeat, and re-list this process and its sockets (a Redis that
+        restarted has forgotten them)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(heartbeat_key(self.node), "1", ex=max(1, int(self.ttl)))
+            pipe.sadd(NODES_KEY, self.node)
+            if self.sockets:
+                pipe.hset(sockets_key(self.node), mapping=self.sockets)  # type: ignore[arg-type]
+            await pipe.execute()
+
+    async def add_socket(self, channel_name: str, user_id: int) -> None:
+        self.sockets[channel_name] = user_id
+        self.start()
+        with contextlib.suppress(Exception):  # the next heartbeat writes it again
+            await self.redis.hset(sockets_key(self.node), channel_name, user_id)
+
+    async def remove_socket(self, channel_name: str) -> None:
+        self.sockets.pop(channel_name, None)
+        with contextlib.suppress(Exception):
+            await self.redis.hdel(sockets_key(self.node), channel_name)
+
+
+_by_loop: weakref.WeakKeyDictionary[Any, ProcessPresence] = weakref.WeakKeyDictionary()
+
+
+def presence_for(channel_name: str) -> ProcessPresence:
+    """This event loop's presence (one per process in Daphne; one per test loop in tests)."""
+    loop = asyncio.get_running_loop()
+    presence = _by_loop.get(loop)
+    if presence is None or presence.node != node_of(channel_name):
+        presence = _by_loop[loop] = ProcessPresence(node_of(channel_name))
+    return presence
