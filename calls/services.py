@@ -7,7 +7,6 @@ their work atomically; broadcasts go out only after commit.
 from __future__ import annotations
 
 import logging
-
 from datetime import timedelta
 
 from django.conf import settings
@@ -238,8 +237,12 @@ def calls_expire(*, now=None) -> dict:
     for p in gone:
         with transaction.atomic():
             claimed = Participant.objects.filter(
-                pk=p.pk, state=ParticipantState.RECONNECTING, reconnecting_since=p.reconnecting_since
-            ).update(state=ParticipantState.LEFT, left_at=p.reconnecting_since, reconnecting_since=None)
+                pk=p.pk,
+                state=ParticipantState.RECONNECTING,
+                reconnecting_since=p.reconnecting_since,
+            ).update(
+                state=ParticipantState.LEFT, left_at=p.reconnecting_since, reconnecting_since=None
+            )
             if not claimed:
                 continue
             left += 1

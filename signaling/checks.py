@@ -23,7 +23,9 @@ def signaling_settings_check(app_configs, **kwargs):
 def presence_settings_check(app_configs, **kwargs):
     errors = []
     if settings.PRESENCE_TTL_SECONDS < 3:
-        errors.append(Error("PRESENCE_TTL_SECONDS must be at least 3 seconds.", id="signaling.E002"))
+        errors.append(
+            Error("PRESENCE_TTL_SECONDS must be at least 3 seconds.", id="signaling.E002")
+        )
     if settings.SIGNALING_GRACE_SECONDS <= 0 or settings.CALL_RING_TIMEOUT <= 0:
         errors.append(
             Error(

@@ -27,7 +27,7 @@ def presence_reap_dead_nodes(*, exclude: str | None = None) -> list[str]:
     )
     reaped = []
     try:
-        for raw in client.smembers(NODES_KEY):  # type: ignore[union-attr]
+        for raw in client.smembers(NODES_KEY):
             node = raw.decode() if isinstance(raw, bytes) else str(raw)
             if node == exclude or client.exists(heartbeat_key(node)):
                 continue

@@ -14,27 +14,37 @@ def set_states(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('calls', '0001_initial'),
-        ('relays', '0002_health_safety_rotation'),
+        ("calls", "0001_initial"),
+        ("relays", "0002_health_safety_rotation"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='participant',
-            name='reconnecting_since',
+            model_name="participant",
+            name="reconnecting_since",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='participant',
-            name='state',
-            field=models.CharField(choices=[('ringing', 'Ringing'), ('joined', 'Joined'), ('reconnecting', 'Reconnecting'), ('left', 'Left')], default='ringing', max_length=16),
+            model_name="participant",
+            name="state",
+            field=models.CharField(
+                choices=[
+                    ("ringing", "Ringing"),
+                    ("joined", "Joined"),
+                    ("reconnecting", "Reconnecting"),
+                    ("left", "Left"),
+                ],
+                default="ringing",
+                max_length=16,
+            ),
         ),
         migrations.AddIndex(
-            model_name='participant',
-            index=models.Index(fields=['state', 'reconnecting_since'], name='calls_parti_state_84fd92_idx'),
+            model_name="participant",
+            index=models.Index(
+                fields=["state", "reconnecting_since"], name="calls_parti_state_84fd92_idx"
+            ),
         ),
         migrations.RunPython(set_states, migrations.RunPython.noop),
     ]

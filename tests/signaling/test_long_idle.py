@@ -12,7 +12,6 @@ import asyncio
 import os
 
 import pytest
-from django.conf import settings
 
 from calls.services import call_start
 
