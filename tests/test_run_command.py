@@ -1,5 +1,6 @@
 """The README's run command, for real: it serves the app on the embedded defaults, makes an admin
-who can sign in, brings the local relay up, and Ctrl-C leaves no process behind."""
+who can sign in, brings the local relay up, keeps var/ private, restarts a child that dies, lets
+the README's admin commands run as written, and Ctrl-C leaves no process behind."""
 
 from __future__ import annotations
 
@@ -32,6 +33,20 @@ def processes_with(marker: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def test_run_command_serves_signs_in_the_admin_and_stops_cleanly(tmp_path):
@@ -76,10 +91,15 @@ def test_run_command_serves_signs_in_the_admin_and_stops_cleanly(tmp_path):
             "DATABASE_URL is unset: using SQLite" in output
             and "starting the embedded Redis" in output
         )
-        password = re.search(r"username 'admin', password '([^']+)'", output).group(1)
-        assert (
-            password not in (ROOT / "dev.py").read_text()
-        )  # made for this install, not in the repo
+        var = tmp_path / "var"
+        password = (var / "admin-password").read_text().strip()
+        assert password not in output  # never printed: it sits in a file only its owner reads
+        assert password not in (ROOT / "dev.py").read_text()  # made for this install
+        assert (var / "admin-password").stat().st_mode & 0o777 == 0o600
+        assert var.stat().st_mode & 0o777 == 0o700
+        for path in var.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
 
         page = opener.open(base + "/admin/login/").read().decode()
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
@@ -109,6 +129,40 @@ def test_run_command_serves_signs_in_the_admin_and_stops_cleanly(tmp_path):
             assert "relay-badge-unsafe" not in fleet  # the local relay passes the safety audit
         started = processes_with(marker)
         assert len(started) >= 4  # web, worker, beat, redis (and the relay)
+
+        # The README's admin commands work as written, with nothing exported by hand.
+        cli_env = {k: v for k, v in env.items() if k != "DJANGO_SECRET_KEY"}
+        listed = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "python"), "manage.py", "relays", "list"],
+            cwd=ROOT,
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert listed.returncode in (0, 1), listed.stderr
+        assert "DJANGO_SECRET_KEY" not in listed.stderr and "unable to open" not in listed.stderr
+        if shutil.which("turnserver"):
+            assert "local" in listed.stdout
+
+        # A child that dies is restarted, and the terminal says so; the rest keeps serving.
+        for name, needle in (("worker", b"worker"), ("redis", b"redis-server")):
+
+            def children(needle=needle) -> list[int]:
+                # By parent, not by marker: redis-server rewrites its environment block when it
+                # sets its process title.
+                pids = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
+                return [p for p in pids if parent_of(p) == proc.pid and needle in cmdline(p)]
+
+            [pid] = children()
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while not [p for p in children() if p != pid]:
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.3)
+            assert f"{name} exited with code" in log_path.read_text()
+        assert proc.poll() is None
+        assert opener.open(base + "/accounts/login/", timeout=5).status == 200
     finally:
         proc.send_signal(signal.SIGINT)  # what Ctrl-C does
         try:
