@@ -109,11 +109,11 @@ def cmd_lock(args: list[str]) -> int:
     uv = str(VENV / "bin" / "uv")
     common = ["pip", "compile", "pyproject.toml", "--universal", "--python-version", "3.11"]
     common += ["--generate-hashes", "--quiet", *upgrade]
-    dev, run = LOCKS["dev"], LOCKS[""]
-    say(f"resolving {dev.relative_to(ROOT)}{' (upgrading)' if upgrade else ''}")
-    subprocess.run([uv, *common, "--extra", "dev", "-o", str(dev)], cwd=ROOT, check=True)
+    dev, run = (str(LOCKS[k].relative_to(ROOT)) for k in ("dev", ""))
+    say(f"resolving {dev}{' (upgrading)' if upgrade else ''}")
+    subprocess.run([uv, *common, "--extra", "dev", "-o", dev], cwd=ROOT, check=True)
     # The run lock takes the dev lock's versions, so both commands run the same code.
-    subprocess.run([uv, *common, "-c", str(dev), "-o", str(run)], cwd=ROOT, check=True)
+    subprocess.run([uv, *common, "-c", dev, "-o", run], cwd=ROOT, check=True)
     subprocess.run(["git", "--no-pager", "diff", "--stat", "--", "requirements"], cwd=ROOT)
     if not upgrade:
         return 0

@@ -3,9 +3,22 @@
 from django.contrib.auth.models import AbstractUser
 from django.db import models
 
+from .usernames import username_skeleton
+
 
 class User(AbstractUser):
     display_name = models.CharField(max_length=80, blank=True)
+    # The username's look-alike skeleton (accounts.usernames): sign-up refuses a name whose
+    # skeleton another account has. Derived from the username on every save, whoever saves
+    # (sign-up, admin, createsuperuser), which is why it is set here and not in a service.
+    username_skeleton = models.CharField(max_length=150, db_index=True, editable=False, default="")
+
+    def save(self, *args, **kwargs):
+        self.username_skeleton = username_skeleton(self.username)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "username" in update_fields:
+            kwargs["update_fields"] = {*update_fields, "username_skeleton"}
+        super().save(*args, **kwargs)
 
     def label(self) -> str:
         return self.display_name or self.username

@@ -8,6 +8,13 @@ from django.views.decorators.http import require_http_methods
 from django_ratelimit.decorators import ratelimit
 
 from .forms import SignUpForm
+from .usernames import username_key
+
+
+def _username_tried(group: str, request: HttpRequest) -> str:
+    """The account a sign-in tries, as Django will authenticate it (stripped, NFKC) and folded:
+    `bob `, `ＢＯＢ` and `bob` share one counter."""
+    return "u:" + username_key(request.POST.get("username", ""))
 
 
 @ratelimit(key="ip", rate="10/h", method="POST", block=True)
@@ -27,7 +34,7 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 # Password guessing: per address and per account name.
 login_view = ratelimit(key="ip", rate="20/m", method="POST", block=True)(
-    ratelimit(key="post:username", rate="10/m", method="POST", block=True)(
+    ratelimit(key=_username_tried, rate="10/m", method="POST", block=True)(
         LoginView.as_view(template_name="accounts/login.html", redirect_authenticated_user=True)
     )
 )

@@ -30,11 +30,15 @@ signal
     li.dataset.call = msg.call;
     const who = document.createElement("strong");
     who.textContent = msg.body.from.name;
+    // The username too: display names are free text, and anyone can call themselves "Alice".
+    const handle = document.createElement("span");
+    handle.className = "muted";
+    handle.textContent = ` @${msg.body.from.username}`;
     const join = document.createElement("a");
     join.className = "button primary";
     join.href = `/calls/${msg.call}/`;
     join.textContent = "Join";
-    li.append(who, " is calling ", join);
+    li.append(who, handle, " is calling ", join);
     list.prepend(li);
     refreshEmpty();
   })

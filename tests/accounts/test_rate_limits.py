@@ -30,8 +30,13 @@ def stranger(client):
     return client
 
 
+def fresh_account() -> str:
+    # The per-account counter keys on "u:" + the normalized name (accounts.views).
+    return fresh(lambda: f"u:victim{random.randrange(10**9)}", 60)[2:]
+
+
 def test_password_guessing_is_cut_off_per_account(stranger, django_user_model):
-    victim = fresh(lambda: f"victim{random.randrange(10**9)}", 60)
+    victim = fresh_account()
     django_user_model.objects.create_user(victim, password="not-a-guessable-one")
     codes = [
         stranger.post(
@@ -56,3 +61,24 @@ def test_sign_up_floods_are_cut_off_per_address(stranger):
         stranger.cookies.clear()
     assert codes[:10] == [302] * 10 and codes[10] == 429
     assert User.objects.count() == 10
+
+
+def test_spelling_the_name_differently_does_not_reset_the_count(stranger, django_user_model):
+    """Measured before the fix: "bob " and full-width "ｂｏｂ" each got a fresh counter of 10, and
+    each still signed in as bob."""
+    victim = fresh_account()
+    django_user_model.objects.create_user(victim, password="not-a-guessable-one")
+    full_width = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in victim)
+    spellings = [victim, victim + " ", " " + victim, full_width, victim.upper()]
+    codes = [
+        stranger.post(
+            "/accounts/login/", {"username": spellings[i % len(spellings)], "password": "nope"}
+        ).status_code
+        for i in range(12)
+    ]
+    assert codes[:10] == [200] * 10 and codes[10:] == [429, 429]
+    # The right password, spelled another way, is refused too while the limit holds.
+    response = stranger.post(
+        "/accounts/login/", {"username": full_width, "password": "not-a-guessable-one"}
+    )
+    assert response.status_code == 429

@@ -1,0 +1,41 @@
+"""What makes two usernames the same name: no Django here.
+
+Django authenticates the NFKC-normalized username, so `"bob "` (stripped by the form) and
+`"ｂｏｂ"` (full-width) both sign in as bob. Rate limits and uniqueness must therefore key on the
+normalized form too, and go one step further: a username that merely *looks* like another one
+(`аlice` with a Cyrillic а) is refused at sign-up, because people would be rung by an impostor.
+The skeleton follows Unicode UTS #39: each character that is confusable with a Latin one is
+replaced by it, using the confusables data that confusable-homoglyphs ships.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from functools import lru_cache
+
+from confusable_homoglyphs import confusables
+
+
+def username_key(name: str) -> str:
+    """The form a username is compared in: stripped, NFKC-normalized, case-folded."""
+    return unicodedata.normalize("NFKC", name.strip()).casefold()
+
+
+@lru_cache(maxsize=4096)
+def _latin_lookalike(ch: str) -> str:
+    if ch.isascii():
+        return ch
+    found = confusables.is_confusable(ch, preferred_aliases=["latin"], greedy=True) or []
+    for info in found:
+        for glyph in info.get("homoglyphs", []):
+            if glyph["c"].isascii():
+                return glyph["c"].casefold()
+    return ch
+
+
+def username_skeleton(name: str) -> str:
+    """Two usernames with the same skeleton look alike: `alice`, `Alice `, `ａｌｉｃｅ` and `аlice`
+    (Cyrillic а) all have the skeleton `alice`."""
+    key = unicodedata.normalize("NFD", username_key(name))
+    mapped = "".join(_latin_lookalike(ch) for ch in key if not unicodedata.combining(ch))
+    return unicodedata.normalize("NFKC", mapped).casefold()
