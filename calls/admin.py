@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from config.admin_lookups import RefuseSecretLookups
+
 from .models import Call, Participant
 
 
@@ -15,7 +17,7 @@ class ParticipantInline(admin.TabularInline):
 
 
 @admin.register(Call)
-class CallAdmin(admin.ModelAdmin):
+class CallAdmin(RefuseSecretLookups, admin.ModelAdmin):
     list_display = (
         "id",
         "created_by",

@@ -10,6 +10,8 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from config.admin_lookups import RefuseSecretLookups
+
 from .charts import rtt_loss_svg
 from .models import CredentialGrant, ProbeResult, Relay, RelayEvent
 from .selectors import relay_probe_history
@@ -101,7 +103,7 @@ class RelayAdminForm(forms.ModelForm):
 
 
 @admin.register(Relay)
-class RelayAdmin(admin.ModelAdmin):
+class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
     form = RelayAdminForm
     change_list_template = "admin/relays/relay/change_list.html"
     list_display = (
@@ -366,7 +368,7 @@ class RelayAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProbeResult)
-class ProbeResultAdmin(admin.ModelAdmin):
+class ProbeResultAdmin(RefuseSecretLookups, admin.ModelAdmin):
     list_display = (
         "relay",
         "checked_at",
@@ -403,7 +405,7 @@ class ProbeResultAdmin(admin.ModelAdmin):
 
 
 @admin.register(RelayEvent)
-class RelayEventAdmin(admin.ModelAdmin):
+class RelayEventAdmin(RefuseSecretLookups, admin.ModelAdmin):
     list_display = ("at", "relay", "kind", "actor", "detail", "delivered_at")
     list_filter = ("kind", "relay")
     search_fields = ("relay__name", "detail", "actor__username")
@@ -416,10 +418,39 @@ class RelayEventAdmin(admin.ModelAdmin):
         return False
 
 
+class GrantHolderFilter(admin.SimpleListFilter):
+    """Credentials still valid that a deactivated account holds: TURN REST credentials can't be
+    revoked one by one, so an operator who must cut them off rotates those relays' secrets."""
+
+    title = "holder"
+    parameter_name = "holder"
+
+    def lookups(self, request, model_admin):
+        return [("deactivated-valid", "deactivated account, still valid")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "deactivated-valid":
+            return queryset.filter(user__is_active=False, expires_at__gt=timezone.now())
+        return queryset
+
+
 @admin.register(CredentialGrant)
-class CredentialGrantAdmin(admin.ModelAdmin):
-    list_display = ("id", "user", "created_at", "expires_at")
+class CredentialGrantAdmin(RefuseSecretLookups, admin.ModelAdmin):
+    list_display = ("id", "user", "user_active", "relay_names", "created_at", "expires_at")
+    list_filter = (GrantHolderFilter, "created_at")
     search_fields = ("id", "user__username")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("user").prefetch_related("relays")
+
+    @admin.display(description="account active", boolean=True, ordering="user__is_active")
+    def user_active(self, obj: CredentialGrant) -> bool:
+        return obj.user.is_active
+
+    @admin.display(description="relays")
+    def relay_names(self, obj: CredentialGrant) -> str:
+        return ", ".join(r.name for r in obj.relays.all())
+
     readonly_fields = ("id", "user", "relays", "created_at", "expires_at")
 
     def has_add_permission(self, request):
