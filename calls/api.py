@@ -2,15 +2,18 @@
 
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
-from rest_framework import status
+from rest_framework.exceptions import ValidationError
 from rest_framework.generics import ListAPIView, RetrieveAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from config.api_errors import RateLimited, ServiceUnavailable
+
 from .models import Call
+from .ratelimits import call_start_retry_after
 from .selectors import call_history_for
 from .serializers import CallCreateSerializer, CallSerializer
-from .services import CallError, call_start
+from .services import CallError, CallUnavailable, call_start
 
 
 class CallListCreateApi(ListAPIView):
@@ -23,12 +26,18 @@ class CallListCreateApi(ListAPIView):
     def post(self, request: Request) -> Response:
         ser = CallCreateSerializer(data=request.data, context={"request": request})
         ser.is_valid(raise_exception=True)
-        try:
-            call = call_start(caller=request.user, callee=ser.validated_data["callee"])
-        except CallError as exc:
-            return Response(
-                {"code": exc.code, "detail": exc.message}, status=status.HTTP_400_BAD_REQUEST
+        callee = ser.validated_data["callee"]
+        retry_after = call_start_retry_after(request, callee=callee)
+        if retry_after is not None:
+            raise RateLimited(
+                f"Too many calls; try again in {retry_after} s.", retry_after=retry_after
             )
+        try:
+            call = call_start(caller=request.user, callee=callee)
+        except CallUnavailable as exc:
+            raise ServiceUnavailable(exc.message) from exc
+        except CallError as exc:
+            raise ValidationError({"callee": [exc.message]}) from exc
         return Response(
             CallSerializer(call_history_for(user=request.user).get(pk=call.pk)).data, status=201
         )

@@ -7,27 +7,43 @@ from django.views.decorators.http import require_http_methods
 
 from .forms import StartCallForm
 from .models import CallState
+from .ratelimits import call_start_retry_after
 from .selectors import call_history_for, calls_ringing_for, participant_for
-from .services import CallError, call_start
+from .services import CallError, CallUnavailable, call_start
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def home(request: HttpRequest) -> HttpResponse:
     form = StartCallForm(request.POST or None, caller=request.user)
+    status = 200
     if request.method == "POST" and form.is_valid():
-        try:
-            call = call_start(caller=request.user, callee=form.cleaned_data["callee"])
-        except CallError as exc:
-            form.add_error("callee", exc.message)
+        callee = form.cleaned_data["callee"]
+        retry_after = call_start_retry_after(request, callee=callee)
+        if retry_after is not None:
+            form.add_error(None, f"Too many calls; try again in {retry_after} s.")
+            status = 429
         else:
-            return redirect("calls:call", call_id=call.id)
+            try:
+                call = call_start(caller=request.user, callee=callee)
+            except CallUnavailable as exc:
+                form.add_error(None, exc.message)
+                status = 503
+            except CallError as exc:
+                form.add_error("callee", exc.message)
+            else:
+                return redirect("calls:call", call_id=call.id)
     context = {
         "form": form,
         "ringing": calls_ringing_for(user=request.user)[:10],
         "recent": call_history_for(user=request.user)[:5],
     }
-    return render(request, "calls/home.html", context, status=400 if form.errors else 200)
+    if form.errors and status == 200:
+        status = 400
+    response = render(request, "calls/home.html", context, status=status)
+    if status == 429:
+        response["Retry-After"] = str(retry_after)
+    return response
 
 
 @login_required

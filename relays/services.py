@@ -432,8 +432,9 @@ def ice_servers_issue(*, user) -> dict:
     if not relays:
         logger.warning("no healthy relay to assign to user %s", user.pk)
         return payload
-    grant = CredentialGrant.objects.create(user=user, expires_at=expires_at)
-    grant.relays.set(relays)
+    with transaction.atomic():  # a grant is never stored without its relays
+        grant = CredentialGrant.objects.create(user=user, expires_at=expires_at)
+        grant.relays.set(relays)
     expiry = int(expires_at.timestamp())
     for relay in relays:
         username, credential = turn_rest_pair(

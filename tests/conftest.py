@@ -254,8 +254,14 @@ def coturn(tmp_path, request):
 
 @pytest.fixture(autouse=True)
 def _no_rate_limits_unless_asked(settings, request):
-    """Rate-limit counters live in the shared Redis; only tests marked `ratelimit` count them."""
+    """Rate-limit counters live in the shared Redis; only tests marked `ratelimit` count them,
+    each under a cache prefix of its own (the test database, and so user ids, start afresh every
+    run, while Redis keeps the counters of the last run)."""
     settings.RATELIMIT_ENABLE = "ratelimit" in request.keywords
+    if settings.RATELIMIT_ENABLE:
+        caches = {name: dict(conf) for name, conf in settings.CACHES.items()}
+        caches["default"]["KEY_PREFIX"] = "test-" + secrets.token_hex(6)
+        settings.CACHES = caches
 
 
 @pytest.fixture

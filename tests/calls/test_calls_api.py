@@ -28,7 +28,8 @@ def test_outsiders_get_404_and_anonymous_get_a_json_error(client, alice, bob, ch
     assert client.get(f"/api/v1/calls/{call.id}/").status_code in (401, 403)
     client.login(username="charlie", password=password)
     response = client.get(f"/api/v1/calls/{call.id}/")
-    assert response.status_code == 404 and response.json()["detail"]
+    assert response.status_code == 404
+    assert response.json() == {"error": {"code": "not_found", "message": "No such call."}}
     assert client.get("/api/v1/calls/").json() == []
 
 
@@ -40,7 +41,13 @@ def test_bad_requests_are_explained(client, alice, password):
         ({}, "callee"),
     ):
         response = client.post("/api/v1/calls/", payload, content_type="application/json")
-        assert response.status_code == 400 and field in response.json()
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["code"] == "invalid" and error["fields"][field], error
     response = client.post("/api/v1/calls/", "{nope", content_type="application/json")
-    assert response.status_code == 400 and "JSON" in response.json()["detail"]
+    assert response.status_code == 400
+    assert (
+        response.json()["error"]["code"] == "bad_json"
+        and "JSON" in (response.json()["error"]["message"])
+    )
     assert not Call.objects.exists()
