@@ -458,6 +458,9 @@ def _local_relay(env: dict) -> list[str] | None:
         "--realm",
         "traverse.local",
         "--update",
+        "--allow-private",
+        "--reason",
+        "the run command's local relay, on loopback",
         env=env,
     )
     say(

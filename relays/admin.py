@@ -4,6 +4,7 @@ actions (probe, drain, disable, enable) that call services and record who did wh
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.shortcuts import render
 from django.urls import path
 from django.utils import timezone
@@ -16,13 +17,15 @@ from .charts import rtt_loss_svg
 from .models import CredentialGrant, ProbeResult, Relay, RelayEvent
 from .selectors import relay_probe_history
 from .services import (
-    relay_config_changed,
+    relay_create,
     relay_disable,
     relay_drain,
     relay_enable,
     relay_set_unsafe_override,
     relay_stage_next_secret,
     relay_sweep,
+    relay_update,
+    relay_validate,
 )
 
 BADGE_COLOURS = {
@@ -77,6 +80,13 @@ class RelayAdminForm(forms.ModelForm):
         help_text='A JSON list, e.g. ["stun:relay1.example:3478", "turn:relay1.example:3478?transport=udp"]'
     )
 
+    private_reason = forms.CharField(
+        required=False,
+        label="Why a private address",
+        help_text="Needed when a URL resolves to a loopback, private, link-local, CGNAT or "
+        "documentation address (or does not resolve). Recorded as an event.",
+    )
+
     class Meta:
         model = Relay
         fields = (
@@ -87,6 +97,7 @@ class RelayAdminForm(forms.ModelForm):
             "enabled",
             "secret",
             "next_secret",
+            "allow_private",
             "unsafe_override",
         )
 
@@ -100,6 +111,23 @@ class RelayAdminForm(forms.ModelForm):
 
     def clean_next_secret(self):
         return self.cleaned_data.get("next_secret", "") or self.instance.next_secret
+
+    def clean(self):
+        data = super().clean()
+        if "urls" in data and "secret" in data:
+            reason = data.get("private_reason", "")
+            if not reason and self.instance.allow_private:
+                reason = "allowed before"
+            try:
+                relay_validate(
+                    urls=data["urls"],
+                    secret=data["secret"],
+                    allow_private=bool(data.get("allow_private")),
+                    private_reason=reason,
+                )
+            except ValidationError as exc:
+                self.add_error(None, exc)
+        return data
 
 
 @admin.register(Relay)
@@ -149,7 +177,7 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
                 )
             },
         ),
-        ("Safety", {"fields": ("safety", "unsafe_override")}),
+        ("Safety", {"fields": ("safety", "allow_private", "private_reason", "unsafe_override")}),
         ("History", {"fields": ("recent_events", "recent_probes", "created_at", "updated_at")}),
     )
     actions = ("probe_now", "drain", "disable", "enable")
@@ -187,15 +215,15 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
     @admin.display(description="figures")
     def health_figures(self, obj: Relay) -> str:
         jitter = f"{obj.last_jitter_ms:.2f} ms" if obj.last_jitter_ms is not None else "—"
-        if obj.last_loss is None and obj.deep_checked_at and not obj.unsafe:
+        if obj.last_loss is None and obj.audited_at and not obj.unsafe:
             # A safe relay whose only address is private refuses itself as a peer.
             return f"STUN RTT {self.rtt(obj)} · data plane not measurable from here (the relay refuses its own private address as a peer)"
         return f"STUN RTT {self.rtt(obj)} · data-plane loss {self.loss(obj)} · jitter {jitter}"
 
     @admin.display(description="safety audit")
     def safety(self, obj: Relay):
-        if obj.deep_checked_at is None:
-            return "not audited yet"
+        if obj.audited_at is None:
+            return "not audited yet (the audit runs once the relay answers a probe)"
         if obj.unsafe:
             return format_html(
                 "{} grants permission to private peers: <code>{}</code>. Not assigned{}.",
@@ -206,7 +234,7 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
         return format_html(
             "{} refuses every private peer (audited {} UTC)",
             badge("safe", "up"),
-            f"{obj.deep_checked_at:%Y-%m-%d %H:%M:%S}",
+            f"{obj.audited_at:%Y-%m-%d %H:%M:%S}",
         )
 
     @admin.display(description="rotation")
@@ -273,15 +301,32 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
 
     # --- saving -------------------------------------------------------------------------
     def save_model(self, request, obj: Relay, form, change):
-        staged = "next_secret" in form.changed_data and obj.next_secret
-        override_changed = change and "unsafe_override" in form.changed_data
-        super().save_model(request, obj, form, change)
-        if change and ({"urls", "secret"} & set(form.changed_data)):
-            relay_config_changed(relay=obj)
-        if staged:
-            relay_stage_next_secret(relay=obj, secret=obj.next_secret, actor=request.user)
-        if override_changed:
-            relay_set_unsafe_override(relay=obj, override=obj.unsafe_override, actor=request.user)
+        """Every write goes through the registry services, so each records its event."""
+        data = form.cleaned_data
+        fields = {
+            "urls": data["urls"],
+            "secret": data["secret"],
+            "region": data.get("region", ""),
+            "realm": data.get("realm", ""),
+            "allow_private": bool(data.get("allow_private")),
+            "private_reason": data.get("private_reason", ""),
+            "actor": request.user,
+        }
+        if not change:
+            relay = relay_create(name=data["name"], enabled=data.get("enabled", True), **fields)
+        else:
+            relay = relay_update(relay=Relay.objects.get(pk=obj.pk), name=data["name"], **fields)
+            if "enabled" in form.changed_data:
+                toggle = relay_enable if data.get("enabled") else relay_disable
+                relay = toggle(relay=relay, actor=request.user)
+        if "next_secret" in form.changed_data and data.get("next_secret"):
+            relay_stage_next_secret(relay=relay, secret=data["next_secret"], actor=request.user)
+        if bool(data.get("unsafe_override")) != relay.unsafe_override:
+            relay_set_unsafe_override(
+                relay=relay, override=bool(data.get("unsafe_override")), actor=request.user
+            )
+        relay.refresh_from_db()
+        obj.__dict__.update(relay.__dict__)  # the admin logs and redirects with `obj`
 
     # --- actions ------------------------------------------------------------------------
     @admin.action(description="Probe the selected relays now")

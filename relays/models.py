@@ -8,6 +8,7 @@ import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinLengthValidator
 from django.db import models
 from django.utils import timezone
 
@@ -24,6 +25,10 @@ def validate_ice_urls(value: object) -> None:
             parse_ice_url(text)
         except IceUrlError as exc:
             raise ValidationError(str(exc)) from exc
+
+
+# A shared secret shorter than this is guessable offline from one captured credential.
+MIN_SECRET_LENGTH = 16
 
 
 class RelayStatus(models.TextChoices):
@@ -51,7 +56,7 @@ class Relay(models.Model):
     enabled = models.BooleanField(default=True)
     # The shared secret of coturn's use-auth-secret. Write-only: never in API output, admin
     # lists or logs (see __repr__ and RelayAdminForm). So are the next and previous secrets.
-    secret = models.CharField(max_length=256)
+    secret = models.CharField(max_length=256, validators=[MinLengthValidator(MIN_SECRET_LENGTH)])
     # Rotation: issuing switches to next_secret once a probe with it succeeds; the old secret is
     # kept until the longest credential issued with it has expired.
     next_secret = models.CharField(max_length=256, blank=True)
@@ -82,7 +87,18 @@ class Relay(models.Model):
         help_text="Assign this relay even though the safety audit finds it reaches private "
         "addresses. Only for test rigs on loopback; never in production.",
     )
+    # Where the relay itself is: registering one whose URLs resolve to a loopback, private,
+    # link-local, CGNAT or documentation address (or don't resolve) needs this, with a reason
+    # recorded as an event (relays.addresses).
+    allow_private = models.BooleanField(
+        default=False,
+        help_text="This relay's own address is not public (a test rig, a lab, a private "
+        "network). Give the reason below; it is recorded.",
+    )
     deep_checked_at = models.DateTimeField(null=True, blank=True)
+    # When the safety audit last actually ran (a relay that never answered has not been audited,
+    # whatever else the deep checks did).
+    audited_at = models.DateTimeField(null=True, blank=True)
     # Sweep claims: one worker owns a relay's probe per interval (a conditional UPDATE).
     claimed_until = models.DateTimeField(null=True, blank=True)
     claim_token = models.CharField(max_length=32, blank=True)
@@ -108,6 +124,17 @@ class Relay(models.Model):
             return True
         now = now or timezone.now()
         return (now - self.last_checked_at).total_seconds() > 3 * settings.RELAY_SWEEP_INTERVAL
+
+    @property
+    def has_turn_url(self) -> bool:
+        """Only a relay with a turn:/turns: URL can relay; a STUN-only entry is never handed out."""
+        return any(u.is_turn for u in self.ice_urls())
+
+    def display_safety(self) -> str:
+        """What admins and the CLI see: "not audited yet" until an audit has actually run."""
+        if self.audited_at is None:
+            return "not audited yet"
+        return "unsafe" if self.unsafe else "safe"
 
     def display_status(self, now=None) -> str:
         """What admins and the CLI see: the stored status, or stale when too old to trust."""
@@ -174,6 +201,9 @@ class RelayEventKind(models.TextChoices):
     SECRET_STAGED = "secret-staged", "Next secret staged"
     SECRET_ROTATED = "secret-rotated", "Secret rotated"
     OVERRIDE = "override", "Unsafe override changed"
+    CREATED = "created", "Registered"
+    UPDATED = "updated", "Settings changed"
+    ALLOW_PRIVATE = "allow-private", "Private address allowed"
 
 
 class RelayEvent(models.Model):

@@ -14,8 +14,9 @@ from .models import CredentialGrant, ProbeResult, Relay, RelayStatus
 def relays_assignable(*, now=None) -> QuerySet[Relay]:
     """Relays that may be handed out, best first: up before degraded, then lowest recent RTT.
 
-    Never handed out: down, unknown, disabled, draining, unsafe (unless an admin overrode the
-    audit), or stale (no probe newer than three sweep intervals, so we no longer know it works).
+    Never handed out: down, unknown, disabled, draining, not audited yet or unsafe (unless an
+    admin overrode the audit), or stale (no probe newer than three sweep intervals, so we no
+    longer know it works).
     """
     now = now or timezone.now()
     fresh_after = now - timedelta(seconds=3 * settings.RELAY_SWEEP_INTERVAL)
@@ -26,7 +27,7 @@ def relays_assignable(*, now=None) -> QuerySet[Relay]:
             status__in=[RelayStatus.UP, RelayStatus.DEGRADED],
             last_checked_at__gte=fresh_after,
         )
-        .filter(Q(unsafe=False) | Q(unsafe_override=True))
+        .filter(Q(unsafe=False, audited_at__isnull=False) | Q(unsafe_override=True))
         .annotate(
             health_rank=Case(
                 When(status=RelayStatus.UP, then=Value(0)),
@@ -45,7 +46,13 @@ def select_relays_for(*, user, limit: int | None = None) -> list[Relay]:
     gets the same ranking.
     """
     limit = limit or settings.RELAYS_PER_CALLER
-    return list(relays_assignable()[:limit])
+    chosen: list[Relay] = []
+    for relay in relays_assignable().iterator(chunk_size=50):
+        if relay.has_turn_url:  # a STUN-only entry relays nothing
+            chosen.append(relay)
+            if len(chosen) == limit:
+                break
+    return chosen
 
 
 def relay_latest_grant_expiry(*, relay: Relay):

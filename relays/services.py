@@ -11,13 +11,24 @@ from datetime import timedelta
 from typing import cast
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from .addresses import AddressFinding, describe, non_public_addresses
 from .credentials import turn_rest_pair
 from .health import Health, next_health, observe
-from .models import CredentialGrant, ProbeResult, Relay, RelayEvent, RelayEventKind, RelayStatus
+from .ice_urls import IceUrlError
+from .models import (
+    MIN_SECRET_LENGTH,
+    CredentialGrant,
+    ProbeResult,
+    Relay,
+    RelayEvent,
+    RelayEventKind,
+    RelayStatus,
+)
 from .probes import ProbePlan, RelayReport, probe_relay
 from .selectors import relay_latest_grant_expiry, select_relays_for
 
@@ -27,6 +38,48 @@ PROBE_CREDENTIAL_TTL = 120  # seconds; probes use their own short-lived TURN RES
 
 
 # --- registry -----------------------------------------------------------------------------
+def _check_location(
+    *, urls: list[str], allow_private: bool, private_reason: str
+) -> list[AddressFinding]:
+    """Raise ValidationError when the URLs resolve to non-public addresses (or don't resolve)
+    and that was not allowed, with a reason. Returns what was found."""
+    try:
+        findings = non_public_addresses(urls)
+    except IceUrlError as exc:
+        raise ValidationError({"urls": [str(exc)]}) from exc
+    if findings and not allow_private:
+        raise ValidationError(
+            {
+                "urls": [
+                    f"Not a public address: {describe(findings)}. A relay on a private network "
+                    "(a test rig, a lab) needs allow_private (--allow-private) and a reason."
+                ]
+            }
+        )
+    if findings and not private_reason.strip():
+        raise ValidationError(
+            {"private_reason": ["Say why this relay may have a non-public address."]}
+        )
+    return findings
+
+
+def relay_validate(
+    *, urls: list[str], secret: str, allow_private: bool = False, private_reason: str = ""
+) -> None:
+    """The registry's rules, for forms that want the errors before saving: URLs that parse, a
+    secret of at least MIN_SECRET_LENGTH characters, and a public address unless allowed."""
+    errors: dict[str, list[str]] = {}
+    if len(secret) < MIN_SECRET_LENGTH:
+        errors["secret"] = [f"Use a secret of at least {MIN_SECRET_LENGTH} characters."]
+    try:
+        _check_location(urls=urls, allow_private=allow_private, private_reason=private_reason)
+    except ValidationError as exc:
+        for field, messages in exc.message_dict.items():
+            errors.setdefault(field, []).extend(messages)
+    if errors:
+        raise ValidationError(errors)
+
+
 def relay_create(
     *,
     name: str,
@@ -36,8 +89,17 @@ def relay_create(
     realm: str = "",
     enabled: bool = True,
     unsafe_override: bool = False,
+    allow_private: bool = False,
+    private_reason: str = "",
+    actor=None,
 ) -> Relay:
-    """Register a relay. Raises ValidationError on bad URLs or a duplicate name."""
+    """Register a relay, and record it as an event (with the reason, when its address is not
+    public). Raises ValidationError on bad URLs, a short secret, a duplicate name, or a
+    non-public address that was not allowed."""
+    relay_validate(
+        urls=urls, secret=secret, allow_private=allow_private, private_reason=private_reason
+    )
+    findings = non_public_addresses(urls)
     relay = Relay(
         name=name,
         urls=urls,
@@ -46,26 +108,83 @@ def relay_create(
         realm=realm,
         enabled=enabled,
         unsafe_override=unsafe_override,
+        allow_private=allow_private,
     )
     relay.full_clean()
-    relay.save()
+    with transaction.atomic():
+        relay.save()
+        _event(relay, RelayEventKind.CREATED, actor=actor, detail=" ".join(urls)).save()
+        if findings:
+            detail = f"{describe(findings)}: {private_reason.strip()}"
+            _event(relay, RelayEventKind.ALLOW_PRIVATE, actor=actor, detail=detail).save()
     logger.info("relay registered: %s %s", relay.name, relay.urls)
     return relay
 
 
 def relay_update(
-    *, relay: Relay, urls: list[str], secret: str, region: str = "", realm: str = ""
+    *,
+    relay: Relay,
+    urls: list[str],
+    secret: str,
+    region: str = "",
+    realm: str = "",
+    name: str | None = None,
+    allow_private: bool | None = None,
+    private_reason: str = "",
+    actor=None,
 ) -> Relay:
-    """Change a relay's URLs, secret, region and realm at once (provisioning scripts). A new
-    secret takes effect immediately; to change it without breaking calls, stage a next secret.
-    The deep checks run again at the next sweep. Raises ValidationError on bad URLs."""
+    """Change a relay's URLs, secret, region and realm at once (provisioning scripts, admin). A
+    new secret takes effect immediately; to change it without breaking calls, stage a next
+    secret. The deep checks (and the safety audit) run again at the next sweep. Every change is
+    recorded as an event. Raises ValidationError as relay_create does."""
+    allow_private = relay.allow_private if allow_private is None else allow_private
+    relay_validate(
+        urls=urls,
+        secret=secret,
+        allow_private=allow_private,
+        private_reason=private_reason or ("allowed before" if relay.allow_private else ""),
+    )
+    findings = non_public_addresses(urls)
     changed = relay.urls != urls or relay.secret != secret
+    what = [
+        label
+        for label, before, after in (
+            ("name", relay.name, name if name is not None else relay.name),
+            ("URLs", relay.urls, urls),
+            ("secret", relay.secret, secret),
+            ("region", relay.region, region),
+            ("realm", relay.realm, realm),
+            ("allow_private", relay.allow_private, allow_private),
+        )
+        if before != after
+    ]
+    newly_private = allow_private and not relay.allow_private
+    if name is not None:
+        relay.name = name
     relay.urls, relay.secret, relay.region, relay.realm = urls, secret, region, realm
+    relay.allow_private = allow_private
     relay.full_clean()
-    relay.save(update_fields=["urls", "secret", "region", "realm", "updated_at"])
-    if changed:
-        relay_config_changed(relay=relay)
-        logger.info("relay updated: %s %s", relay.name, relay.urls)
+    with transaction.atomic():
+        relay.save(
+            update_fields=[
+                "name",
+                "urls",
+                "secret",
+                "region",
+                "realm",
+                "allow_private",
+                "updated_at",
+            ]
+        )
+        if what:
+            _event(relay, RelayEventKind.UPDATED, actor=actor, detail=", ".join(what)).save()
+        if newly_private and findings:
+            detail = f"{describe(findings)}: {private_reason.strip()}"
+            _event(relay, RelayEventKind.ALLOW_PRIVATE, actor=actor, detail=detail).save()
+        if changed:
+            relay_config_changed(relay=relay)
+    if what:
+        logger.info("relay updated: %s (%s)", relay.name, ", ".join(what))
     return relay
 
 
@@ -129,12 +248,18 @@ def relay_set_unsafe_override(*, relay: Relay, override: bool, actor, reason: st
 
 def relay_stage_next_secret(*, relay: Relay, secret: str, actor=None) -> Relay:
     """Stage the secret to rotate to. Issuing switches once a probe with it succeeds."""
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ValidationError(
+            {"next_secret": [f"Use a secret of at least {MIN_SECRET_LENGTH} characters."]}
+        )
     return _admin_change(relay, RelayEventKind.SECRET_STAGED, actor, next_secret=secret)
 
 
 def relay_config_changed(*, relay: Relay) -> None:
-    """URLs or secret changed: run the deep checks at the next sweep, not an interval later."""
-    Relay.objects.filter(pk=relay.pk).update(deep_checked_at=None)
+    """URLs or secret changed: run the deep checks at the next sweep, not an interval later, and
+    audit again before the relay is handed out."""
+    Relay.objects.filter(pk=relay.pk).update(deep_checked_at=None, audited_at=None)
+    relay.deep_checked_at = relay.audited_at = None
 
 
 # --- sweeps -------------------------------------------------------------------------------
@@ -261,6 +386,7 @@ _RELAY_FIELDS = [
     "unsafe",
     "accepted_peers",
     "deep_checked_at",
+    "audited_at",
     "secret",
     "next_secret",
     "previous_secret",
@@ -361,6 +487,7 @@ def relay_record_probes(
                 outcome.events.append(_event(relay, kind, detail=detail, at=checked_at))
             relay.unsafe = report.audit.unsafe
             relay.accepted_peers = report.audit.accepted
+            relay.audited_at = checked_at
         if (plan.audit or plan.packets or plan.check_credentials) and not report.deep_timed_out:
             relay.deep_checked_at = checked_at  # (when they timed out, they run again next sweep)
         if report.next_secret_ok and relay.next_secret:

@@ -143,6 +143,7 @@ def test_concurrent_ice_requests_never_fail_and_leave_no_orphan_grants(alice):
         secret="a-long-enough-relay-secret",
         status=RelayStatus.UP,
         last_checked_at=timezone.now() + timezone.timedelta(minutes=5),
+        audited_at=timezone.now(),
     )
     env = {**os.environ, "DATABASE_URL": database_url_for_subprocess()}
     env.pop("DJANGO_SETTINGS_MODULE", None)

@@ -162,3 +162,21 @@ def e2e_figures() -> list[str]:
 def pytest_terminal_summary(terminalreporter):
     for line in _FIGURES:
         terminalreporter.write_line(f"e2e: {line}")
+
+
+def wait_until(page, expression: str, timeout: float = 20_000, arg=None):
+    """Poll a page expression until it is truthy; returns its value.
+
+    Playwright's wait_for_function compiles its predicate with eval inside the page, which the
+    site's Content-Security-Policy (script-src 'self', no 'unsafe-eval') rightly refuses.
+    page.evaluate goes through the DevTools protocol, which CSP does not govern, so polling with
+    it tests the page under its real policy.
+    """
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        value = page.evaluate(expression) if arg is None else page.evaluate(expression, arg)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} ms waiting for: {expression}")
+        page.wait_for_timeout(100)

@@ -10,6 +10,7 @@ import pytest
 from relays.models import Relay, RelayStatus
 from relays.services import relay_create
 from relays.tasks import sweep_relays
+from tests.e2e.conftest import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -44,6 +45,8 @@ def test_two_browsers_call_through_the_assigned_relay(
     # uses the admin override; production relays never do (see relays/coturn.py).
     relay_server = coturn(allow_loopback_peers=True)
     relay = relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
         name="e2e-relay",
         urls=relay_server.urls,
         secret=relay_server.secret,
@@ -67,8 +70,10 @@ def test_two_browsers_call_through_the_assigned_relay(
     b.wait_for_selector("#incoming li a", timeout=10_000)
     b.click("#incoming li a")
     for page in (a, b):
-        page.wait_for_function(
-            "window.traverseCall && window.traverseCall.status === 'connected'", timeout=20_000
+        wait_until(
+            page,
+            "window.traverseCall && window.traverseCall.status === 'connected'",
+            timeout=20_000,
         )
     dial_to_connected_ms = (time.perf_counter() - t_dial) * 1000
 
@@ -78,7 +83,7 @@ def test_two_browsers_call_through_the_assigned_relay(
         pair = page.evaluate("window.traverseCall.selectedPair()")
         assert pair["connectionType"] == "relay" and pair["localType"] == "relay", pair
         assert pair["relayUrl"] in relay_server.urls, pair
-        page.wait_for_function("window.traverseCall.report !== null")
+        wait_until(page, "window.traverseCall.report !== null")
 
     # The reports reach the server before hang-up.
     deadline = time.monotonic() + 10
@@ -114,8 +119,20 @@ def test_relay_with_wrong_secret_is_marked_down_and_never_assigned(
 ):
     good_server = coturn(allow_loopback_peers=False)
     bad_server = coturn(allow_loopback_peers=False)
-    relay_create(name="good", urls=good_server.urls, secret=good_server.secret)
-    relay_create(name="wrong-secret", urls=bad_server.urls, secret="not-" + bad_server.secret)
+    relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="good",
+        urls=good_server.urls,
+        secret=good_server.secret,
+    )
+    relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="wrong-secret",
+        urls=bad_server.urls,
+        secret="not-" + bad_server.secret,
+    )
 
     assert sweep_through_worker() == {"good": "up", "wrong-secret": "down"}
     bad = Relay.objects.get(name="wrong-secret")
@@ -177,6 +194,8 @@ def test_a_reloaded_page_rejoins_the_call(services, browser, coturn, alice, bob,
     reach connected through the relay once more."""
     relay_server = coturn(allow_loopback_peers=True)  # loopback rig: see the first test
     relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
         name="rejoin-relay",
         urls=relay_server.urls,
         secret=relay_server.secret,
@@ -193,14 +212,14 @@ def test_a_reloaded_page_rejoins_the_call(services, browser, coturn, alice, bob,
     b.click("#incoming li a")
     connected = "window.traverseCall && window.traverseCall.status === 'connected'"
     for page in (a, b):
-        page.wait_for_function(connected, timeout=20_000)
+        wait_until(page, connected, timeout=20_000)
     for reloading, other in ((b, a), (a, b)):
         before = other.evaluate("window.traverseCall.connections")
         reloading.reload()
-        reloading.wait_for_function(connected, timeout=20_000)
+        wait_until(reloading, connected, timeout=20_000)
         # The side that stayed saw the peer leave and come back, and connected anew.
-        other.wait_for_function(f"window.traverseCall.connections > {before}", timeout=20_000)
-        other.wait_for_function(connected, timeout=20_000)
+        wait_until(other, f"window.traverseCall.connections > {before}", timeout=20_000)
+        wait_until(other, connected, timeout=20_000)
         assert reloading.evaluate("window.traverseCall.selectedPair()")["connectionType"] == "relay"
     a.click("#hangup")
     b.wait_for_url("**/details/", timeout=10_000)

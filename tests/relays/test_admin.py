@@ -19,10 +19,11 @@ def relay():
         name="fra-1",
         region="eu",
         urls=["turn:fra1.example:3478?transport=udp"],
-        secret="s3cr3t-value",
+        secret="s3cr3t-value-long-enough",
         status=RelayStatus.UP,
         last_rtt_ms=1.25,
         last_checked_at=timezone.now(),
+        audited_at=timezone.now(),
     )
 
 
@@ -37,13 +38,13 @@ def test_list_shows_status_rtt_and_never_the_secret(client, staff, password, rel
     client.login(username="root", password=password)
     html = client.get("/admin/relays/relay/").content.decode()
     assert "fra-1" in html and "relay-badge-up" in html and "1.25 ms" in html
-    assert "s3cr3t-value" not in html
+    assert "s3cr3t-value-long-enough" not in html
 
 
 def test_change_page_does_not_render_the_secret(client, staff, password, relay):
     client.login(username="root", password=password)
     html = client.get(f"/admin/relays/relay/{relay.pk}/change/").content.decode()
-    assert "s3cr3t-value" not in html
+    assert "s3cr3t-value-long-enough" not in html
     assert 'type="password"' in html
 
 
@@ -56,11 +57,13 @@ def test_saving_with_a_blank_secret_keeps_the_old_one(client, staff, password, r
         "realm": "",
         "enabled": "on",
         "secret": "",
+        "allow_private": "on",
+        "private_reason": "example names do not resolve in tests",
     }
     response = client.post(f"/admin/relays/relay/{relay.pk}/change/", data)
     assert response.status_code == 302
     relay.refresh_from_db()
-    assert relay.secret == "s3cr3t-value" and relay.region == "eu-central"
+    assert relay.secret == "s3cr3t-value-long-enough" and relay.region == "eu-central"
 
 
 def test_a_new_relay_needs_a_secret_and_valid_urls(client, staff, password):
@@ -135,13 +138,16 @@ def test_next_secret_is_write_only_and_staging_it_is_recorded(client, staff, pas
         "realm": "",
         "enabled": "on",
         "secret": "",
-        "next_secret": "the-next-one",
+        "next_secret": "the-next-one-of-16+",
+        "allow_private": "on",
+        "private_reason": "example names do not resolve in tests",
     }
     assert client.post(f"/admin/relays/relay/{relay.pk}/change/", data).status_code == 302
     relay.refresh_from_db()
-    assert relay.next_secret == "the-next-one" and relay.secret == "s3cr3t-value"
+    assert relay.next_secret == "the-next-one-of-16+"
+    assert relay.secret == "s3cr3t-value-long-enough"
     html = client.get(f"/admin/relays/relay/{relay.pk}/change/").content.decode()
-    assert "the-next-one" not in html and "a next secret is staged" in html
+    assert "the-next-one-of-16+" not in html and "a next secret is staged" in html
     assert relay.events.filter(kind="secret-staged", actor=staff).exists()
 
 
@@ -150,7 +156,13 @@ def test_fleet_overview_and_chart(client, staff, password, registered, coturn):
     leaky_server = coturn(allow_loopback_peers=True)
     from relays.services import relay_create, relay_sweep
 
-    relay_create(name="leaky", urls=leaky_server.urls, secret=leaky_server.secret)
+    relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="leaky",
+        urls=leaky_server.urls,
+        secret=leaky_server.secret,
+    )
     relay_sweep()
     relay_sweep(force=True)
     client.login(username="root", password=password)

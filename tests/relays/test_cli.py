@@ -22,7 +22,8 @@ def secret_file(tmp_path):
 
 
 def urls_args(server):
-    return sum((["--url", u] for u in server.urls), [])
+    # Test relays are on loopback: a test rig, registered with --allow-private.
+    return [*sum((["--url", u] for u in server.urls), []), "--allow-private"]
 
 
 @pytest.mark.smoke
@@ -36,15 +37,17 @@ def test_add_list_remove(capsys, secret_file):
         "--url",
         "turns:ams1.example:443?transport=tcp",
         "--secret-file",
-        secret_file("abc"),
+        secret_file("abc-long-enough-secret"),
         "--region",
         "eu",
+        "--allow-private",  # example names don't resolve
     )
     relay = Relay.objects.get(name="ams-1")
-    assert relay.secret == "abc" and relay.region == "eu" and len(relay.urls) == 2
+    assert relay.secret == "abc-long-enough-secret" and relay.region == "eu"
+    assert len(relay.urls) == 2
     call_command("relays", "list")
     out = capsys.readouterr().out
-    assert "ams-1" in out and "unknown" in out and "abc" not in out
+    assert "ams-1" in out and "unknown" in out and "abc-long-enough-secret" not in out
     call_command("relays", "remove", "ams-1")
     assert not Relay.objects.exists()
 
@@ -52,7 +55,14 @@ def test_add_list_remove(capsys, secret_file):
 @pytest.mark.smoke
 def test_drain_disable_enable_and_rotate(capsys, secret_file):
     call_command(
-        "relays", "add", "x", "--url", "turn:x.example", "--secret-file", secret_file("one")
+        "relays",
+        "add",
+        "x",
+        "--url",
+        "turn:x.example",
+        "--secret-file",
+        secret_file("one-long-enough-secret"),
+        "--allow-private",
     )
     call_command("relays", "drain", "x")
     assert Relay.objects.get().draining
@@ -62,10 +72,15 @@ def test_drain_disable_enable_and_rotate(capsys, secret_file):
     call_command("relays", "enable", "x")
     relay = Relay.objects.get()
     assert relay.enabled and not relay.draining
-    call_command("relays", "rotate", "x", "--next-secret-file", secret_file("two", "next"))
+    call_command(
+        "relays", "rotate", "x", "--next-secret-file", secret_file("two-long-enough-secret", "next")
+    )
     relay.refresh_from_db()
-    assert relay.secret == "one" and relay.next_secret == "two"
+    assert relay.secret == "one-long-enough-secret"
+    assert relay.next_secret == "two-long-enough-secret"
     assert [e.kind for e in relay.events.order_by("at", "id")] == [
+        "created",
+        "allow-private",
         "drained",
         "disabled",
         "enabled",
@@ -118,7 +133,12 @@ def test_probe_relays_json_and_exit_code(capsys, coturn, secret_file):
         "relays", "add", "good", *urls_args(good), "--secret-file", secret_file(good.secret, "g")
     )
     call_command(
-        "relays", "add", "bad", *urls_args(bad), "--secret-file", secret_file("wrong", "b")
+        "relays",
+        "add",
+        "bad",
+        *urls_args(bad),
+        "--secret-file",
+        secret_file("wrong-but-long-enough", "b"),
     )
     call_command(
         "relays", "add", "leaky", *urls_args(leaky), "--secret-file", secret_file(leaky.secret, "l")
@@ -145,14 +165,27 @@ def test_probe_relays_json_and_exit_code(capsys, coturn, secret_file):
 
 @pytest.mark.smoke
 def test_add_with_update_is_idempotent_provisioning(secret_file):
-    args = ["--url", "turn:a.example:3478?transport=udp", "--region", "eu"]
+    args = ["--url", "turn:a.example:3478?transport=udp", "--region", "eu", "--allow-private"]
     call_command(
-        "relays", "add", "prov", *args, "--secret-file", secret_file("one", "s1"), "--update"
+        "relays",
+        "add",
+        "prov",
+        *args,
+        "--secret-file",
+        secret_file("one-long-enough-secret", "s1"),
+        "--update",
     )
     relay = Relay.objects.get()
     Relay.objects.filter(pk=relay.pk).update(deep_checked_at=relay.created_at)
     with pytest.raises(CommandError, match="already exists"):
-        call_command("relays", "add", "prov", *args, "--secret-file", secret_file("one", "s1"))
+        call_command(
+            "relays",
+            "add",
+            "prov",
+            *args,
+            "--secret-file",
+            secret_file("one-long-enough-secret", "s1"),
+        )
     call_command(
         "relays",
         "add",
@@ -160,13 +193,13 @@ def test_add_with_update_is_idempotent_provisioning(secret_file):
         "--url",
         "turn:b.example:3478?transport=tcp",
         "--secret-file",
-        secret_file("two", "s2"),
+        secret_file("two-long-enough-secret", "s2"),
         "--update",
     )
     relay.refresh_from_db()
     assert (
         relay.urls == ["turn:b.example:3478?transport=tcp"]
-        and relay.secret == "two"
+        and relay.secret == "two-long-enough-secret"
         and relay.region == ""
     )
     assert relay.deep_checked_at is None  # the new config is audited at the next sweep

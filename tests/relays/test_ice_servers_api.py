@@ -37,6 +37,7 @@ def test_shape_and_credentials(client, alice, password, settings):
         status=RelayStatus.UP,
         last_rtt_ms=3,
         last_checked_at=timezone.now(),
+        audited_at=timezone.now(),
     )
     client.login(username="alice", password=password)
     before = int(time.time())
@@ -66,6 +67,7 @@ def test_the_secret_never_appears_in_the_response(client, alice, password):
         secret="do-not-leak-me",
         status=RelayStatus.UP,
         last_checked_at=timezone.now(),
+        audited_at=timezone.now(),
     )
     client.login(username="alice", password=password)
     assert b"do-not-leak-me" not in client.get(URL).content
@@ -79,6 +81,7 @@ def test_no_healthy_relay_says_so(client, alice, password):
         secret="s",
         status=RelayStatus.DOWN,
         last_checked_at=timezone.now(),
+        audited_at=timezone.now(),
     )
     client.login(username="alice", password=password)
     body = client.get(URL).json()
@@ -124,6 +127,7 @@ def test_issuing_ice_servers_takes_a_fixed_number_of_queries(
             status=RelayStatus.UP,
             last_rtt_ms=i,
             last_checked_at=timezone.now(),
+            audited_at=timezone.now(),
         )
     client.login(username="alice", password=password)
     # session, user, relays, then in one transaction (a savepoint inside the test's own):

@@ -19,7 +19,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_a_relay_that_reaches_private_peers_is_flagged_unsafe(coturn, alice):
     server = coturn(allow_loopback_peers=True)  # allow-loopback-peers and no denied-peer-ip
-    relay = relay_create(name="leaky", urls=server.urls, secret=server.secret)
+    relay = relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="leaky",
+        urls=server.urls,
+        secret=server.secret,
+    )
     (outcome,) = relay_sweep()
     relay.refresh_from_db()
     assert relay.unsafe
@@ -99,7 +105,13 @@ def test_the_deploy_example_passes_the_audit(tmp_path):
 def test_the_local_relay_of_the_run_command_passes_the_audit(coturn):
     # dev.py renders the local relay with the same defaults as this fixture's safe relays.
     server = coturn(allow_loopback_peers=False)
-    relay = relay_create(name="local", urls=server.urls, secret=server.secret)
+    relay = relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="local",
+        urls=server.urls,
+        secret=server.secret,
+    )
     relay_sweep()
     relay.refresh_from_db()
     assert not relay.unsafe and relay.accepted_peers == [] and relay.status == "up"
@@ -110,7 +122,13 @@ def test_override_is_recorded_and_lets_the_relay_be_assigned(coturn, alice, djan
 
     admin = django_user_model.objects.create_superuser("root", password="x")
     server = coturn(allow_loopback_peers=True)
-    relay = relay_create(name="rig", urls=server.urls, secret=server.secret)
+    relay = relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="rig",
+        urls=server.urls,
+        secret=server.secret,
+    )
     relay_sweep()
     relay.refresh_from_db()
     assert relay.unsafe and select_relays_for(user=alice) == []
@@ -127,7 +145,13 @@ def test_a_safe_relay_with_its_own_address_passes_both_the_data_plane_and_the_au
     coturn, relay_netns
 ):
     server = coturn(allow_loopback_peers=False, netns=relay_netns)
-    relay = relay_create(name="netns-relay", urls=server.urls, secret=server.secret)
+    relay = relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="netns-relay",
+        urls=server.urls,
+        secret=server.secret,
+    )
     (outcome,) = relay_sweep()
     relay.refresh_from_db()
     report = outcome.report

@@ -17,9 +17,13 @@ pytestmark = pytest.mark.django_db
 
 def test_sweep_stores_results_and_status(registered):
     good, _ = registered("good")
-    bad, server = registered("bad", secret_override="wrong")
+    bad, server = registered("bad", secret_override="wrong-but-long-enough")
     dead = relay_create(
-        name="dead", urls=[f"turn:127.0.0.1:{free_port()}?transport=tcp"], secret="x"
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="dead",
+        urls=[f"turn:127.0.0.1:{free_port()}?transport=tcp"],
+        secret="x-secret-of-16-chars",
     )
 
     outcomes = {o.relay.name: o for o in relay_sweep()}
@@ -61,12 +65,18 @@ def test_a_killed_relay_goes_down_after_the_hysteresis_and_comes_back(registered
     kinds = list(
         RelayEvent.objects.filter(relay=relay).order_by("at", "id").values_list("kind", flat=True)
     )
-    assert kinds == ["up", "down", "up"]
+    assert kinds == ["created", "allow-private", "up", "down", "up"]
 
 
 def test_udp_only_relay_is_degraded_with_per_transport_status(coturn):
     server = coturn(allow_loopback_peers=False, udp_only=True)
-    relay = relay_create(name="udp-only", urls=server.urls, secret=server.secret)
+    relay = relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="udp-only",
+        urls=server.urls,
+        secret=server.secret,
+    )
     (outcome,) = relay_sweep()
     relay.refresh_from_db()
     assert outcome.observation == "partial"
@@ -120,7 +130,13 @@ def test_concurrent_sweeps_never_probe_a_relay_twice(registered):
 
 def test_a_dead_relay_does_not_delay_the_others(registered):
     healthy, _ = registered("healthy")
-    relay_create(name="silent", urls=[f"turn:127.0.0.1:{free_port()}?transport=udp"], secret="x")
+    relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="silent",
+        urls=[f"turn:127.0.0.1:{free_port()}?transport=udp"],
+        secret="x-secret-of-16-chars",
+    )
     outcomes = {o.relay.name: o for o in relay_sweep(timeout=1.0)}
     assert outcomes["silent"].report.results[-1].error == "timeout"
     # The probes run side by side: the healthy relay finished long before the dead one gave up.
@@ -136,6 +152,7 @@ def _relay(name, *, status=RelayStatus.UP, rtt=1.0, enabled=True, age_s=0, **kw)
         last_rtt_ms=rtt,
         enabled=enabled,
         last_checked_at=timezone.now() - timedelta(seconds=age_s),
+        audited_at=timezone.now(),
         **kw,
     )
 

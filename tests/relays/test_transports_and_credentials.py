@@ -32,7 +32,13 @@ def test_turns_over_tls_with_a_self_signed_certificate(coturn, settings):
     assert "CERTIFICATE_VERIFY_FAILED" in refused.results[0].detail
 
     settings.RELAY_PROBE_VERIFY_TLS = False
-    relay = relay_create(name="tls", urls=server.urls, secret=server.secret)
+    relay = relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="tls",
+        urls=server.urls,
+        secret=server.secret,
+    )
     relay_sweep()
     relay.refresh_from_db()
     assert relay.status == "up" and relay.transport_status == {
@@ -64,8 +70,18 @@ def test_a_relay_clock_that_runs_behind_takes_expired_credentials(coturn):
 
 def test_rotation_switches_only_after_the_next_secret_works(coturn, alice):
     # coturn is configured with both secrets during a rotation (two static-auth-secret lines).
-    server = coturn(allow_loopback_peers=False, secret="old-secret", extra_secrets=["new-secret"])
-    relay = relay_create(name="rot", urls=server.urls, secret="old-secret")
+    server = coturn(
+        allow_loopback_peers=False,
+        secret="old-secret-16-chars",
+        extra_secrets=["new-secret-16-chars"],
+    )
+    relay = relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="rot",
+        urls=server.urls,
+        secret="old-secret-16-chars",
+    )
     relay_sweep()
     issued = ice_servers_issue(user=alice)
     grant_expiry = CredentialGrant.objects.get().expires_at
@@ -74,26 +90,31 @@ def test_rotation_switches_only_after_the_next_secret_works(coturn, alice):
     relay_sweep(force=True)
     relay.refresh_from_db()
     assert (
-        relay.secret == "old-secret" and relay.next_secret == "not-on-the-relay"
+        relay.secret == "old-secret-16-chars" and relay.next_secret == "not-on-the-relay"
     )  # its probe failed
 
-    relay_stage_next_secret(relay=relay, secret="new-secret")
+    relay_stage_next_secret(relay=relay, secret="new-secret-16-chars")
     relay_sweep(force=True)
     relay.refresh_from_db()
-    assert relay.secret == "new-secret" and relay.next_secret == ""
-    assert relay.previous_secret == "old-secret" and relay.previous_secret_until == grant_expiry
+    assert relay.secret == "new-secret-16-chars" and relay.next_secret == ""
+    assert (
+        relay.previous_secret == "old-secret-16-chars"
+        and relay.previous_secret_until == grant_expiry
+    )
     kinds = list(RelayEvent.objects.filter(relay=relay).values_list("kind", flat=True))
     assert kinds.count("secret-staged") == 2 and kinds.count("secret-rotated") == 1
 
     # New credentials use the new secret; the ones already handed out keep working.
     fresh = ice_servers_issue(user=alice)["iceServers"][0]
-    assert probe(fresh["urls"], "new-secret").ok
+    assert probe(fresh["urls"], "new-secret-16-chars").ok
     old = issued["iceServers"][0]
     from relays.credentials import turn_rest_credential
 
-    assert old["credential"] == turn_rest_credential(secret="old-secret", username=old["username"])
+    assert old["credential"] == turn_rest_credential(
+        secret="old-secret-16-chars", username=old["username"]
+    )
     assert fresh["credential"] == turn_rest_credential(
-        secret="new-secret", username=fresh["username"]
+        secret="new-secret-16-chars", username=fresh["username"]
     )
 
     # The old secret is forgotten once the last credential issued with it has expired.

@@ -61,19 +61,19 @@ class Command(BaseCommand):
 
     def _table(self, outcomes):
         self.stdout.write(
-            f"{'RELAY':20} {'STATUS':9} {'SEEN':8} {'RTT':>9} {'LOSS':>6}  SAFETY   URLS"
+            f"{'RELAY':20} {'STATUS':9} {'SEEN':8} {'RTT':>9} {'LOSS':>6}  SAFETY    URLS"
         )
         for o in outcomes:
             r, rep = o.relay, o.report
             rtt = f"{rep.rtt_ms:.2f}ms" if rep.rtt_ms is not None else "-"
             dp = rep.data_plane
             loss = f"{dp.loss * 100:.0f}%" if dp and dp.loss is not None else "-"
-            safety = "UNSAFE" if r.unsafe else ("ok" if r.deep_checked_at else "-")
+            safety = {"unsafe": "UNSAFE", "safe": "ok"}.get(r.display_safety(), "unaudited")
             style = self.style.SUCCESS if r.status == "up" and not r.unsafe else self.style.ERROR
             urls = " ".join(f"{u.url}={'ok' if u.ok else u.error}" for u in rep.results)
             self.stdout.write(
                 style(
-                    f"{r.name:20} {r.display_status():9} {o.observation:8} {rtt:>9} {loss:>6}  {safety:8} {urls}"
+                    f"{r.name:20} {r.display_status():9} {o.observation:8} {rtt:>9} {loss:>6}  {safety:9} {urls}"
                 )
             )
             if r.unsafe:
@@ -90,6 +90,7 @@ def _summary(o) -> dict:
         "status": r.display_status(),
         "observation": o.observation,
         "unsafe": r.unsafe,
+        "safety": r.display_safety(),
         "accepted_peers": list(r.accepted_peers),
         "rtt_ms": rep.rtt_ms,
         "transports": r.transport_status,

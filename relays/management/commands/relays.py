@@ -44,6 +44,17 @@ class Command(BaseCommand):
         add.add_argument("--realm", default="")
         add.add_argument("--disabled", action="store_true", help="register it disabled")
         add.add_argument(
+            "--allow-private",
+            action="store_true",
+            help="the relay's own address is not public (loopback, private, link-local, CGNAT, "
+            "documentation ranges, or a name that does not resolve): a test rig or a lab",
+        )
+        add.add_argument(
+            "--reason",
+            default="",
+            help="why --allow-private (recorded as an event; default: 'registered from the command line')",
+        )
+        add.add_argument(
             "--update",
             action="store_true",
             help="when the relay exists, update its URLs, secret, region and realm (idempotent provisioning)",
@@ -66,12 +77,35 @@ class Command(BaseCommand):
     def handle(self, *args, action, **opts):
         getattr(self, f"do_{action}")(**opts)
 
-    def do_add(self, *, name, urls, secret_file, region, realm, disabled, update=False, **_):
+    def do_add(
+        self,
+        *,
+        name,
+        urls,
+        secret_file,
+        region,
+        realm,
+        disabled,
+        update=False,
+        allow_private=False,
+        reason="",
+        **_,
+    ):
         secret = _read_secret(secret_file)
         existing = Relay.objects.filter(name=name).first() if update else None
+        if allow_private and not reason:
+            reason = "registered from the command line with --allow-private"
         try:
             if existing is not None:
-                relay_update(relay=existing, urls=urls, secret=secret, region=region, realm=realm)
+                relay_update(
+                    relay=existing,
+                    urls=urls,
+                    secret=secret,
+                    region=region,
+                    realm=realm,
+                    allow_private=allow_private or existing.allow_private,
+                    private_reason=reason,
+                )
                 self.stdout.write(self.style.SUCCESS(f"updated relay {name} ({len(urls)} URL(s))"))
                 return
             relay = relay_create(
@@ -81,6 +115,8 @@ class Command(BaseCommand):
                 region=region,
                 realm=realm,
                 enabled=not disabled,
+                allow_private=allow_private,
+                private_reason=reason,
             )
         except ValidationError as exc:
             msgs = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
@@ -93,14 +129,14 @@ class Command(BaseCommand):
             self.stdout.write("no relays registered")
             return
         self.stdout.write(
-            f"{'NAME':20} {'STATUS':9} {'STATE':9} {'SAFETY':7} {'RTT':>9} {'REGION':10} URLS"
+            f"{'NAME':20} {'STATUS':9} {'STATE':9} {'SAFETY':9} {'RTT':>9} {'REGION':10} URLS"
         )
         for r in relays:
             state = "disabled" if not r.enabled else ("draining" if r.draining else "active")
-            safety = "UNSAFE" if r.unsafe else ("ok" if r.deep_checked_at else "-")
+            safety = {"unsafe": "UNSAFE", "safe": "ok"}.get(r.display_safety(), "unaudited")
             rtt = f"{r.last_rtt_ms:.2f}ms" if r.last_rtt_ms is not None else "-"
             self.stdout.write(
-                f"{r.name:20} {r.display_status():9} {state:9} {safety:7} {rtt:>9} {r.region or '-':10} {' '.join(r.urls)}"
+                f"{r.name:20} {r.display_status():9} {state:9} {safety:9} {rtt:>9} {r.region or '-':10} {' '.join(r.urls)}"
             )
 
     def _relay(self, name: str) -> Relay:
@@ -123,7 +159,10 @@ class Command(BaseCommand):
 
     def do_rotate(self, *, name, next_secret_file, **_):
         relay = self._relay(name)
-        relay_stage_next_secret(relay=relay, secret=_read_secret(next_secret_file), actor=None)
+        try:
+            relay_stage_next_secret(relay=relay, secret=_read_secret(next_secret_file), actor=None)
+        except ValidationError as exc:
+            raise CommandError("; ".join(" ".join(v) for v in exc.message_dict.values())) from exc
         self.stdout.write(
             self.style.SUCCESS(
                 f"staged the next secret of {name}; issuing switches after a probe with it succeeds"
