@@ -1,9 +1,10 @@
-"""Sign up; sign in and out are Django's own views."""
+"""Sign up, and the rate limits around Django's own sign-in and password-reset views."""
 
 from django.contrib.auth import login
-from django.contrib.auth.views import LoginView
+from django.contrib.auth.views import LoginView, PasswordResetView
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse_lazy
 from django.views.decorators.http import require_http_methods
 from django_ratelimit.decorators import ratelimit
 
@@ -36,6 +37,19 @@ def signup(request: HttpRequest) -> HttpResponse:
 login_view = ratelimit(key="ip", rate="20/m", method="POST", block=True)(
     ratelimit(key=_username_tried, rate="10/m", method="POST", block=True)(
         LoginView.as_view(template_name="accounts/login.html", redirect_authenticated_user=True)
+    )
+)
+
+
+# Anyone can ask for a reset email: per address and per email, so nobody's inbox is flooded.
+password_reset = ratelimit(key="ip", rate="10/h", method="POST", block=True)(
+    ratelimit(key="post:email", rate="3/h", method="POST", block=True)(
+        PasswordResetView.as_view(
+            template_name="accounts/password_reset.html",
+            email_template_name="accounts/password_reset_email.txt",
+            subject_template_name="accounts/password_reset_subject.txt",
+            success_url=reverse_lazy("accounts:password_reset_done"),
+        )
     )
 )
 

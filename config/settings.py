@@ -212,6 +212,13 @@ CELERY_BEAT_SCHEDULE["calls-reap"] = {
     "options": {"expires": CALL_REAP_INTERVAL},
 }
 
+# --- email (password resets) ----------------------------------------------------------------
+# EMAIL_URL, e.g. smtp+tls://user:password@smtp.example.com:587; by default mail is printed to the
+# console (the run command's terminal), which is enough to reset a password on one machine.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Traverse <traverse@localhost>")
+PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT", default=3600)  # seconds a link works
+
 # --- auth, i18n, static -------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "accounts:login"
