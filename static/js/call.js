@@ -149,6 +149,13 @@ async function selectedPair() {
   };
 }
 state.selectedPair = () => (pc ? selectedPair() : null);
+// Bytes of media received so far (all inbound RTP streams): it keeps growing while media flows.
+state.inboundBytes = async () => {
+  if (!pc) return 0;
+  let total = 0;
+  (await pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp") total += s.bytesReceived || 0; });
+  return total;
+};
 
 async function reportConnection() {
   const sel = await selectedPair();

@@ -20,10 +20,13 @@ const forceRelay = document.getElementById("force-relay");
 forceRelay.checked = localStorage.getItem("traverse.forceRelay") === "1";
 forceRelay.addEventListener("change", () => localStorage.setItem("traverse.forceRelay", forceRelay.checked ? "1" : "0"));
 
+// Exposed for the browser tests and for people debugging from the console.
+const state = (window.traverseHome = { welcomes: 0, drops: 0 });
+
 const signal = new Signal("/ws/signal/?ice=0");
 signal
-  .on("welcome", () => { status.textContent = "Online: incoming calls show up here."; })
-  .on("close", () => { status.textContent = "Offline: reconnecting…"; })
+  .on("welcome", () => { state.welcomes += 1; status.textContent = "Online: incoming calls show up here."; })
+  .on("close", () => { state.drops += 1; status.textContent = "Offline: reconnecting…"; })
   .on("incoming", (msg) => {
     if (list.querySelector(`li[data-call="${msg.call}"]`)) return;
     const li = document.createElement("li");
