@@ -7,6 +7,7 @@ only used for fan-out to all devices of a user (an incoming call, a call that en
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -28,6 +29,7 @@ from calls.services import (
 )
 from relays.services import ice_servers_issue
 
+from .broadcast import run_and_announce
 from .groups import user_group
 from .presence import presence_for
 from .protocol import ClientMessage, ProtocolError, envelope, parse_frame
@@ -64,7 +66,17 @@ class SignalConsumer(AsyncWebsocketConsumer):
         # the same clean-up runs here too: a drop is a drop, however the socket went.
         try:
             await super().__call__(scope, receive, send)
-        finally:
+        except asyncio.CancelledError:
+            # The server is shutting down (or the task was killed): its event loop is going away,
+            # and a database call here would wait forever for a broadcast that needs that loop.
+            # This process stops beating, so presence turns its devices into `reconnecting`
+            # within PRESENCE_TTL_SECONDS, as for a crash.
+            await self._release(record=False)
+            raise
+        except BaseException:
+            await self._release()
+            raise
+        else:
             await self._release()
 
     async def connect(self) -> None:
@@ -91,17 +103,20 @@ class SignalConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         await self._release()
 
-    async def _release(self) -> None:
+    async def _release(self, *, record: bool = True) -> None:
         """The socket is gone: each call it was in starts its grace window (the participant is
         `reconnecting`, not left). Runs once, whichever way the socket went."""
         if not hasattr(self, "user") or self.released:
             return
         self.released = True
-        joined, self.joined = list(self.joined), set()
+        joined, self.joined = (list(self.joined) if record else []), set()
         for call_id in joined:
             try:
-                await database_sync_to_async(call_disconnected)(
-                    call_id=call_id, user=self.user, channel_name=self.channel_name
+                await run_and_announce(
+                    call_disconnected,
+                    call_id=call_id,
+                    user=self.user,
+                    channel_name=self.channel_name,
                 )
             except Exception:  # the reaper finds this device through presence instead
                 logger.exception("signaling: could not record the drop of call %s", call_id)
@@ -181,8 +196,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
         if me is None:
             # Same answer whether the call doesn't exist or isn't theirs: ids are not probeable.
             raise ProtocolError("forbidden", "You are not a participant of this call.", msg.id)
-        call, peers, resumed = await database_sync_to_async(call_join)(
-            participant=me, channel_name=self.channel_name, resume=msg.body["resume"]
+        call, peers, resumed = await run_and_announce(
+            call_join, participant=me, channel_name=self.channel_name, resume=msg.body["resume"]
         )
         self.joined.add(msg.call)
         await self.emit(
@@ -206,8 +221,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
             raise ProtocolError(
                 "not_joined", "You have not joined this call on this connection.", msg.id
             )
-        await database_sync_to_async(call_leave)(
-            call_id=msg.call, user=self.user, channel_name=self.channel_name
+        await run_and_announce(
+            call_leave, call_id=msg.call, user=self.user, channel_name=self.channel_name
         )
         self.joined.discard(msg.call)
         await self.emit("left", call=msg.call, ref=msg.id)
@@ -234,9 +249,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
         me = await database_sync_to_async(participant_for)(call_id=msg.call, user=self.user)
         if me is None:
             raise ProtocolError("forbidden", "You are not a participant of this call.", msg.id)
-        await database_sync_to_async(call_end)(
-            call_id=msg.call, user=self.user, reason=EndReason.HANGUP
-        )
+        await run_and_announce(call_end, call_id=msg.call, user=self.user, reason=EndReason.HANGUP)
 
     async def on_report(self, msg: ClientMessage) -> None:
         me, _ = await self._require_joined(msg)

@@ -294,3 +294,18 @@ def relay_netns(tmp_path):
     finally:
         subprocess.run([ip, "link", "del", host_if], capture_output=True)
         subprocess.run([ip, "netns", "del", ns], capture_output=True)
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def e2e_figures() -> list[str]:
+    """Figures a browser or fault test measured, printed at the end of the run (measured,
+    never asserted)."""
+    return _FIGURES
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _FIGURES:
+        terminalreporter.write_line(f"measured: {line}")

@@ -150,20 +150,6 @@ def browser():
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
-_FIGURES: list[str] = []
-
-
-@pytest.fixture
-def e2e_figures() -> list[str]:
-    """Figures a test measured, printed at the end of the run (measured, never asserted)."""
-    return _FIGURES
-
-
-def pytest_terminal_summary(terminalreporter):
-    for line in _FIGURES:
-        terminalreporter.write_line(f"e2e: {line}")
-
-
 def wait_until(page, expression: str, timeout: float = 20_000, arg=None):
     """Poll a page expression until it is truthy; returns its value.
 

@@ -129,15 +129,32 @@ async def test_a_caller_who_vanishes_while_ringing_cancels_the_call(connect, ali
 
 
 async def test_a_consumer_that_dies_still_starts_the_grace_window(connect, alice, bob, call):
-    """The consumer's task is killed (as when its channel-layer read raises): disconnect() is
-    never called, yet the participant becomes reconnecting and the peer is told."""
+    """The consumer crashes (here: an event it has no handler for, as when its channel-layer
+    read raises): disconnect() is never called, yet the participant becomes reconnecting and the
+    peer is told."""
+    from channels.layers import get_channel_layer
+
+    a, b = await in_call(connect, alice, bob, call)
+    bobs_channel = (await sync_to_async(participant)(call, bob)).channel_name
+    await get_channel_layer().send(bobs_channel, {"type": "no.such.handler"})
+    with pytest.raises(ValueError, match="No handler"):
+        await asyncio.wait_for(b.c.future, 5)
+    assert (await a.recv_type("peer-reconnecting"))["body"]["user"] == bob.pk
+    p = await sync_to_async(participant)(call, bob)
+    assert p.state == ParticipantState.RECONNECTING
+
+
+async def test_a_killed_consumer_is_left_to_presence(connect, alice, bob, call):
+    """A consumer cancelled (the server shutting down) records nothing itself: its event loop is
+    going away. Its process stops beating, and presence starts the grace window instead."""
     a, b = await in_call(connect, alice, bob, call)
     b.c.future.cancel()
     with pytest.raises(asyncio.CancelledError):
         await b.c.future
-    assert (await a.recv_type("peer-reconnecting"))["body"]["user"] == bob.pk
     p = await sync_to_async(participant)(call, bob)
-    assert p.state == ParticipantState.RECONNECTING
+    assert p.state == ParticipantState.JOINED  # until the reaper sees the process is gone
+    await a.send("ping")
+    assert (await a.recv_type("pong"))["type"] == "pong"
 
 
 @pytest.mark.smoke

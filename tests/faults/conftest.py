@@ -1,0 +1,271 @@
+"""Real processes to break: a private Redis server, a TCP proxy in front of PostgreSQL that can
+be cut, and Daphne, Celery worker and beat started against them. Nothing here is mocked; each
+fault is what an operator would see (a process killed, a server frozen, a network cut)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port, need_binary
+from tests.e2e.conftest import ROOT, browser, child_env  # noqa: F401 - the browser fixture
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of the test's own, so killing or freezing it touches nothing else."""
+
+    binary: str
+    port: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def private_redis():
+    server = RedisServer(need_binary("redis-server"), free_port())
+    server.start()
+    yield server
+    with contextlib.suppress(Exception):
+        server.thaw()
+    server.kill()
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target. `cut()` drops every connection and refuses new
+    ones (the database is unreachable); `restore()` lets them through again."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.port = free_port()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.listener.settimeout(0.2)
+        self.open = True
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                continue
+            if not self.open:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                client.close()
+                continue
+            self.pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(a, selectors.EVENT_READ, b)
+        sel.register(b, selectors.EVENT_READ, a)
+        try:
+            while True:
+                for key, _ in sel.select(timeout=0.5):
+                    data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    key.data.sendall(data)
+        except OSError:
+            return
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self) -> None:
+        self.open = False
+        for a, b in self.pairs:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+        self.pairs.clear()
+
+    def restore(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.stopping = True
+        self.cut()
+        self.listener.close()
+
+
+@dataclass
+class Stack:
+    """Daphne, a Celery worker and beat, as `dev.py run` starts them, on the env given."""
+
+    env: dict
+    logs: Path
+    port: int = field(default_factory=free_port)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv(self, name: str) -> list[str]:
+        py = sys.executable
+        if name == "web":
+            return [
+                py,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "config.asgi:application",
+            ]
+        if name == "worker":
+            return [
+                py,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "-l",
+                "info",
+                "--concurrency",
+                "1",
+                "-n",
+                f"fault-{self.port}@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        return [
+            py,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "beat",
+            "-l",
+            "info",
+            "--schedule",
+            str(self.logs / "beat-schedule"),
+        ]
+
+    def start(self, name: str) -> None:
+        log = open(self.logs / f"{name}.log", "a")
+        self.procs[name] = subprocess.Popen(
+            self.argv(name),
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if name == "web":
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(self.base + "/accounts/login/", timeout=1)
+                    return
+                except OSError:
+                    if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError((self.logs / "web.log").read_text()[-3000:]) from None
+                    time.sleep(0.1)
+
+    def stop(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name, None)
+        if proc and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name, signal.SIGTERM)
+
+
+@pytest.fixture
+def stack(django_db_setup, tmp_path):
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        pytest.skip("fault tests share the database with child processes: they run on PostgreSQL")
+    made: list[Stack] = []
+
+    def make(**overrides) -> Stack:
+        env = {**child_env(), **{k: str(v) for k, v in overrides.items()}}
+        s = Stack(env=env, logs=tmp_path)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop_all()

@@ -1,0 +1,353 @@
+"""The platform under faults, with real processes. Each test states what was measured here.
+
+- coturn killed, then restarted: out of ICE responses within 2 sweeps, back after recovery.
+- Redis restarted mid-call: the signaling sockets come back and media never stops.
+- Redis frozen: sign-in and call start answer 503 within seconds, and no call is half-made.
+- Celery worker stopped: relays go stale and are withdrawn; health comes back when it restarts.
+- The database unreachable for 10 s: 503s, then recovery, nothing half-written.
+"""
+
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.test import Client
+
+from calls.models import Call, ParticipantState
+from relays.selectors import select_relays_for
+from relays.services import relay_create, relay_sweep
+from tests.e2e.conftest import wait_until
+from tests.e2e.test_relay_call import sign_in
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+FIGURES: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _report(e2e_figures):
+    yield
+    e2e_figures.extend(FIGURES)
+    FIGURES.clear()
+
+
+def loopback_relay(coturn, name: str, *, rig: bool = False):
+    """A real coturn on 127.0.0.1. `rig`: it reaches loopback peers so two browsers on this
+    machine can meet through it (the audit flags it; the test overrides, as e2e does)."""
+    server = coturn(allow_loopback_peers=rig)
+    relay = relay_create(
+        name=name,
+        urls=server.urls,
+        secret=server.secret,
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        unsafe_override=rig,
+    )
+    return relay, server
+
+
+def wait_for(predicate, timeout: float, step: float = 0.1) -> float:
+    """Seconds until predicate() is true; fails after timeout."""
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < timeout, f"not within {timeout} s"
+        time.sleep(step)
+    return time.monotonic() - started
+
+
+def signed_in_opener(base: str, user) -> tuple[urllib.request.OpenerDirector, str]:
+    """An HTTP client with alice's session (made in the shared database) and a CSRF token."""
+    client = Client()
+    client.force_login(user)
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    host = urllib.parse.urlsplit(base).hostname
+    jar.set_cookie(
+        http.cookiejar.Cookie(
+            0,
+            "sessionid",
+            client.cookies["sessionid"].value,
+            None,
+            False,
+            host,
+            False,
+            False,
+            "/",
+            True,
+            False,
+            None,
+            True,
+            None,
+            None,
+            {},
+        )
+    )
+    page = opener.open(base + "/").read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    return opener, token
+
+
+def request(opener, method: str, url: str, *, body=None, token=None, form=False):
+    data = headers = None
+    headers = {"Referer": url}
+    if body is not None:
+        if form:
+            data = urllib.parse.urlencode(body).encode()
+        else:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+    if token:
+        headers["X-CSRFToken"] = token
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with opener.open(req, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_a_killed_relay_leaves_ice_responses_within_two_sweeps_and_comes_back(
+    stack, coturn, alice, settings
+):
+    """Measured here (sweep every 2 s, probe timeout 0.5 s, down after 2 bad sweeps): out of
+    GET /api/v1/ice-servers/ 2.0-4.6 s after the kill; back 2.0-4.3 s after the restart."""
+    interval = 2.0
+    settings.RELAY_SWEEP_INTERVAL = interval
+    relay, server = loopback_relay(coturn, "fault-relay")
+    s = stack(
+        RELAY_SWEEP_INTERVAL=interval, RELAY_PROBE_TIMEOUT=0.5, RELAY_SWEEP_ON_WORKER_START="true"
+    )
+    s.start("web")
+    s.start("worker")
+    s.start("beat")
+    opener, _ = signed_in_opener(s.base, alice)
+
+    def offered() -> bool:
+        status, body = request(opener, "GET", s.base + "/api/v1/ice-servers/")
+        assert status == 200, body
+        return [r["name"] for r in json.loads(body)["relays"]] == ["fault-relay"]
+
+    wait_for(offered, timeout=30)
+    server.stop()
+    gone = wait_for(lambda: not offered(), timeout=6 * interval, step=0.2)
+    assert gone <= 2 * interval + 2 * 0.5 + interval  # 2 sweeps (+ their probes, + beat's phase)
+    server.start()
+    back = wait_for(offered, timeout=6 * interval, step=0.2)
+    relay.refresh_from_db()
+    kinds = list(relay.events.values_list("kind", flat=True).order_by("at", "id"))
+    assert kinds[-2:] == ["down", "up"], kinds
+    FIGURES.append(
+        f"fault: coturn killed -> out of ICE responses in {gone:.1f} s; restarted -> back in "
+        f"{back:.1f} s (sweep every {interval:.0f} s)"
+    )
+
+
+def test_redis_restarted_mid_call_media_never_stops(
+    stack, private_redis, coturn, browser, alice, bob, password
+):
+    """Measured here: Redis killed and started again 2 s later; both pages' sockets came back
+    (a resume, no renegotiation) 2.5-4.6 s after Redis did, inbound media grew in every sample,
+    and the call record kept its join times."""
+    loopback_relay(coturn, "fault-rig", rig=True)
+    # (in a thread: Playwright's sync API runs an event loop in this one)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(relay_sweep).result()
+    s = stack(REDIS_URL=private_redis.url)
+    s.start("web")
+    a = sign_in(browser, s.base, "alice", password)
+    b = sign_in(browser, s.base, "bob", password)
+    a.fill("input[name=callee]", "bob")
+    a.click("#dial")
+    a.wait_for_url("**/calls/*/")
+    b.wait_for_selector("#incoming li a", timeout=10_000)
+    b.click("#incoming li a")
+    connected = "window.traverseCall && window.traverseCall.status === 'connected'"
+    for page in (a, b):
+        try:
+            wait_until(page, connected)
+        except TimeoutError:
+            print(
+                page.evaluate(
+                    "JSON.stringify({s: window.traverseCall.status, e: window.traverseCall.errors, ice: window.traverseCall.ice})"
+                )
+            )
+            raise
+        wait_until(page, "window.traverseCall.report !== null")
+    call = Call.objects.get()
+    joined_at = {p.user_id: p.joined_at for p in call.participants.all()}
+    bytes_before = {p: p.evaluate("window.traverseCall.inboundBytes()") for p in (a, b)}
+
+    private_redis.kill()
+    time.sleep(2)
+    for page in (a, b):  # media flows while signaling is down
+        later = page.evaluate("window.traverseCall.inboundBytes()")
+        assert later > bytes_before[page]
+        bytes_before[page] = later
+    private_redis.start()
+    restarted = time.monotonic()
+    for page in (a, b):
+        wait_until(page, "window.traverseCall.signalingSessions >= 2", timeout=30_000)
+        wait_until(page, connected, timeout=10_000)
+    resumed = time.monotonic() - restarted
+    time.sleep(2)
+    for page in (a, b):
+        state = page.evaluate(
+            "async () => ({connections: window.traverseCall.connections,"
+            " bytes: await window.traverseCall.inboundBytes()})"
+        )
+        assert state["connections"] == 1, state  # the same peer connection throughout
+        assert state["bytes"] > bytes_before[page]
+    wait_for(lambda: all(p.state == ParticipantState.JOINED for p in call.participants.all()), 10)
+    for p in call.participants.all():
+        assert p.joined_at == joined_at[p.user_id]
+    call.refresh_from_db()
+    assert call.state == "active"
+    a.click("#hangup")
+    b.wait_for_url("**/details/", timeout=10_000)
+    for page in (a, b):
+        page.context.close()
+    FIGURES.append(
+        f"fault: Redis killed for 2 s mid-call -> sockets resumed {resumed:.1f} s after it was "
+        "back, 1 peer connection each, media never stopped"
+    )
+
+
+def test_redis_frozen_gives_503s_and_no_half_made_call(stack, private_redis, alice, bob, password):
+    """Measured before the fix: with Redis frozen, sign-in answered 500, and POST /api/v1/calls/
+    answered 500 yet created a call nobody was rung for. Now (SIGSTOP on redis-server): sign-in
+    and call start answer 503 in 2-3 s and 10-11 s (the cache's and the channel layer's read
+    timeouts), no call is stored, and both work again once Redis thaws."""
+    s = stack(REDIS_URL=private_redis.url)
+    s.start("web")
+    opener, token = signed_in_opener(s.base, alice)
+    anon = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    page = anon.open(s.base + "/accounts/login/").read().decode()
+    login_token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    private_redis.freeze()
+    try:
+        t0 = time.monotonic()
+        status, body = request(
+            anon,
+            "POST",
+            s.base + "/accounts/login/",
+            form=True,
+            body={"username": "bob", "password": password, "csrfmiddlewaretoken": login_token},
+        )
+        sign_in_s = time.monotonic() - t0
+        assert status == 503 and b"Redis" in body
+        t0 = time.monotonic()
+        status, body = request(
+            opener, "POST", s.base + "/api/v1/calls/", body={"callee": "bob"}, token=token
+        )
+        call_s = time.monotonic() - t0
+        assert status == 503, body
+        assert json.loads(body)["error"]["code"] == "unavailable"
+        assert not Call.objects.exists()
+    finally:
+        private_redis.thaw()
+    status, body = request(
+        opener, "POST", s.base + "/api/v1/calls/", body={"callee": "bob"}, token=token
+    )
+    assert status == 201, body
+    assert Call.objects.count() == 1
+    FIGURES.append(
+        f"fault: Redis frozen -> sign-in 503 in {sign_in_s:.1f} s, call start 503 in "
+        f"{call_s:.1f} s with nothing stored; 201 once thawed"
+    )
+
+
+def test_a_stopped_worker_withdraws_relays_and_its_return_restores_them(
+    stack, coturn, alice, settings
+):
+    """Measured here (sweep every 1.5 s, stale after 3 sweeps = 4.5 s): with the worker killed,
+    the relay left the selection 4.6-6.1 s later (stale, shown as such); restarted, it was back
+    2.5-4.5 s later."""
+    interval = 1.5
+    settings.RELAY_SWEEP_INTERVAL = interval
+    relay, _ = loopback_relay(coturn, "beat-relay")
+    s = stack(
+        RELAY_SWEEP_INTERVAL=interval, RELAY_PROBE_TIMEOUT=0.5, RELAY_SWEEP_ON_WORKER_START="true"
+    )
+    s.start("worker")
+    s.start("beat")
+
+    def offered() -> bool:
+        return [r.name for r in select_relays_for(user=alice)] == ["beat-relay"]
+
+    wait_for(offered, timeout=30)
+    s.stop("worker")
+    gone = wait_for(lambda: not offered(), timeout=10 * interval, step=0.2)
+    relay.refresh_from_db()
+    assert relay.display_status() == "stale"
+    s.start("worker")
+    back = wait_for(offered, timeout=20, step=0.2)
+    FIGURES.append(
+        f"fault: worker killed -> relay withdrawn (stale) in {gone:.1f} s; worker back -> "
+        f"offered again in {back:.1f} s (sweep every {interval} s)"
+    )
+
+
+def test_the_database_unreachable_for_10_s(stack, alice, bob):
+    """Measured here: with every connection to PostgreSQL cut for 10 s (a proxy in between),
+    API requests answered 503 (JSON, Retry-After) throughout, the first 200 came 0.1-0.3 s after
+    the network was back, and the calls stored were exactly the ones answered 201."""
+    from django.db import connection
+
+    from tests.faults.conftest import TcpProxy
+
+    settings_dict = connection.settings_dict
+    proxy = TcpProxy(
+        (settings_dict.get("HOST") or "127.0.0.1", int(settings_dict.get("PORT") or 5432))
+    )
+    if (settings_dict.get("HOST") or "").startswith("/"):
+        pytest.skip("the database is reached over a unix socket here; the proxy needs TCP")
+    try:
+        user = settings_dict["USER"] or ""
+        url = f"postgres://{user}@127.0.0.1:{proxy.port}/{settings_dict['NAME']}"
+        if settings_dict.get("PASSWORD"):
+            url = f"postgres://{user}:{settings_dict['PASSWORD']}@127.0.0.1:{proxy.port}/{settings_dict['NAME']}"
+        s = stack(DATABASE_URL=url)
+        s.start("web")
+        opener, token = signed_in_opener(s.base, alice)
+        codes: list[int] = []
+        created = 0
+        proxy.cut()
+        cut_at = time.monotonic()
+        while time.monotonic() - cut_at < 10:
+            status, body = request(
+                opener, "POST", s.base + "/api/v1/calls/", body={"callee": "bob"}, token=token
+            )
+            codes.append(status)
+            assert status == 503, body
+            assert json.loads(body)["error"]["code"] == "unavailable"
+            time.sleep(0.5)
+        proxy.restore()
+        back_at = time.monotonic()
+        while True:
+            status, body = request(
+                opener, "POST", s.base + "/api/v1/calls/", body={"callee": "bob"}, token=token
+            )
+            if status == 201:
+                created += 1
+                break
+            assert status == 503 and time.monotonic() - back_at < 10, (status, body)
+            time.sleep(0.1)
+        recovered = time.monotonic() - back_at
+        assert Call.objects.count() == created == 1
+        assert all(c.participants.count() == 2 for c in Call.objects.all())
+    finally:
+        proxy.close()
+    FIGURES.append(
+        f"fault: database cut for 10 s -> {len(codes)} requests, all 503; first 201 "
+        f"{recovered:.2f} s after it was back; nothing half-written"
+    )
