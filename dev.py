@@ -58,7 +58,13 @@ TYPED_MODULES = [
     "relays/services.py",
     "relays/selectors.py",
     "signaling/protocol.py",
+    "signaling/presence.py",
+    "signaling/services.py",
+    "signaling/broadcast.py",
+    "relays/addresses.py",
+    "accounts/usernames.py",
     "calls/services.py",
+    "calls/ratelimits.py",
     "calls/selectors.py",
 ]
 
