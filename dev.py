@@ -326,6 +326,38 @@ def secure_var_dir() -> None:
         path.chmod(0o700 if path.is_dir() else 0o600)
 
 
+def platform_commands(
+    *, python: str, port: int, concurrency: int, beat_schedule: Path, extra_worker_args=()
+) -> dict[str, list[str]]:
+    """The platform's own processes, as the run command starts them (the browser and fault
+    tests start the same commands)."""
+    celery = [python, "-m", "celery", "-A", "config"]
+    return {
+        "web": [
+            python,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "config.asgi:application",
+        ],
+        "worker": [
+            *celery,
+            "worker",
+            "-l",
+            "info",
+            "--concurrency",
+            str(concurrency),
+            "-n",
+            f"worker-{port}@%h",
+            *extra_worker_args,
+        ],
+        "beat": [*celery, "beat", "-l", "info", "--schedule", str(beat_schedule)],
+    }
+
+
 def cmd_run() -> int:
     ensure_venv("")
     reexec_in_venv()
@@ -349,42 +381,10 @@ def cmd_run() -> int:
     relay = _local_relay(env)
     if relay:
         supervisor.add("relay", relay)
-    py = str(VPY)
-    supervisor.add(
-        "web", [py, "-m", "daphne", "-b", "127.0.0.1", "-p", str(PORT), "config.asgi:application"]
-    )
-    supervisor.add(
-        "worker",
-        [
-            py,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "-l",
-            "info",
-            "--concurrency",
-            "2",
-            "-n",
-            f"worker-{PORT}@%h",
-        ],
-    )
-    supervisor.add(
-        "beat",
-        [
-            py,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "beat",
-            "-l",
-            "info",
-            "--schedule",
-            str(VAR / "celerybeat-schedule"),
-        ],
-    )
+    for name, argv in platform_commands(
+        python=str(VPY), port=PORT, concurrency=2, beat_schedule=VAR / "celerybeat-schedule"
+    ).items():
+        supervisor.add(name, argv)
     say(
         f"Traverse is starting on http://127.0.0.1:{PORT}/  (admin: http://127.0.0.1:{PORT}/admin/). "
         "Ctrl-C stops everything."

@@ -126,6 +126,10 @@ def _celery_url(url: str) -> str:
 CHANNEL_LAYER_BLOCK_SECONDS = 5
 REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=10.0)
 REDIS_CONNECT_TIMEOUT = env.float("REDIS_CONNECT_TIMEOUT", default=3.0)
+# redis-py 8 caps an asyncio pool at 100 connections and fails the 101st at once
+# (MaxConnectionsError): 200 sockets connecting together got HTTP 500s in benchmarks/soak.py.
+# Each operation holds a connection only while it runs; Redis' own limit is 10,000 clients.
+REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=2000)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -136,6 +140,7 @@ CHANNEL_LAYERS = {
                     "socket_timeout": REDIS_SOCKET_TIMEOUT,
                     "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
                     "health_check_interval": 30,
+                    "max_connections": REDIS_MAX_CONNECTIONS,
                     # (TCP only: redis-py's unix-socket connections refuse the option)
                     **({} if REDIS_URL.startswith("unix://") else {"socket_keepalive": True}),
                 }

@@ -47,6 +47,7 @@ def redis_client() -> aioredis.Redis:
         settings.REDIS_URL,
         socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
         socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
+        max_connections=settings.REDIS_MAX_CONNECTIONS,
     )
 
 

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import pytest
 
+from dev import platform_commands
 from tests.conftest import free_port, need_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,45 +69,22 @@ def services(django_db_setup, django_db_blocker, tmp_path_factory):
     logs = tmp_path_factory.mktemp("e2e-logs")
     port = free_port()
     env = child_env()
+    commands = platform_commands(
+        python=sys.executable,
+        port=port,
+        concurrency=1,
+        beat_schedule=logs / "beat-schedule",
+        extra_worker_args=("--without-gossip", "--without-mingle"),
+    )
     procs = {
-        "web": subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "config.asgi:application",
-            ],
+        name: subprocess.Popen(
+            commands[name],
             cwd=ROOT,
             env=env,
-            stdout=open(logs / "web.log", "w"),
+            stdout=open(logs / f"{name}.log", "w"),
             stderr=subprocess.STDOUT,
-        ),
-        "worker": subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-l",
-                "info",
-                "--concurrency",
-                "1",
-                "-n",
-                f"e2e-{os.getpid()}@%h",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=open(logs / "worker.log", "w"),
-            stderr=subprocess.STDOUT,
-        ),
+        )
+        for name in ("web", "worker")
     }
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -166,3 +144,41 @@ def wait_until(page, expression: str, timeout: float = 20_000, arg=None):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} ms waiting for: {expression}")
         page.wait_for_timeout(100)
+
+
+CONNECTED = "window.traverseCall && window.traverseCall.status === 'connected'"
+
+
+def sweep_through_worker() -> dict:
+    """One real sweep, run by the Celery worker process (not eager mode)."""
+    from relays.tasks import sweep_relays
+
+    return sweep_relays.delay().get(timeout=60)
+
+
+def sign_in(browser, base: str, username: str, password: str):
+    ctx = browser.new_context()
+    page = ctx.new_page()
+    page.on("pageerror", lambda e: print(f"[{username}] pageerror: {e}"))
+    page.goto(base + "/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/")
+    # The privacy switch: relay only (iceTransportPolicy "relay"), so the browsers talk to the
+    # relay on 127.0.0.1 and nothing else.
+    page.check("#force-relay")
+    page.wait_for_selector("#conn-status:has-text('Online')")
+    return page
+
+
+def dial_and_answer(caller_page, callee_page, callee: str) -> None:
+    """The caller rings `callee` from the home page, the callee joins from theirs, and both
+    pages get connected."""
+    caller_page.fill("input[name=callee]", callee)
+    caller_page.click("#dial")
+    caller_page.wait_for_url("**/calls/*/")
+    callee_page.wait_for_selector("#incoming li a", timeout=10_000)
+    callee_page.click("#incoming li a")
+    for page in (caller_page, callee_page):
+        wait_until(page, CONNECTED, timeout=20_000)

@@ -18,8 +18,12 @@ import pytest
 from calls.models import Call, ParticipantState
 from relays.services import relay_create
 from tests.conftest import IN_CI
-from tests.e2e.conftest import wait_until
-from tests.e2e.test_relay_call import sign_in, sweep_through_worker
+from tests.e2e.conftest import (
+    dial_and_answer,
+    sign_in,
+    sweep_through_worker,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -47,13 +51,8 @@ def test_a_call_of_several_minutes_never_drops(
     a = sign_in(browser, base, "alice", password)
     b = sign_in(browser, base, "bob", password)
     idle = sign_in(browser, base, "charlie", password)  # a home page nobody calls
-    a.fill("input[name=callee]", "bob")
-    a.click("#dial")
-    a.wait_for_url("**/calls/*/")
-    b.wait_for_selector("#incoming li a", timeout=10_000)
-    b.click("#incoming li a")
+    dial_and_answer(a, b, "bob")
     for page in (a, b):
-        wait_until(page, "window.traverseCall && window.traverseCall.status === 'connected'")
         wait_until(page, "window.traverseCall.report !== null")
     call = Call.objects.get()
     joined_at = {p.user_id: p.joined_at for p in call.participants.all()}

@@ -9,31 +9,9 @@ import pytest
 
 from relays.models import Relay, RelayStatus
 from relays.services import relay_create
-from relays.tasks import sweep_relays
-from tests.e2e.conftest import wait_until
+from tests.e2e.conftest import CONNECTED, dial_and_answer, sign_in, sweep_through_worker, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-def sweep_through_worker() -> dict:
-    """One real sweep, run by the Celery worker process (not eager mode)."""
-    return sweep_relays.delay().get(timeout=60)
-
-
-def sign_in(browser, base: str, username: str, password: str):
-    ctx = browser.new_context()
-    page = ctx.new_page()
-    page.on("pageerror", lambda e: print(f"[{username}] pageerror: {e}"))
-    page.goto(base + "/accounts/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(base + "/")
-    # The privacy switch: relay only (iceTransportPolicy "relay"), so the browsers talk to the
-    # relay on 127.0.0.1 and nothing else.
-    page.check("#force-relay")
-    page.wait_for_selector("#conn-status:has-text('Online')")
-    return page
 
 
 def test_two_browsers_call_through_the_assigned_relay(
@@ -205,14 +183,8 @@ def test_a_reloaded_page_rejoins_the_call(services, browser, coturn, alice, bob,
     base = services["base"]
     a = sign_in(browser, base, "alice", password)
     b = sign_in(browser, base, "bob", password)
-    a.fill("input[name=callee]", "bob")
-    a.click("#dial")
-    a.wait_for_url("**/calls/*/")
-    b.wait_for_selector("#incoming li a", timeout=10_000)
-    b.click("#incoming li a")
-    connected = "window.traverseCall && window.traverseCall.status === 'connected'"
-    for page in (a, b):
-        wait_until(page, connected, timeout=20_000)
+    dial_and_answer(a, b, "bob")
+    connected = CONNECTED
     for reloading, other in ((b, a), (a, b)):
         before = other.evaluate("window.traverseCall.connections")
         reloading.reload()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from dev import platform_commands
 from tests.conftest import free_port, need_binary
 from tests.e2e.conftest import ROOT, browser, child_env  # noqa: F401 - the browser fixture
 
@@ -172,47 +173,13 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def argv(self, name: str) -> list[str]:
-        py = sys.executable
-        if name == "web":
-            return [
-                py,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "config.asgi:application",
-            ]
-        if name == "worker":
-            return [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-l",
-                "info",
-                "--concurrency",
-                "1",
-                "-n",
-                f"fault-{self.port}@%h",
-                "--without-gossip",
-                "--without-mingle",
-            ]
-        return [
-            py,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "beat",
-            "-l",
-            "info",
-            "--schedule",
-            str(self.logs / "beat-schedule"),
-        ]
+        return platform_commands(
+            python=sys.executable,
+            port=self.port,
+            concurrency=1,
+            beat_schedule=self.logs / "beat-schedule",
+            extra_worker_args=("--without-gossip", "--without-mingle"),
+        )[name]
 
     def start(self, name: str) -> None:
         log = open(self.logs / f"{name}.log", "a")

@@ -24,8 +24,7 @@ from django.test import Client
 from calls.models import Call, ParticipantState
 from relays.selectors import select_relays_for
 from relays.services import relay_create, relay_sweep
-from tests.e2e.conftest import wait_until
-from tests.e2e.test_relay_call import sign_in
+from tests.e2e.conftest import CONNECTED, dial_and_answer, sign_in, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -164,22 +163,9 @@ def test_redis_restarted_mid_call_media_never_stops(
     s.start("web")
     a = sign_in(browser, s.base, "alice", password)
     b = sign_in(browser, s.base, "bob", password)
-    a.fill("input[name=callee]", "bob")
-    a.click("#dial")
-    a.wait_for_url("**/calls/*/")
-    b.wait_for_selector("#incoming li a", timeout=10_000)
-    b.click("#incoming li a")
-    connected = "window.traverseCall && window.traverseCall.status === 'connected'"
+    dial_and_answer(a, b, "bob")
+    connected = CONNECTED
     for page in (a, b):
-        try:
-            wait_until(page, connected)
-        except TimeoutError:
-            print(
-                page.evaluate(
-                    "JSON.stringify({s: window.traverseCall.status, e: window.traverseCall.errors, ice: window.traverseCall.ice})"
-                )
-            )
-            raise
         wait_until(page, "window.traverseCall.report !== null")
     call = Call.objects.get()
     joined_at = {p.user_id: p.joined_at for p in call.participants.all()}
