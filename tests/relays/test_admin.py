@@ -179,3 +179,24 @@ def test_fleet_overview_is_for_staff_only(client, alice, password):
     client.login(username="alice", password=password)
     response = client.get("/admin/relays/relay/fleet/")
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_valid_grants_of_deactivated_accounts_are_listed(client, staff, password, alice, bob):
+    """TURN REST credentials can't be revoked one by one: admin lists the ones a deactivated
+    account still holds, so an operator can rotate those relays' secrets."""
+    from relays.models import CredentialGrant
+
+    now = timezone.now()
+    r = Relay.objects.create(name="g-relay", urls=["turn:8.8.8.8:3478"], secret="x" * 20)
+    live = CredentialGrant.objects.create(user=alice, expires_at=now + timezone.timedelta(hours=1))
+    live.relays.set([r])
+    CredentialGrant.objects.create(user=alice, expires_at=now - timezone.timedelta(hours=1))
+    CredentialGrant.objects.create(user=bob, expires_at=now + timezone.timedelta(hours=1))
+    alice.is_active = False
+    alice.save()
+    client.login(username="root", password=password)
+    html = client.get(
+        "/admin/relays/credentialgrant/", {"holder": "deactivated-valid"}
+    ).content.decode()
+    assert live.id in html and "g-relay" in html
+    assert "1 credential grant" in html  # not the expired one, not bob's
