@@ -21,21 +21,26 @@ def username_key(name: str) -> str:
     return unicodedata.normalize("NFKC", name.strip()).casefold()
 
 
+# ASCII look-alikes that UTS #39 folds together, after case-folding: 1 and l, 0 and o, rn and m.
+_ASCII_FOLDS = {"1": "l", "|": "l", "0": "o"}
+
+
 @lru_cache(maxsize=4096)
-def _latin_lookalike(ch: str) -> str:
+def _ascii_lookalike(ch: str) -> str:
     if ch.isascii():
-        return ch
-    found = confusables.is_confusable(ch, preferred_aliases=["latin"], greedy=True) or []
+        return _ASCII_FOLDS.get(ch, ch)
+    # Any script, Latin included (dotless ı looks like i): the first ASCII homoglyph.
+    found = confusables.is_confusable(ch, preferred_aliases=[], greedy=True) or []
     for info in found:
         for glyph in info.get("homoglyphs", []):
             if glyph["c"].isascii():
-                return glyph["c"].casefold()
+                return _ASCII_FOLDS.get(glyph["c"].casefold(), glyph["c"].casefold())
     return ch
 
 
 def username_skeleton(name: str) -> str:
-    """Two usernames with the same skeleton look alike: `alice`, `Alice `, `ａｌｉｃｅ` and `аlice`
-    (Cyrillic а) all have the skeleton `alice`."""
+    """Two usernames with the same skeleton look alike: `alice`, `Alice `, `ａｌｉｃｅ`, `аlice`
+    (Cyrillic а), `alıce` (dotless ı) and `a1ice` all have the skeleton `alice`."""
     key = unicodedata.normalize("NFD", username_key(name))
-    mapped = "".join(_latin_lookalike(ch) for ch in key if not unicodedata.combining(ch))
-    return unicodedata.normalize("NFKC", mapped).casefold()
+    mapped = "".join(_ascii_lookalike(ch) for ch in key if not unicodedata.combining(ch))
+    return unicodedata.normalize("NFKC", mapped).casefold().replace("rn", "m")

@@ -309,3 +309,16 @@ def e2e_figures() -> list[str]:
 def pytest_terminal_summary(terminalreporter):
     for line in _FIGURES:
         terminalreporter.write_line(f"measured: {line}")
+
+
+@pytest.fixture(autouse=True)
+def _a_channel_layer_per_test():
+    """A channel layer of each test's own. The layer is one object per process (as in
+    production, where one event loop serves it), but every async test runs its own loop; a
+    receive lock left held by one test's cancelled consumer then broke the next test with "Lock
+    ... is bound to a different event loop" (seen in 1 run of 5)."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.pop("default", None)
+    yield
+    channel_layers.backends.pop("default", None)

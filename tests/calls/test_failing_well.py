@@ -97,7 +97,7 @@ def test_redis_unreachable_call_start_is_a_503_and_nothing_is_stored(client, ali
     }
     from channels.layers import channel_layers
 
-    channel_layers.backends.pop("default", None)
+    channel_layers.backends.pop("default", None)  # (a fresh one per test: tests/conftest.py)
     try:
         client.force_login(alice)
         response = client.post("/api/v1/calls/", {"callee": "bob"}, content_type="application/json")
