@@ -79,10 +79,22 @@ class ProcessPresence:
 
                     await database_sync_to_async(presence_reap_dead_nodes)(exclude=self.node)
             except asyncio.CancelledError:
+                await self._stop_beating()
                 raise
             except Exception as exc:  # Redis down: keep beating; sockets reconnect meanwhile
                 logger.warning("presence heartbeat of %s failed: %s", self.node, exc)
-            await asyncio.sleep(self.ttl / 3)
+            try:
+                await asyncio.sleep(self.ttl / 3)
+            except asyncio.CancelledError:
+                await self._stop_beating()
+                raise
+
+    async def _stop_beating(self) -> None:
+        """The process is shutting down: drop the heartbeat now rather than let it run out, so
+        the reaper (or the next process to start) hands this process's devices their grace
+        window within seconds, not PRESENCE_TTL_SECONDS."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.redis.delete(heartbeat_key(self.node)), 1.0)
 
     async def beat(self) -> None:
         """Refresh the heartbeat, and re-list this process and its sockets (a Redis that

@@ -12,7 +12,8 @@ FORM = {"password1": "a-long-enough-passphrase", "password2": "a-long-enough-pas
 
 
 @pytest.mark.parametrize(
-    "impostor", ["Alice", "ALICE", " alice", "ａｌｉｃｅ", "\u0430lice", "al\u0456ce", "alıce", "a1ice"]
+    "impostor",
+    ["Alice", "ALICE", " alice", "ａｌｉｃｅ", "\u0430lice", "al\u0456ce", "alıce", "a1ice"],
 )
 def test_look_alikes_of_an_existing_name_are_refused(client, alice, impostor):
     response = client.post("/accounts/signup/", {"username": impostor, **FORM})
