@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
+from dev import platform_commands  # noqa: E402 - Daphne as the run command starts it
 from tests.conftest import free_port  # noqa: E402
 
 
@@ -308,17 +309,11 @@ def main() -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     log = open(RESULTS / "soak-daphne.log.tmp", "w")
+    web = platform_commands(
+        python=sys.executable, port=port, concurrency=1, beat_schedule=RESULTS / "unused"
+    )["web"]
     daphne = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "config.asgi:application",
-        ],
+        web,
         cwd=ROOT,
         env=env,
         stdout=log,

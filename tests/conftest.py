@@ -322,3 +322,20 @@ def _a_channel_layer_per_test():
     channel_layers.backends.pop("default", None)
     yield
     channel_layers.backends.pop("default", None)
+
+
+def loopback_relay(coturn, name: str, *, rig: bool = False):
+    """A real coturn on 127.0.0.1. `rig`: it reaches loopback peers so two browsers on this
+    machine can meet through it (the audit flags it; the test overrides, as e2e does)."""
+    from relays.services import relay_create
+
+    server = coturn(allow_loopback_peers=rig)
+    relay = relay_create(
+        name=name,
+        urls=server.urls,
+        secret=server.secret,
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        unsafe_override=rig,
+    )
+    return relay, server

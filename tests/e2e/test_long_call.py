@@ -16,8 +16,7 @@ import time
 import pytest
 
 from calls.models import Call, ParticipantState
-from relays.services import relay_create
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, loopback_relay
 from tests.e2e.conftest import (
     dial_and_answer,
     sign_in,
@@ -37,15 +36,7 @@ def test_a_call_of_several_minutes_never_drops(
     services, browser, coturn, alice, bob, charlie, password, e2e_figures
 ):
     base = services["base"]
-    relay_server = coturn(allow_loopback_peers=True)  # loopback rig: see test_relay_call
-    relay_create(
-        allow_private=True,
-        private_reason="a test rig on loopback",
-        name="long-relay",
-        urls=relay_server.urls,
-        secret=relay_server.secret,
-        unsafe_override=True,
-    )
+    loopback_relay(coturn, "long-relay", rig=True)  # browsers meet through it: see test_relay_call
     assert sweep_through_worker() == {"long-relay": "up"}
 
     a = sign_in(browser, base, "alice", password)

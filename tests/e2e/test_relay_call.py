@@ -9,6 +9,7 @@ import pytest
 
 from relays.models import Relay, RelayStatus
 from relays.services import relay_create
+from tests.conftest import loopback_relay
 from tests.e2e.conftest import CONNECTED, dial_and_answer, sign_in, sweep_through_worker, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -170,15 +171,9 @@ def test_bad_frames_through_the_real_server(services, browser, alice, bob, passw
 def test_a_reloaded_page_rejoins_the_call(services, browser, coturn, alice, bob, password):
     """Either side may reload mid-call: it rejoins, perfect negotiation runs again, and both
     reach connected through the relay once more."""
-    relay_server = coturn(allow_loopback_peers=True)  # loopback rig: see the first test
-    relay_create(
-        allow_private=True,
-        private_reason="a test rig on loopback",
-        name="rejoin-relay",
-        urls=relay_server.urls,
-        secret=relay_server.secret,
-        unsafe_override=True,
-    )
+    loopback_relay(
+        coturn, "rejoin-relay", rig=True
+    )  # browsers meet through it: see test_relay_call
     assert sweep_through_worker() == {"rejoin-relay": "up"}
     base = services["base"]
     a = sign_in(browser, base, "alice", password)

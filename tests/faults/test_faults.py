@@ -24,7 +24,8 @@ from django.test import Client
 
 from calls.models import Call, ParticipantState
 from relays.selectors import select_relays_for
-from relays.services import relay_create, relay_sweep
+from relays.services import relay_sweep
+from tests.conftest import loopback_relay
 from tests.e2e.conftest import CONNECTED, dial_and_answer, sign_in, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -37,21 +38,6 @@ def _report(e2e_figures):
     yield
     e2e_figures.extend(FIGURES)
     FIGURES.clear()
-
-
-def loopback_relay(coturn, name: str, *, rig: bool = False):
-    """A real coturn on 127.0.0.1. `rig`: it reaches loopback peers so two browsers on this
-    machine can meet through it (the audit flags it; the test overrides, as e2e does)."""
-    server = coturn(allow_loopback_peers=rig)
-    relay = relay_create(
-        name=name,
-        urls=server.urls,
-        secret=server.secret,
-        allow_private=True,
-        private_reason="a test rig on loopback",
-        unsafe_override=rig,
-    )
-    return relay, server
 
 
 def wait_for(predicate, timeout: float, step: float = 0.1) -> float:
