@@ -10,7 +10,7 @@
                           don't answer, run the whole suite, then the smoke subset on the embedded
                           defaults.
     python3 dev.py lock [--upgrade]
-                          resolve requirements/{run,dev}.lock (with hashes) from pyproject.toml;
+                          resolve requirements.txt and requirements-dev.txt (hashes) from pyproject.toml;
                           --upgrade takes the newest allowed releases and runs the suite on them.
 
 Both run and test install exactly what the lock files name, with their hashes.
@@ -74,13 +74,13 @@ def say(msg: str) -> None:
 
 
 # --- virtualenv ---------------------------------------------------------------------------
-LOCKS = {"": ROOT / "requirements" / "run.lock", "dev": ROOT / "requirements" / "dev.lock"}
+LOCKS = {"": ROOT / "requirements.txt", "dev": ROOT / "requirements-dev.txt"}
 
 
 def ensure_venv(extras: str) -> None:
     """Create .venv and install exactly what the lock file names, with its hashes.
 
-    `requirements/run.lock` (run) and `requirements/dev.lock` (test: the same versions plus the
+    `requirements.txt` (run) and `requirements-dev.txt` (test: the same versions plus the
     test tools) come from `python3 dev.py lock`; a new upstream release changes nothing here until
     the lock is upgraded on purpose.
     """
@@ -120,7 +120,7 @@ def cmd_lock(args: list[str]) -> int:
     subprocess.run([uv, *common, "--extra", "dev", "-o", dev], cwd=ROOT, check=True)
     # The run lock takes the dev lock's versions, so both commands run the same code.
     subprocess.run([uv, *common, "-c", dev, "-o", run], cwd=ROOT, check=True)
-    subprocess.run(["git", "--no-pager", "diff", "--stat", "--", "requirements"], cwd=ROOT)
+    subprocess.run(["git", "--no-pager", "diff", "--stat", "--", run, dev], cwd=ROOT)
     if not upgrade:
         return 0
     say("running the whole suite against the new lock")

@@ -8,6 +8,8 @@ from django.urls import reverse_lazy
 from django.views.decorators.http import require_http_methods
 from django_ratelimit.decorators import ratelimit
 
+from config.api_errors import error_body
+
 from .forms import SignUpForm
 from .usernames import username_key
 
@@ -57,5 +59,5 @@ password_reset = ratelimit(key="ip", rate="10/h", method="POST", block=True)(
 def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
     message = "Too many attempts. Wait a minute and try again."
     if request.path.startswith("/api/"):
-        return JsonResponse({"detail": message}, status=429)
+        return JsonResponse(error_body("rate_limited", message), status=429)
     return render(request, "accounts/rate_limited.html", {"message": message}, status=429)

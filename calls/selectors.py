@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.db.models import Prefetch, QuerySet
 
-from .models import Call, Participant
+from .models import Call, CallState, Participant, ParticipantRole, ParticipantState
 
 
 def participant_for(*, call_id, user) -> Participant | None:
@@ -14,10 +14,11 @@ def participant_for(*, call_id, user) -> Participant | None:
 
 
 def peers_present(*, call_id, user) -> list[Participant]:
-    """The other participants whose device is in the call right now."""
+    """The other participants whose device is in the call right now (Participant.present, as a
+    query: joined, with a socket; not reconnecting, not left)."""
     return list(
         Participant.objects.select_related("user")
-        .filter(call_id=call_id, left_at__isnull=True, joined_at__isnull=False)
+        .filter(call_id=call_id, state=ParticipantState.JOINED)
         .exclude(user=user)
         .exclude(channel_name="")
     )
@@ -38,10 +39,10 @@ def calls_ringing_for(*, user) -> QuerySet[Call]:
     """Calls that ring this user right now: they are the callee and haven't joined yet."""
     return (
         Call.objects.filter(
-            state="ringing",
+            state=CallState.RINGING,
             participants__user=user,
-            participants__role="callee",
-            participants__joined_at__isnull=True,
+            participants__role=ParticipantRole.CALLEE,
+            participants__state=ParticipantState.RINGING,
         )
         .select_related("created_by")
         .order_by("-created_at")

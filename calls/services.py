@@ -30,6 +30,7 @@ from .models import (
     ParticipantRole,
     ParticipantState,
 )
+from .selectors import peers_present
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +110,7 @@ def call_join(
         if not resumed:
             fields["joined_at"] = now
         Participant.objects.filter(pk=participant.pk).update(**fields)
-        peers = list(
-            Participant.objects.select_related("user")
-            .filter(call=call, state=ParticipantState.JOINED)
-            .exclude(pk=participant.pk)
-            .exclude(channel_name="")
-        )
+        peers = peers_present(call_id=call.pk, user=participant.user_id)
         if peers and call.state == CallState.RINGING:
             call.state = CallState.ACTIVE
             call.answered_at = now

@@ -151,7 +151,7 @@ CHANNEL_LAYERS = {
         },
     }
 }
-# The cache (rate-limit counters, presence) answers fast or not at all: a frozen Redis turns into
+# The cache (rate-limit counters) answers fast or not at all: a frozen Redis turns into
 # a 503 within a couple of seconds, not a hung request.
 CACHES = {
     "default": {

@@ -65,19 +65,24 @@ def _check_location(
 
 def relay_validate(
     *, urls: list[str], secret: str, allow_private: bool = False, private_reason: str = ""
-) -> None:
+) -> list[AddressFinding]:
     """The registry's rules, for forms that want the errors before saving: URLs that parse, a
-    secret of at least MIN_SECRET_LENGTH characters, and a public address unless allowed."""
+    secret of at least MIN_SECRET_LENGTH characters, and a public address unless allowed.
+    Returns the non-public addresses found (allowed ones)."""
     errors: dict[str, list[str]] = {}
+    findings: list[AddressFinding] = []
     if len(secret) < MIN_SECRET_LENGTH:
         errors["secret"] = [f"Use a secret of at least {MIN_SECRET_LENGTH} characters."]
     try:
-        _check_location(urls=urls, allow_private=allow_private, private_reason=private_reason)
+        findings = _check_location(
+            urls=urls, allow_private=allow_private, private_reason=private_reason
+        )
     except ValidationError as exc:
         for field, messages in exc.message_dict.items():
             errors.setdefault(field, []).extend(messages)
     if errors:
         raise ValidationError(errors)
+    return findings
 
 
 def relay_create(
@@ -96,10 +101,9 @@ def relay_create(
     """Register a relay, and record it as an event (with the reason, when its address is not
     public). Raises ValidationError on bad URLs, a short secret, a duplicate name, or a
     non-public address that was not allowed."""
-    relay_validate(
+    findings = relay_validate(
         urls=urls, secret=secret, allow_private=allow_private, private_reason=private_reason
     )
-    findings = non_public_addresses(urls)
     relay = Relay(
         name=name,
         urls=urls,
@@ -138,13 +142,12 @@ def relay_update(
     secret. The deep checks (and the safety audit) run again at the next sweep. Every change is
     recorded as an event. Raises ValidationError as relay_create does."""
     allow_private = relay.allow_private if allow_private is None else allow_private
-    relay_validate(
+    findings = relay_validate(
         urls=urls,
         secret=secret,
         allow_private=allow_private,
         private_reason=private_reason or ("allowed before" if relay.allow_private else ""),
     )
-    findings = non_public_addresses(urls)
     changed = relay.urls != urls or relay.secret != secret
     what = [
         label

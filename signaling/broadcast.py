@@ -42,6 +42,19 @@ def send_to_users_now(user_ids, event: dict) -> None:
         async_to_sync(layer.group_send)(user_group(uid), event)
 
 
+async def _deliver(kind: str, targets, event: dict) -> None:
+    """Send one announcement: to every device of each user ("users"), or to device channels."""
+    layer = get_channel_layer()
+    try:
+        for target in targets:
+            if kind == "users":
+                await layer.group_send(user_group(target), event)
+            else:
+                await layer.send(target, event)
+    except BROADCAST_ERRORS as exc:
+        logger.warning("could not announce %s: %s", event.get("type"), exc)
+
+
 def _on_commit(kind: str, targets, event: dict) -> None:
     targets = [t for t in set(targets) if t]
     collector = _collected.get()
@@ -49,16 +62,8 @@ def _on_commit(kind: str, targets, event: dict) -> None:
     def send() -> None:
         if collector is not None:
             collector.append((kind, targets, event))
-            return
-        layer = get_channel_layer()
-        try:
-            for target in targets:
-                if kind == "users":
-                    async_to_sync(layer.group_send)(user_group(target), event)
-                else:
-                    async_to_sync(layer.send)(target, event)
-        except BROADCAST_ERRORS as exc:
-            logger.warning("could not announce %s: %s", event.get("type"), exc)
+        else:
+            async_to_sync(_deliver)(kind, targets, event)
 
     transaction.on_commit(send)
 
@@ -81,14 +86,6 @@ async def run_and_announce(service, **kwargs):
         result = await database_sync_to_async(service)(**kwargs)
     finally:
         _collected.reset(token)
-    layer = get_channel_layer()
     for kind, targets, event in events:
-        try:
-            for target in targets:
-                if kind == "users":
-                    await layer.group_send(user_group(target), event)
-                else:
-                    await layer.send(target, event)
-        except BROADCAST_ERRORS as exc:
-            logger.warning("could not announce %s: %s", event.get("type"), exc)
+        await _deliver(kind, targets, event)
     return result

@@ -82,3 +82,16 @@ def test_spelling_the_name_differently_does_not_reset_the_count(stranger, django
         "/accounts/login/", {"username": full_width, "password": "not-a-guessable-one"}
     )
     assert response.status_code == 429
+
+
+def test_rate_limited_api_requests_get_the_one_error_shape(rf):
+    """Every API error, a 429 from django-ratelimit included, is {"error": {code, message}}."""
+    import json
+
+    from django_ratelimit.exceptions import Ratelimited
+
+    from accounts.views import rate_limited
+
+    response = rate_limited(rf.post("/api/v1/anything/"), Ratelimited())
+    assert response.status_code == 429
+    assert json.loads(response.content)["error"]["code"] == "rate_limited"

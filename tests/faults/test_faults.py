@@ -82,7 +82,7 @@ def signed_in_opener(base: str, user) -> tuple[urllib.request.OpenerDirector, st
 
 
 def request(opener, method: str, url: str, *, body=None, token=None, form=False):
-    data = headers = None
+    data = None
     headers = {"Referer": url}
     if body is not None:
         if form:
