@@ -241,9 +241,9 @@ class Supervisor:
 
     def _pump(self, name: str, proc: subprocess.Popen) -> None:
         colour = self.COLOURS[list(self.specs).index(name) % len(self.COLOURS)]
-        prefix = f"\033[{colour}m{time.strftime('%H:%M:%S')} {name:<{self.width}} |\033[0m "
         assert proc.stdout is not None
         for line in iter(proc.stdout.readline, b""):
+            prefix = f"\033[{colour}m{time.strftime('%H:%M:%S')} {name:<{self.width}} |\033[0m "
             sys.stdout.write(prefix + line.decode(errors="replace"))
             sys.stdout.flush()
 
