@@ -12,6 +12,8 @@ class User(AbstractUser):
     # skeleton another account has. Derived from the username on every save, whoever saves
     # (sign-up, admin, createsuperuser), which is why it is set here and not in a service.
     username_skeleton = models.CharField(max_length=150, db_index=True, editable=False, default="")
+    # Calls go straight to missed, and nothing rings.
+    do_not_disturb = models.BooleanField(default=False)
 
     def save(self, *args, **kwargs):
         self.username_skeleton = username_skeleton(self.username)
@@ -22,3 +24,20 @@ class User(AbstractUser):
 
     def label(self) -> str:
         return self.display_name or self.username
+
+
+class Block(models.Model):
+    """`blocker` no longer hears from `blocked`: no rings, no calls; `blocked` sees "unavailable"."""
+
+    blocker = models.ForeignKey(User, on_delete=models.CASCADE, related_name="blocks")
+    blocked = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["blocker", "blocked"], name="one_block_per_pair")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.blocker} blocks {self.blocked}"

@@ -9,16 +9,36 @@ from django.db import models
 
 
 class CallState(models.TextChoices):
+    """ringing -> connecting (answered) -> connected (media up) -> ended. See docs/signaling.md."""
+
     RINGING = "ringing", "Ringing"
-    ACTIVE = "active", "Active"
+    CONNECTING = "connecting", "Connecting"
+    CONNECTED = "connected", "Connected"
     ENDED = "ended", "Ended"
+
+
+LIVE_STATES = (CallState.CONNECTING, CallState.CONNECTED)
+
+
+class CallKind(models.TextChoices):
+    VOICE = "voice", "Voice"
+    VIDEO = "video", "Video"
 
 
 class EndReason(models.TextChoices):
     HANGUP = "hangup", "Hung up"
+    DECLINED = "declined", "Declined"
+    BUSY = "busy", "Busy"
     NO_ANSWER = "no_answer", "No answer"
     CANCELLED = "cancelled", "Cancelled"
     CONNECTION_LOST = "connection_lost", "Connection lost"
+    FAILED = "failed", "Failed (no network path)"
+    # Not an end of the call: what the callee's other devices are told.
+    ANSWERED_ELSEWHERE = "answered_elsewhere", "Answered on another device"
+
+
+# Calls that end this way are missed for the callee.
+MISSED_REASONS = (EndReason.NO_ANSWER, EndReason.CANCELLED)
 
 
 class Call(models.Model):
@@ -29,16 +49,25 @@ class Call(models.Model):
     state = models.CharField(
         max_length=16, choices=CallState.choices, default=CallState.RINGING, db_index=True
     )
+    kind = models.CharField(max_length=8, choices=CallKind.choices, default=CallKind.VIDEO)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     answered_at = models.DateTimeField(null=True, blank=True)
+    connected_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
-    end_reason = models.CharField(max_length=32, blank=True)
+    end_reason = models.CharField(max_length=32, choices=EndReason.choices, blank=True)
+    # Missed for the callee (no answer, cancelled while ringing), and whether they have seen it.
+    missed = models.BooleanField(default=False)
+    missed_seen = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"call {self.id} ({self.state})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.state in LIVE_STATES
 
     @property
     def duration_seconds(self) -> float | None:
@@ -84,6 +113,12 @@ class Participant(models.Model):
     # When its socket dropped; the leave happens SIGNALING_GRACE_SECONDS later unless it returns.
     reconnecting_since = models.DateTimeField(null=True, blank=True)
     left_at = models.DateTimeField(null=True, blank=True)
+    # The device session (signaling.sessions) that holds this participant: where its messages go.
+    session = models.CharField(max_length=64, blank=True, db_index=True)
+    # The device's media as it last signaled it (media-state).
+    audio = models.BooleanField(default=True)
+    video = models.BooleanField(default=True)
+    screen = models.BooleanField(default=False)
     # What the device reported from getStats() once connected.
     connection_type = models.CharField(max_length=8, choices=ConnectionType.choices, blank=True)
     relay = models.ForeignKey(
@@ -109,3 +144,65 @@ class Participant(models.Model):
     def present(self) -> bool:
         """Its device is in the call with a live socket (not reconnecting, not left)."""
         return self.state == ParticipantState.JOINED and bool(self.channel_name)
+
+    def media(self) -> dict:
+        return {"audio": self.audio, "video": self.video, "screen": self.screen}
+
+
+class CallEvent(models.Model):
+    """One transition of a call or of a participant, with its time: the call's timeline."""
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(db_index=True)
+    # A call state (ringing, connecting, connected, ended) or a participant step (accepted,
+    # declined, joined, reconnecting, resumed, left, taken_over, rang).
+    name = models.CharField(max_length=24)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    detail = models.CharField(max_length=120, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.at:%H:%M:%S}"
+
+
+class QualityGrade(models.TextChoices):
+    GOOD = "good", "Good"
+    FAIR = "fair", "Fair"
+    POOR = "poor", "Poor"
+
+
+def quality_grade(*, rtt_ms: float | None, loss_pct: float | None) -> str:
+    """The grade of one sample; the same table as the page's (docs/signaling.md, Quality)."""
+    rtt = rtt_ms or 0.0
+    loss = loss_pct or 0.0
+    if rtt < 150 and loss < 2:
+        return QualityGrade.GOOD
+    if rtt < 400 and loss < 8:
+        return QualityGrade.FAIR
+    return QualityGrade.POOR
+
+
+class QualitySample(models.Model):
+    """A `stats` report from one device: the path and quality at one moment of the call."""
+
+    participant = models.ForeignKey(
+        Participant, on_delete=models.CASCADE, related_name="quality_samples"
+    )
+    at = models.DateTimeField()
+    path = models.CharField(max_length=8, choices=ConnectionType.choices)
+    relay_url = models.CharField(max_length=300, blank=True)
+    rtt_ms = models.FloatField(null=True, blank=True)
+    loss_pct = models.FloatField(null=True, blank=True)
+    bitrate_kbps = models.FloatField(null=True, blank=True)
+    grade = models.CharField(max_length=8, choices=QualityGrade.choices)
+
+    class Meta:
+        ordering = ["participant", "at"]
+        indexes = [models.Index(fields=["participant", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.grade} via {self.path} at {self.at:%H:%M:%S}"

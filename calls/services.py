@@ -1,4 +1,7 @@
-"""Writes to calls: start, join, drop and resume, leave, end, expiry, and connection reports.
+"""The call state machine: start (glare, busy, do-not-disturb), accept, decline, cancel, join,
+take-over, drop and resume, leave, end, expiry, and what devices report (media, quality).
+
+Every transition is stored with its time (CallEvent) and announced to device sessions after commit.
 
 Services assume the caller is authorized (views and consumers check membership first) and do
 their work atomically; broadcasts go out only after commit.
@@ -10,25 +13,33 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import Block
 from relays.models import Relay
 from signaling.broadcast import (
     BROADCAST_ERRORS,
-    send_to_channels_on_commit,
+    send_to_sessions_on_commit,
     send_to_users_now,
     send_to_users_on_commit,
 )
 
 from .models import (
+    LIVE_STATES,
+    MISSED_REASONS,
     Call,
+    CallEvent,
+    CallKind,
     CallState,
     ConnectionType,
     EndReason,
     Participant,
     ParticipantRole,
     ParticipantState,
+    QualitySample,
+    quality_grade,
 )
 from .selectors import peers_present
 
@@ -49,27 +60,123 @@ class CallUnavailable(CallError):
         super().__init__("unavailable", message)
 
 
-def call_start(*, caller, callee) -> Call:
-    """Create a call from caller to callee and ring every device of the callee.
+def _record(call_id, name: str, *, user=None, user_id=None, detail: str = "", at=None) -> None:
+    CallEvent.objects.create(
+        call_id=call_id,
+        name=name,
+        user_id=user.pk if user is not None else user_id,
+        detail=detail[:120],
+        at=at or timezone.now(),
+    )
 
-    A call is either rung or not created: the ring goes out right after the commit, and when it
-    can't (the channel layer is unreachable) the call is deleted again and CallUnavailable raised.
+
+def _sessions(participants) -> list[str]:
+    """The device sessions of the participants whose device is (or may come back) in the call."""
+    return [
+        p.session
+        for p in participants
+        if p.session and p.state in (ParticipantState.JOINED, ParticipantState.RECONNECTING)
+    ]
+
+
+def _set_state(call: Call, state: str, *, at) -> None:
+    """Move a locked call to `state`, store the step, and tell the devices in it."""
+    call.state = state
+    fields = ["state"]
+    if state == CallState.CONNECTING:
+        call.answered_at = at
+        fields.append("answered_at")
+    elif state == CallState.CONNECTED:
+        call.connected_at = at
+        fields.append("connected_at")
+    call.save(update_fields=fields)
+    _record(call.pk, state, at=at)
+    send_to_sessions_on_commit(
+        _sessions(Participant.objects.filter(call=call)),
+        "state",
+        call=call.pk,
+        body={"state": state, "at": at.isoformat()},
+    )
+
+
+def _callee_busy(callee, *, exclude_call=None) -> bool:
+    """In a call right now: joined or reconnecting in a call that was answered and goes on."""
+    qs = Participant.objects.filter(
+        user=callee,
+        state__in=[ParticipantState.JOINED, ParticipantState.RECONNECTING],
+        call__state__in=LIVE_STATES,
+    )
+    if exclude_call is not None:
+        qs = qs.exclude(call=exclude_call)
+    return qs.exists()
+
+
+def call_start(*, caller, callee, kind: str = CallKind.VIDEO) -> Call:
+    """Ring `callee` for `caller` and return the call.
+
+    - a callee who blocked the caller is unavailable (CallError, nothing stored);
+    - glare: when the callee's own call to the caller still rings, that call is returned (its
+      `created_by` is the callee): the caller answers it instead of starting a second one;
+    - a busy callee (in a call) or one on do-not-disturb is not rung: the call is stored already
+      ended (`busy`, or `no_answer` and missed);
+    - otherwise every device of the callee rings. A call is either rung or not created: when the
+      ring can't go out (the channel layer is unreachable) the call is deleted again and
+      CallUnavailable raised.
     """
     if caller.pk == callee.pk:
         raise CallError("bad_callee", "You can't call yourself.")
     if not callee.is_active:
         raise CallError("bad_callee", "That account can't take calls.")
+    if Block.objects.filter(blocker=callee, blocked=caller).exists():
+        raise CallError("unavailable", "That person is unavailable.")
+    now = timezone.now()
     with transaction.atomic():
-        call = Call.objects.create(created_by=caller)
+        # Both users locked in a fixed order: two people calling each other at the same moment
+        # are serialized here, and the second one finds the first one's call (glare).
+        list(
+            get_user_model()
+            .objects.select_for_update()
+            .filter(pk__in=[caller.pk, callee.pk])
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        reverse = (
+            Call.objects.filter(
+                state=CallState.RINGING,
+                created_by=callee,
+                participants__user=caller,
+                participants__role=ParticipantRole.CALLEE,
+                participants__state=ParticipantState.RINGING,
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        if reverse is not None:
+            _record(reverse.pk, "glare", user=caller, detail="called back while it rang")
+            logger.info("call %s: glare, user %s answers it", reverse.pk, caller.pk)
+            return reverse
+        call = Call.objects.create(created_by=caller, kind=kind)
         Participant.objects.bulk_create(
             [
                 Participant(call=call, user=caller, role=ParticipantRole.CALLER),
                 Participant(call=call, user=callee, role=ParticipantRole.CALLEE),
             ]
         )
+        _record(call.pk, CallState.RINGING, user=caller, at=now)
+        ended_reason = None
+        if _callee_busy(callee):
+            ended_reason = EndReason.BUSY
+        elif callee.do_not_disturb:
+            ended_reason = EndReason.NO_ANSWER
+        if ended_reason is not None:
+            _end_locked(call, user=None, reason=ended_reason, at=now, detail="never rang")
+    if call.state == CallState.ENDED:
+        logger.info("call %s from user %s not rung: %s", call.id, caller.pk, call.end_reason)
+        return call
     event = {
         "type": "call.incoming",
         "call": str(call.id),
+        "kind": call.kind,
         "from": {"id": caller.pk, "username": caller.username, "name": caller.label()},
     }
     try:
@@ -82,67 +189,230 @@ def call_start(*, caller, callee) -> Call:
     return call
 
 
+def _lock(participant: Participant) -> tuple[Call, Participant]:
+    call = Call.objects.select_for_update().get(pk=participant.call_id)
+    if call.state == CallState.ENDED:
+        raise CallError("call_ended", "This call has ended.")
+    current = Participant.objects.select_for_update().get(pk=participant.pk)
+    return call, current
+
+
+def _hold(current: Participant, *, channel_name: str, session: str, now, keep_join: bool) -> None:
+    """This device session now holds the participant, joined."""
+    fields: dict = {
+        "channel_name": channel_name,
+        "session": session,
+        "state": ParticipantState.JOINED,
+        "reconnecting_since": None,
+        "left_at": None,
+    }
+    if not keep_join:
+        fields["joined_at"] = now
+    Participant.objects.filter(pk=current.pk).update(**fields)
+    for key, value in fields.items():
+        setattr(current, key, value)
+
+
+def _announce_joined(call: Call, current: Participant, *, resumed: bool) -> list[Participant]:
+    peers = peers_present(call_id=call.pk, user=current.user_id)
+    reachable = Participant.objects.filter(call=call).exclude(pk=current.pk)
+    send_to_sessions_on_commit(
+        _sessions(reachable),
+        "peer-joined",
+        call=call.pk,
+        body={"user": current.user_id, "resumed": resumed},
+    )
+    return peers
+
+
+def call_accept(
+    *, participant: Participant, channel_name: str, session: str, video: bool = True
+) -> tuple[Call, list[Participant]]:
+    """The callee answers on this device. The first answer wins: the call is `connecting`, the
+    callee's other devices stop ringing (told `answered`, elsewhere), the caller is told."""
+    now = timezone.now()
+    with transaction.atomic():
+        call, current = _lock(participant)
+        if current.role != ParticipantRole.CALLEE:
+            raise CallError("wrong_role", "Only the person called can answer.")
+        if current.state != ParticipantState.RINGING or call.state != CallState.RINGING:
+            if current.state in (ParticipantState.JOINED, ParticipantState.RECONNECTING):
+                raise CallError("answered_elsewhere", "This call was answered on another device.")
+            raise CallError("not_ringing", "This call is not ringing any more.")
+        _hold(current, channel_name=channel_name, session=session, now=now, keep_join=False)
+        Participant.objects.filter(pk=current.pk).update(video=video)
+        _record(call.pk, "accepted", user=current.user, at=now, detail="" if video else "no camera")
+        _set_state(call, CallState.CONNECTING, at=now)
+        peers = _announce_joined(call, current, resumed=False)
+        send_to_users_on_commit(
+            [current.user_id],
+            {"type": "call.answered", "call": str(call.pk), "session": session},
+        )
+    return call, peers
+
+
 def call_join(
-    *, participant: Participant, channel_name: str, resume: bool = False
+    *,
+    participant: Participant,
+    channel_name: str,
+    session: str = "",
+    resume: bool = False,
+    replaces: str = "",
 ) -> tuple[Call, list[Participant], bool]:
     """Put this device in the call; returns the call, the peers present, and whether this was a
     resume (the device was already in the call and its page kept its peer connection).
 
-    A resume keeps the participant's join time and connection report: the call record is not
-    rewritten when a socket comes back.
+    The callee joining a ringing call answers it (call_accept). A participant that another
+    live device holds is refused (`in_call_elsewhere`): only take-over moves it. A resume keeps
+    the participant's join time and connection report: the call record is not rewritten when
+    a socket comes back.
     """
+    if participant.role == ParticipantRole.CALLEE and participant.state == ParticipantState.RINGING:
+        call, peers = call_accept(
+            participant=participant, channel_name=channel_name, session=session
+        )
+        return call, peers, False
     now = timezone.now()
     with transaction.atomic():
-        call = Call.objects.select_for_update().get(pk=participant.call_id)
-        if call.state == CallState.ENDED:
-            raise CallError("call_ended", "This call has ended.")
-        current = Participant.objects.select_for_update().get(pk=participant.pk)
+        call, current = _lock(participant)
+        if current.state == ParticipantState.RINGING and current.role == ParticipantRole.CALLEE:
+            raise CallError("not_ringing", "This call is not ringing any more.")
+        held_elsewhere = (
+            current.state == ParticipantState.JOINED
+            and current.session
+            and current.session not in (session, replaces)
+        )
+        if held_elsewhere:
+            raise CallError(
+                "in_call_elsewhere",
+                "This call is on another of your devices; move it here to take it over.",
+            )
         resumed = resume and current.state in (
             ParticipantState.JOINED,
             ParticipantState.RECONNECTING,
         )
-        fields: dict = {
-            "channel_name": channel_name,
-            "state": ParticipantState.JOINED,
-            "reconnecting_since": None,
-            "left_at": None,
-        }
-        if not resumed:
-            fields["joined_at"] = now
-        Participant.objects.filter(pk=participant.pk).update(**fields)
-        peers = peers_present(call_id=call.pk, user=participant.user_id)
-        if peers and call.state == CallState.RINGING:
-            call.state = CallState.ACTIVE
-            call.answered_at = now
-            call.save(update_fields=["state", "answered_at"])
-        send_to_channels_on_commit(
-            [p.channel_name for p in peers],
-            {
-                "type": "call.peer_joined",
-                "call": str(call.id),
-                "user": participant.user_id,
-                "resumed": resumed,
-            },
+        first = current.joined_at is None
+        _hold(current, channel_name=channel_name, session=session, now=now, keep_join=resumed)
+        _record(
+            call.pk,
+            "resumed" if resumed else ("joined" if first else "rejoined"),
+            user=current.user,
+            at=now,
         )
-        if participant.role == ParticipantRole.CALLEE and not resumed:
-            # Other devices of the callee stop ringing.
-            send_to_users_on_commit(
-                [participant.user_id], {"type": "call.answered", "call": str(call.id)}
-            )
+        peers = _announce_joined(call, current, resumed=resumed)
+        if peers and call.state == CallState.RINGING:
+            _set_state(call, CallState.CONNECTING, at=now)
     return call, peers, resumed
+
+
+def call_take_over(
+    *, participant: Participant, channel_name: str, session: str
+) -> tuple[Call, list[Participant]]:
+    """Move the user's place in a running call to this device: the old device is told
+    (`taken-over`) and stops, the peer renegotiates with this one."""
+    now = timezone.now()
+    with transaction.atomic():
+        call, current = _lock(participant)
+        if current.state == ParticipantState.RINGING:
+            raise CallError("not_joined", "Answer the call first.")
+        old = current.session
+        _hold(current, channel_name=channel_name, session=session, now=now, keep_join=True)
+        _record(call.pk, "taken_over", user=current.user, at=now)
+        if old and old != session:
+            send_to_sessions_on_commit([old], "taken-over", call=call.pk)
+        peers = _announce_joined(call, current, resumed=False)
+    return call, peers
+
+
+def call_decline(*, participant: Participant) -> Call:
+    """The callee turns the call down (on any device): it ends with `declined` for everyone."""
+    return _end_ringing(participant, ParticipantRole.CALLEE, EndReason.DECLINED)
+
+
+def call_cancel(*, participant: Participant) -> Call:
+    """The caller gives up while it rings: it ends with `cancelled`, missed for the callee."""
+    return _end_ringing(participant, ParticipantRole.CALLER, EndReason.CANCELLED)
+
+
+def _end_ringing(participant: Participant, role: str, reason: str) -> Call:
+    with transaction.atomic():
+        call, current = _lock(participant)
+        if current.role != role:
+            raise CallError(
+                "wrong_role",
+                "Only the person called can decline."
+                if role == ParticipantRole.CALLEE
+                else "Only the caller can cancel.",
+            )
+        if call.state != CallState.RINGING:
+            raise CallError("not_ringing", "This call is not ringing any more.")
+        return _end_locked(call, user=current.user, reason=reason)
+
+
+def call_hangup(*, participant: Participant, reason: str = EndReason.HANGUP) -> Call:
+    """Someone hangs up. While it rings, the caller's hangup is a cancel and the callee's a
+    decline; `failed` says ICE failed on every path."""
+    call = Call.objects.get(pk=participant.call_id)
+    if call.state == CallState.RINGING and reason == EndReason.HANGUP:
+        reason = (
+            EndReason.CANCELLED
+            if participant.role == ParticipantRole.CALLER
+            else EndReason.DECLINED
+        )
+    return call_end(call_id=participant.call_id, user=participant.user, reason=reason)
+
+
+def call_resume_session(*, user, session: str, channel_name: str) -> list[str]:
+    """A device session came back on a new socket: the calls it held are joined again (peers
+    are told, `resumed`). Returns their ids."""
+    now = timezone.now()
+    resumed = []
+    for p in Participant.objects.filter(
+        user=user,
+        session=session,
+        state__in=[ParticipantState.JOINED, ParticipantState.RECONNECTING],
+    ).exclude(call__state=CallState.ENDED):
+        with transaction.atomic():
+            try:
+                call, current = _lock(p)
+            except CallError:
+                continue
+            if current.session != session:
+                continue
+            _hold(current, channel_name=channel_name, session=session, now=now, keep_join=True)
+            _record(call.pk, "resumed", user=user, at=now)
+            _announce_joined(call, current, resumed=True)
+        resumed.append(str(p.call_id))
+    return resumed
+
+
+def call_connected(*, participant: Participant) -> None:
+    """A device reported its peer connection connected: the call is `connected`."""
+    now = timezone.now()
+    with transaction.atomic():
+        call = Call.objects.select_for_update().get(pk=participant.call_id)
+        if call.state in (CallState.CONNECTING, CallState.RINGING):
+            _set_state(call, CallState.CONNECTED, at=now)
 
 
 def call_disconnected(*, call_id, user, channel_name: str) -> bool:
     """This device's socket closed (cleanly or not): it is `reconnecting`, the peers are told,
     and the grace window (SIGNALING_GRACE_SECONDS) starts. Returns False when the device was
     not in the call on that socket (it left, or already came back on another one)."""
+    now = timezone.now()
     with transaction.atomic():
         updated = Participant.objects.filter(
             call_id=call_id, user=user, channel_name=channel_name, state=ParticipantState.JOINED
-        ).update(state=ParticipantState.RECONNECTING, reconnecting_since=timezone.now())
+        ).update(state=ParticipantState.RECONNECTING, reconnecting_since=now)
         if not updated:
             return False
-        _tell_peers(call_id, user.pk, "call.peer_reconnecting")
+        _record(call_id, "reconnecting", user=user, at=now)
+        _tell_peers(
+            call_id,
+            user.pk,
+            "peer-reconnecting",
+            {"user": user.pk, "graceSeconds": settings.SIGNALING_GRACE_SECONDS},
+        )
     return True
 
 
@@ -158,59 +428,88 @@ def participants_disconnect_node(*, node: str) -> int:
     return moved
 
 
-def _tell_peers(call_id, user_id: int, event_type: str) -> None:
-    peers = (
-        Participant.objects.filter(
-            call_id=call_id, state__in=[ParticipantState.JOINED, ParticipantState.RECONNECTING]
-        )
-        .exclude(user_id=user_id)
-        .exclude(channel_name="")
-    )
-    send_to_channels_on_commit(
-        [p.channel_name for p in peers],
-        {"type": event_type, "call": str(call_id), "user": user_id},
-    )
+def _tell_peers(call_id, user_id: int, frame: str, body: dict) -> None:
+    peers = Participant.objects.filter(call_id=call_id).exclude(user_id=user_id)
+    send_to_sessions_on_commit(_sessions(peers), frame, call=call_id, body=body)
 
 
 def call_leave(*, call_id, user, channel_name: str) -> None:
     """This device left the call (it said so); the peer is told."""
+    now = timezone.now()
     with transaction.atomic():
         updated = Participant.objects.filter(
             call_id=call_id,
             user=user,
             channel_name=channel_name,
             state__in=[ParticipantState.JOINED, ParticipantState.RECONNECTING],
-        ).update(state=ParticipantState.LEFT, left_at=timezone.now(), reconnecting_since=None)
+        ).update(state=ParticipantState.LEFT, left_at=now, reconnecting_since=None)
         if not updated:
             return
-        _tell_peers(call_id, user.pk, "call.peer_left")
+        _record(call_id, "left", user=user, at=now)
+        _tell_peers(call_id, user.pk, "peer-left", {"user": user.pk})
+
+
+def participant_media(*, participant: Participant, audio: bool, video: bool, screen: bool) -> None:
+    """The device's microphone, camera and screen share as it signaled them; peers are told."""
+    with transaction.atomic():
+        Participant.objects.filter(pk=participant.pk).update(
+            audio=audio, video=video, screen=screen
+        )
+        _tell_peers(
+            participant.call_id,
+            participant.user_id,
+            "media-state",
+            {"user": participant.user_id, "audio": audio, "video": video, "screen": screen},
+        )
+
+
+def _end_locked(call: Call, *, user, reason: str, at=None, detail: str = "") -> Call:
+    """End a call whose row is locked (or new): store it and tell every device."""
+    now = at or timezone.now()
+    participants = list(Participant.objects.filter(call=call))
+    sessions = _sessions(participants)
+    call.state = CallState.ENDED
+    call.ended_at = now
+    call.end_reason = reason
+    call.missed = reason in MISSED_REASONS
+    call.save(update_fields=["state", "ended_at", "end_reason", "missed"])
+    Participant.objects.filter(
+        call=call, state__in=[ParticipantState.JOINED, ParticipantState.RECONNECTING]
+    ).update(state=ParticipantState.LEFT, left_at=now, reconnecting_since=None)
+    Participant.objects.filter(call=call, state=ParticipantState.RINGING).update(
+        state=ParticipantState.LEFT
+    )
+    _record(call.pk, CallState.ENDED, user=user, at=now, detail=detail or reason)
+    by = user.pk if user is not None else None
+    body = {"by": by, "reason": reason}
+    send_to_sessions_on_commit(sessions, "hangup", call=call.pk, body=body)
+    # Devices that ring (not in the call) hear it through the user's group.
+    send_to_users_on_commit(
+        [p.user_id for p in participants],
+        {"type": "call.ended", "call": str(call.pk), **body},
+    )
+    logger.info("call %s ended by %s (%s)", call.pk, f"user {by}" if by else "the platform", reason)
+    return call
 
 
 def call_end(*, call_id, user=None, reason: str = EndReason.HANGUP) -> Call:
     """End the call for everyone in it: every device in it, and every device still ringing.
     `user` is who ended it; None when the platform did (no answer, a connection that was lost)."""
-    now = timezone.now()
     with transaction.atomic():
         call = Call.objects.select_for_update().get(pk=call_id)
         if call.state == CallState.ENDED:
             return call
-        call.state = CallState.ENDED
-        call.ended_at = now
-        call.end_reason = reason
-        call.save(update_fields=["state", "ended_at", "end_reason"])
-        participants = list(Participant.objects.filter(call=call))
-        Participant.objects.filter(
-            call=call, state__in=[ParticipantState.JOINED, ParticipantState.RECONNECTING]
-        ).update(state=ParticipantState.LEFT, left_at=now, reconnecting_since=None)
-        Participant.objects.filter(call=call, state=ParticipantState.RINGING).update(
-            state=ParticipantState.LEFT
-        )
-        by = user.pk if user is not None else None
-        event = {"type": "call.ended", "call": str(call.id), "by": by, "reason": reason}
-        send_to_channels_on_commit([p.channel_name for p in participants if p.channel_name], event)
-        send_to_users_on_commit([p.user_id for p in participants], event)
-    logger.info("call %s ended by %s (%s)", call.id, f"user {by}" if by else "the platform", reason)
-    return call
+        return _end_locked(call, user=user, reason=reason)
+
+
+def calls_mark_missed_seen(*, user) -> int:
+    """The callee opened their history: their missed calls are no longer counted as new."""
+    return Call.objects.filter(
+        missed=True,
+        missed_seen=False,
+        participants__user=user,
+        participants__role=ParticipantRole.CALLEE,
+    ).update(missed_seen=True)
 
 
 def calls_expire(*, now=None) -> dict:
@@ -242,7 +541,8 @@ def calls_expire(*, now=None) -> dict:
             if not claimed:
                 continue
             left += 1
-            _tell_peers(p.call_id, p.user_id, "call.peer_left")
+            _record(p.call_id, "left", user_id=p.user_id, at=now, detail="did not come back")
+            _tell_peers(p.call_id, p.user_id, "peer-left", {"user": p.user_id})
         reason = (
             EndReason.CANCELLED
             if p.call.state == CallState.RINGING and p.role == ParticipantRole.CALLER
@@ -258,6 +558,42 @@ def calls_expire(*, now=None) -> dict:
     for call_id in unanswered:
         call_end(call_id=call_id, user=None, reason=EndReason.NO_ANSWER)
     return {"left": left, "no_answer": len(unanswered)}
+
+
+# One stored quality sample per participant per this many seconds; more are dropped.
+STATS_MIN_INTERVAL = timedelta(seconds=2)
+
+
+def participant_stats(
+    *,
+    participant: Participant,
+    path: str,
+    relay_url: str = "",
+    rtt_ms: float | None = None,
+    loss_pct: float | None = None,
+    bitrate_kbps: float | None = None,
+) -> QualitySample | None:
+    """Store one quality sample from the device's getStats(); None when it came too soon after
+    the last one. The first sample of a call that was connecting makes it `connected`."""
+    now = timezone.now()
+    last = (
+        QualitySample.objects.filter(participant=participant).order_by("-at").values("at").first()
+    )
+    if last is not None and now - last["at"] < STATS_MIN_INTERVAL:
+        return None
+    sample = QualitySample.objects.create(
+        participant=participant,
+        at=now,
+        path=path,
+        relay_url=relay_url[:300] if path == ConnectionType.RELAY else "",
+        rtt_ms=rtt_ms,
+        loss_pct=loss_pct,
+        bitrate_kbps=bitrate_kbps,
+        grade=quality_grade(rtt_ms=rtt_ms, loss_pct=loss_pct),
+    )
+    if participant.call.state == CallState.CONNECTING:
+        call_connected(participant=participant)
+    return sample
 
 
 def participant_report(
@@ -281,4 +617,5 @@ def participant_report(
     participant.save(
         update_fields=["connection_type", "relay", "relay_url", "rtt_ms", "reported_at"]
     )
+    call_connected(participant=participant)
     return participant

@@ -24,6 +24,8 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from .groups import user_group
+from .presence import redis_client
+from .sessions import frame_text, redis_for_loop, session_push
 
 logger = logging.getLogger(__name__)
 
@@ -42,17 +44,54 @@ def send_to_users_now(user_ids, event: dict) -> None:
         async_to_sync(layer.group_send)(user_group(uid), event)
 
 
-async def _deliver(kind: str, targets, event: dict) -> None:
-    """Send one announcement: to every device of each user ("users"), or to device channels."""
+async def push_to_session(session: str, event: dict, *, redis=None) -> None:
+    """Number and keep a frame for one device session, then hand it to the session's socket.
+
+    `event` is {"frame": type, "call": id, "body": {...}}. A session that is gone (its grace
+    window ran out) drops the frame; a socket that is away gets it when it resumes.
+    """
     layer = get_channel_layer()
+    text = frame_text(event["frame"], call=event.get("call"), body=event.get("body"))
+    seq, channel = await session_push(redis or redis_for_loop(), session=session, text=text)
+    if seq and channel:
+        await layer.send(
+            channel,
+            {
+                "type": "session.frame",
+                "session": session,
+                "seq": seq,
+                "text": text,
+                "frame": event["frame"],
+                "call": event.get("call"),
+            },
+        )
+
+
+async def _deliver(kind: str, targets, event: dict, *, loop_client: bool = True) -> None:
+    """Send one announcement: to every device of each user ("users"), to device channels, or
+    into device sessions ("sessions", numbered and replayable).
+
+    `loop_client` uses this loop's cached Redis client (a consumer's loop lives as long as the
+    server); sync code (async_to_sync, one short-lived loop per call) opens and closes its own.
+    """
+    layer = get_channel_layer()
+    own = None
     try:
+        if kind == "sessions":
+            redis = redis_for_loop() if loop_client else (own := redis_client())
+            for target in targets:
+                await push_to_session(target, event, redis=redis)
+            return
         for target in targets:
             if kind == "users":
                 await layer.group_send(user_group(target), event)
             else:
                 await layer.send(target, event)
     except BROADCAST_ERRORS as exc:
-        logger.warning("could not announce %s: %s", event.get("type"), exc)
+        logger.warning("could not announce %s: %s", event.get("type") or event.get("frame"), exc)
+    finally:
+        if own is not None:
+            await own.aclose()
 
 
 def _on_commit(kind: str, targets, event: dict) -> None:
@@ -63,7 +102,7 @@ def _on_commit(kind: str, targets, event: dict) -> None:
         if collector is not None:
             collector.append((kind, targets, event))
         else:
-            async_to_sync(_deliver)(kind, targets, event)
+            async_to_sync(_deliver)(kind, targets, event, loop_client=False)
 
     transaction.on_commit(send)
 
@@ -76,6 +115,15 @@ def send_to_users_on_commit(user_ids, event: dict) -> None:
 def send_to_channels_on_commit(channel_names, event: dict) -> None:
     """send `event` to specific device channels, once the transaction commits."""
     _on_commit("channels", list(channel_names), event)
+
+
+def send_to_sessions_on_commit(sessions, frame: str, *, call=None, body=None) -> None:
+    """Push a frame into device sessions (numbered, replayed on resume), once committed."""
+    _on_commit(
+        "sessions",
+        list(sessions),
+        {"frame": frame, "call": str(call) if call is not None else None, "body": body or {}},
+    )
 
 
 async def run_and_announce(service, **kwargs):

@@ -8,7 +8,7 @@ only used for fan-out to all devices of a user (an incoming call, a call that en
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import time
 from urllib.parse import parse_qs
@@ -17,22 +17,41 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from calls.models import CallState, EndReason, Participant, ParticipantState
-from calls.selectors import participant_for
+from calls.models import CallState, Participant, ParticipantRole, ParticipantState
+from calls.selectors import calls_ringing_for, participant_for
 from calls.services import (
     CallError,
+    call_accept,
+    call_cancel,
+    call_decline,
     call_disconnected,
-    call_end,
+    call_hangup,
     call_join,
     call_leave,
+    call_resume_session,
+    call_take_over,
+    participant_media,
     participant_report,
+    participant_stats,
 )
 from relays.services import ice_servers_issue
 
-from .broadcast import run_and_announce
+from .broadcast import BROADCAST_ERRORS, push_to_session, run_and_announce
 from .groups import user_group
 from .presence import presence_for
-from .protocol import ClientMessage, ProtocolError, envelope, parse_frame
+from .protocol import ClientMessage, ProtocolError, parse_frame
+from .sessions import (
+    frame_text,
+    frames_after,
+    new_session_id,
+    redis_for_loop,
+    session_adopt,
+    session_detach,
+    session_forget,
+    session_open,
+    session_push,
+    with_seq,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +71,21 @@ class _TokenBucket:
             self.tokens -= 1
             return True
         return False
+
+
+def _ringing_for(user) -> list[dict]:
+    return [
+        {
+            "call": str(c.pk),
+            "kind": c.kind,
+            "from": {
+                "id": c.created_by_id,
+                "username": c.created_by.username,
+                "name": c.created_by.label(),
+            },
+        }
+        for c in calls_ringing_for(user=user)[:10]
+    ]
 
 
 @database_sync_to_async
@@ -82,20 +116,37 @@ class SignalConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
+            # Accepted, then closed with our code: a refused handshake reaches the browser as
+            # 1006, which a page can't tell from a network drop, so it would retry forever.
+            await self.accept()
             await self.close(code=4401)
             return
         self.user = user
-        self.seq = 0
         self.joined: set[str] = set()
         self.ended: set[str] = set()
         self.bucket = _TokenBucket(RATE_PER_SECOND, RATE_BURST)
         self.session_key = getattr(self.scope.get("session"), "session_key", None)
         self.released = False
+        self.resumed = False
+        self.redis = redis_for_loop()
+        self.session: str | None = new_session_id()
+        self.delivered = 0
         await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
         await self.accept()
+        try:
+            await session_open(
+                self.redis, session=self.session, user_id=user.pk, channel=self.channel_name
+            )
+        except BROADCAST_ERRORS as exc:  # frames then go out unnumbered, and can't be resumed
+            logger.warning("signaling: no device session for %s: %s", self.channel_name, exc)
+            self.session = None
         await presence_for(self.channel_name).add_socket(self.channel_name, user.pk)
-        body: dict = {"user": {"id": user.pk, "username": user.username, "name": user.label()}}
-        # Pages that only listen (home: incoming calls) connect with ?ice=0 and get no credentials.
+        body: dict = {
+            "session": self.session,
+            "user": {"id": user.pk, "username": user.username, "name": user.label()},
+            "ringing": await database_sync_to_async(_ringing_for)(user),
+        }
+        # Pages that only listen (for incoming calls) connect with ?ice=0 and get no credentials.
         if parse_qs(self.scope.get("query_string", b"").decode()).get("ice") != ["0"]:
             body["ice"] = await database_sync_to_async(ice_servers_issue)(user=user)
         await self.emit("welcome", body=body)
@@ -105,7 +156,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
 
     async def _release(self, *, record: bool = True) -> None:
         """The socket is gone: each call it was in starts its grace window (the participant is
-        `reconnecting`, not left). Runs once, whichever way the socket went."""
+        `reconnecting`, not left), and its session is kept for that window. Runs once, whichever
+        way the socket went."""
         if not hasattr(self, "user") or self.released:
             return
         self.released = True
@@ -121,6 +173,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
             except Exception:  # the reaper finds this device through presence instead
                 logger.exception("signaling: could not record the drop of call %s", call_id)
         try:
+            if self.session:
+                await session_detach(self.redis, session=self.session, channel=self.channel_name)
             await presence_for(self.channel_name).remove_socket(self.channel_name)
             await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
         except Exception as exc:
@@ -135,11 +189,38 @@ class SignalConsumer(AsyncWebsocketConsumer):
         body: dict | None = None,
         ref: str | None = None,
     ) -> None:
-        self.seq += 1
-        await self.send_json(envelope(mtype, seq=self.seq, call=call, body=body, ref=ref))
+        """Send a frame on this device session: numbered and kept (session_push) first."""
+        text = frame_text(mtype, call=call, body=body, ref=ref)
+        seq = None
+        if self.session:
+            try:
+                seq, _ = await session_push(self.redis, session=self.session, text=text, live=True)
+            except BROADCAST_ERRORS as exc:
+                logger.warning("signaling: frame for %s not numbered: %s", self.session, exc)
+        await self._deliver(seq or None, text)
 
-    async def send_json(self, data: dict) -> None:
-        await self.send(text_data=json.dumps(data, separators=(",", ":")))
+    async def _deliver(self, seq: int | None, text: str) -> None:
+        """Send frames in seq order, each once: a frame that overtook others pushed before it
+        (by a peer's consumer, a task) brings them along from the session's store."""
+        if seq is None:
+            await self.send(text_data=text)
+            return
+        if seq <= self.delivered:
+            return
+        frames = [(seq, with_seq(seq, text))]
+        if seq > self.delivered + 1 and self.session:
+            try:
+                frames = await frames_after(
+                    self.redis, session=self.session, after=self.delivered, upto=seq
+                )
+            except BROADCAST_ERRORS as exc:
+                logger.warning(
+                    "signaling: gap before %s of %s not filled: %s", seq, self.session, exc
+                )
+        for n, frame in frames:
+            await self.send(text_data=frame)
+            self.delivered = max(self.delivered, n)
+        self.delivered = max(self.delivered, seq)
 
     async def emit_error(
         self, code: str, message: str, *, ref: str | None = None, call: str | None = None
@@ -154,26 +235,26 @@ class SignalConsumer(AsyncWebsocketConsumer):
         msg: ClientMessage | None = None
         try:
             msg = parse_frame(text_data, max_bytes=settings.SIGNALING_MAX_FRAME_BYTES)
-            await getattr(self, "on_" + msg.type)(msg)
-        except ProtocolError as exc:
-            await self.emit_error(
-                exc.code,
-                exc.message,
-                ref=exc.ref or (msg.id if msg else None),
-                call=msg.call if msg else None,
-            )
-        except CallError as exc:
-            await self.emit_error(
-                exc.code, exc.message, ref=msg.id if msg else None, call=msg.call if msg else None
-            )
+            await getattr(self, "on_" + msg.type.replace("-", "_"))(msg)
+        except (ProtocolError, CallError) as exc:
+            ref = getattr(exc, "ref", None) or (msg.id if msg else None)
+            await self.emit_error(exc.code, exc.message, ref=ref, call=msg.call if msg else None)
         except Exception:
             logger.exception("signaling: failed to handle a %s frame", msg.type if msg else "?")
             await self.emit_error(
                 "internal", "The server could not handle that message.", ref=msg.id if msg else None
             )
 
+    async def _member(self, msg: ClientMessage) -> Participant:
+        me = await database_sync_to_async(participant_for)(call_id=msg.call, user=self.user)
+        if me is None:
+            # Same answer whether the call doesn't exist or isn't theirs: ids are not probeable.
+            raise ProtocolError("forbidden", "You are not a participant of this call.", msg.id)
+        return me
+
     async def _require_joined(self, msg: ClientMessage) -> tuple[Participant, list[Participant]]:
-        """Membership and state check for in-call messages: returns (me, peers present)."""
+        """Membership and state check for in-call messages: returns (me, the peers whose device
+        is in the call or coming back to it)."""
         members = await _call_members(msg.call)
         me = next((p for p in members if p.user_id == self.user.pk), None)
         if me is None:
@@ -182,23 +263,21 @@ class SignalConsumer(AsyncWebsocketConsumer):
             raise ProtocolError("call_ended", "This call has ended.", msg.id)
         if (
             msg.call not in self.joined
+            or me.session != self.session
             or me.channel_name != self.channel_name
             or me.state != ParticipantState.JOINED
         ):
             raise ProtocolError("not_joined", "Join the call on this connection first.", msg.id)
-        return me, [p for p in members if p.pk != me.pk and p.present]
+        peers = [
+            p
+            for p in members
+            if p.pk != me.pk
+            and p.session
+            and p.state in (ParticipantState.JOINED, ParticipantState.RECONNECTING)
+        ]
+        return me, peers
 
-    async def on_ping(self, msg: ClientMessage) -> None:
-        await self.emit("pong", ref=msg.id)
-
-    async def on_join(self, msg: ClientMessage) -> None:
-        me = await database_sync_to_async(participant_for)(call_id=msg.call, user=self.user)
-        if me is None:
-            # Same answer whether the call doesn't exist or isn't theirs: ids are not probeable.
-            raise ProtocolError("forbidden", "You are not a participant of this call.", msg.id)
-        call, peers, resumed = await run_and_announce(
-            call_join, participant=me, channel_name=self.channel_name, resume=msg.body["resume"]
-        )
+    async def _emit_joined(self, msg: ClientMessage, call, me: Participant, peers, resumed: bool):
         self.joined.add(msg.call)
         await self.emit(
             "joined",
@@ -208,13 +287,93 @@ class SignalConsumer(AsyncWebsocketConsumer):
                 "state": call.state,
                 "resumed": resumed,
                 "role": me.role,
-                "polite": me.role == "callee",
+                "polite": me.role == ParticipantRole.CALLEE,
+                "kind": call.kind,
                 "peers": [
-                    {"user": p.user_id, "username": p.user.username, "name": p.user.label()}
+                    {
+                        "user": p.user_id,
+                        "username": p.user.username,
+                        "name": p.user.label(),
+                        "media": p.media(),
+                    }
                     for p in peers
                 ],
             },
         )
+
+    async def on_ping(self, msg: ClientMessage) -> None:
+        await self.emit("pong", ref=msg.id)
+
+    async def on_resume(self, msg: ClientMessage) -> None:
+        if self.joined or self.resumed or not self.session:
+            raise ProtocolError(
+                "resume_failed", "Resume first, once, before joining a call.", msg.id
+            )
+        old = msg.body["session"]
+        seq, _, frames = await session_adopt(
+            self.redis,
+            session=old,
+            user_id=self.user.pk,
+            channel=self.channel_name,
+            last_seq=msg.body["lastSeq"],
+        )
+        if seq < 0:
+            raise ProtocolError(
+                "resume_failed", "That session can't be resumed; carry on with this one.", msg.id
+            )
+        with contextlib.suppress(*BROADCAST_ERRORS):
+            await session_forget(self.redis, session=self.session)
+        self.session, self.delivered, self.resumed = old, msg.body["lastSeq"], True
+        for n, frame in frames:
+            await self.send(text_data=frame)
+            self.delivered = n
+        self.delivered = max(self.delivered, seq)
+        calls = await run_and_announce(
+            call_resume_session, user=self.user, session=old, channel_name=self.channel_name
+        )
+        self.joined = set(calls)
+        await self.emit(
+            "resumed", ref=msg.id, body={"session": old, "replayed": len(frames), "calls": calls}
+        )
+
+    async def on_join(self, msg: ClientMessage) -> None:
+        me = await self._member(msg)
+        call, peers, resumed = await run_and_announce(
+            call_join,
+            participant=me,
+            channel_name=self.channel_name,
+            session=self.session or "",
+            resume=msg.body["resume"],
+            replaces=msg.body["replaces"],
+        )
+        await self._emit_joined(msg, call, me, peers, resumed)
+
+    async def on_accept(self, msg: ClientMessage) -> None:
+        me = await self._member(msg)
+        call, peers = await run_and_announce(
+            call_accept,
+            participant=me,
+            channel_name=self.channel_name,
+            session=self.session or "",
+            video=msg.body["video"],
+        )
+        await self._emit_joined(msg, call, me, peers, False)
+
+    async def on_take_over(self, msg: ClientMessage) -> None:
+        me = await self._member(msg)
+        call, peers = await run_and_announce(
+            call_take_over,
+            participant=me,
+            channel_name=self.channel_name,
+            session=self.session or "",
+        )
+        await self._emit_joined(msg, call, me, peers, False)
+
+    async def on_decline(self, msg: ClientMessage) -> None:
+        await run_and_announce(call_decline, participant=await self._member(msg))
+
+    async def on_cancel(self, msg: ClientMessage) -> None:
+        await run_and_announce(call_cancel, participant=await self._member(msg))
 
     async def on_leave(self, msg: ClientMessage) -> None:
         if msg.call not in self.joined:
@@ -231,29 +390,28 @@ class SignalConsumer(AsyncWebsocketConsumer):
         _, peers = await self._require_joined(msg)
         if not peers:
             raise ProtocolError("peer_not_present", "Nobody else is in the call yet.", msg.id)
+        event = {"frame": msg.type, "call": msg.call, "body": {**msg.body, "from": self.user.pk}}
         for peer in peers:
-            await self.channel_layer.send(
-                peer.channel_name,
-                {
-                    "type": "signal.relay",
-                    "kind": msg.type,
-                    "call": msg.call,
-                    "from": self.user.pk,
-                    "body": msg.body,
-                },
-            )
+            await push_to_session(peer.session, event, redis=self.redis)
 
     on_offer = on_answer = on_candidate = _relay
 
+    async def on_media_state(self, msg: ClientMessage) -> None:
+        me, _ = await self._require_joined(msg)
+        await run_and_announce(participant_media, participant=me, **msg.body)
+
+    async def on_stats(self, msg: ClientMessage) -> None:
+        me, _ = await self._require_joined(msg)
+        await run_and_announce(participant_stats, participant=me, **msg.body)
+
     async def on_hangup(self, msg: ClientMessage) -> None:
-        me = await database_sync_to_async(participant_for)(call_id=msg.call, user=self.user)
-        if me is None:
-            raise ProtocolError("forbidden", "You are not a participant of this call.", msg.id)
-        await run_and_announce(call_end, call_id=msg.call, user=self.user, reason=EndReason.HANGUP)
+        me = await self._member(msg)
+        await run_and_announce(call_hangup, participant=me, reason=msg.body["reason"])
 
     async def on_report(self, msg: ClientMessage) -> None:
         me, _ = await self._require_joined(msg)
-        await database_sync_to_async(participant_report)(
+        await run_and_announce(
+            participant_report,
             participant=me,
             connection_type=msg.body["connectionType"],
             relay_url=msg.body["relayUrl"],
@@ -262,43 +420,34 @@ class SignalConsumer(AsyncWebsocketConsumer):
         await self.emit("reported", call=msg.call, ref=msg.id)
 
     # --- channel-layer events -----------------------------------------------------------
-    async def signal_relay(self, event: dict) -> None:
-        if event["call"] in self.joined:
-            await self.emit(
-                event["kind"], call=event["call"], body={**event["body"], "from": event["from"]}
-            )
+    async def session_frame(self, event: dict) -> None:
+        """A frame pushed into this device session by someone else (signaling.broadcast)."""
+        if event["session"] != self.session:
+            return  # the session moved to another socket
+        call = event.get("call")
+        if event["frame"] in ("hangup", "taken-over") and call:
+            self.joined.discard(call)
+            if event["frame"] == "hangup":
+                self.ended.add(call)
+        await self._deliver(event["seq"], event["text"])
 
     async def call_incoming(self, event: dict) -> None:
-        await self.emit("incoming", call=event["call"], body={"from": event["from"]})
+        await self.emit(
+            "incoming",
+            call=event["call"],
+            body={"from": event["from"], "kind": event.get("kind", "video")},
+        )
 
     async def call_answered(self, event: dict) -> None:
-        await self.emit("answered", call=event["call"])
-
-    async def call_peer_joined(self, event: dict) -> None:
-        if event["call"] in self.joined:
-            await self.emit(
-                "peer-joined",
-                call=event["call"],
-                body={"user": event["user"], "resumed": event.get("resumed", False)},
-            )
-
-    async def call_peer_reconnecting(self, event: dict) -> None:
-        if event["call"] in self.joined:
-            await self.emit(
-                "peer-reconnecting",
-                call=event["call"],
-                body={"user": event["user"], "graceSeconds": settings.SIGNALING_GRACE_SECONDS},
-            )
-
-    async def call_peer_left(self, event: dict) -> None:
-        if event["call"] in self.joined:
-            await self.emit("peer-left", call=event["call"], body={"user": event["user"]})
+        if event.get("session") != self.session:
+            await self.emit("answered", call=event["call"], body={"elsewhere": True})
 
     async def call_ended(self, event: dict) -> None:
-        if event["call"] in self.ended:
-            return  # sent both to the device channel and the user group
+        """The user's group hears every end: devices that only rang need it; a device in the
+        call gets it through its session instead."""
+        if event["call"] in self.ended or event["call"] in self.joined:
+            return
         self.ended.add(event["call"])
-        self.joined.discard(event["call"])
         await self.emit(
             "hangup", call=event["call"], body={"by": event["by"], "reason": event["reason"]}
         )

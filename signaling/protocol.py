@@ -27,7 +27,16 @@ CLIENT_TYPES: dict[str, bool] = {
     "candidate": True,
     "hangup": True,
     "report": True,
+    "resume": False,
+    "accept": True,
+    "decline": True,
+    "cancel": True,
+    "take-over": True,
+    "media-state": True,
+    "stats": True,
 }
+HANGUP_REASONS = ("hangup", "failed")
+MAX_SESSION_CHARS = 64
 
 
 class ProtocolError(Exception):
@@ -132,38 +141,78 @@ def _validate_body(msg: ClientMessage) -> None:
         rtt = b.get("rttMs")
         if not isinstance(relay_url, str) or len(relay_url) > 300:
             raise ProtocolError("bad_body", "`relayUrl` must be a short string.", msg.id)
-        if rtt is not None and (
-            not isinstance(rtt, int | float) or isinstance(rtt, bool) or not 0 <= rtt < 600_000
-        ):
-            raise ProtocolError("bad_body", "`rttMs` must be a number of milliseconds.", msg.id)
-        msg.body = {"connectionType": ctype, "relayUrl": relay_url, "rttMs": rtt}
+        msg.body = {
+            "connectionType": ctype,
+            "relayUrl": relay_url,
+            "rttMs": _number(rtt, "rttMs", 600_000, msg.id),
+        }
     elif msg.type == "join":
         resume = b.get("resume", False)
         if not isinstance(resume, bool):
             raise ProtocolError("bad_body", "`join` takes body.resume = true or false.", msg.id)
-        msg.body = {"resume": resume}
+        replaces = b.get("replaces") or ""
+        if not isinstance(replaces, str) or len(replaces) > MAX_SESSION_CHARS:
+            raise ProtocolError("bad_body", "`replaces` must be a session id.", msg.id)
+        msg.body = {"resume": resume, "replaces": replaces}
+    elif msg.type == "accept":
+        video = b.get("video", True)
+        if not isinstance(video, bool):
+            raise ProtocolError("bad_body", "`accept` takes body.video = true or false.", msg.id)
+        msg.body = {"video": video}
+    elif msg.type == "resume":
+        session, last = b.get("session"), b.get("lastSeq")
+        if (
+            not isinstance(session, str)
+            or not 0 < len(session) <= MAX_SESSION_CHARS
+            or not isinstance(last, int)
+            or isinstance(last, bool)
+            or last < 0
+        ):
+            raise ProtocolError(
+                "bad_body", "`resume` needs body.session (string) and body.lastSeq (>= 0).", msg.id
+            )
+        msg.body = {"session": session, "lastSeq": last}
+    elif msg.type == "media-state":
+        flags = {k: b.get(k) for k in ("audio", "video", "screen")}
+        if not all(isinstance(v, bool) for v in flags.values()):
+            raise ProtocolError(
+                "bad_body", "`media-state` needs body.audio, .video and .screen (booleans).", msg.id
+            )
+        msg.body = flags
+    elif msg.type == "stats":
+        path = b.get("path")
+        if path not in CONNECTION_TYPES:
+            raise ProtocolError(
+                "bad_body",
+                f"`stats` needs body.path, one of {', '.join(CONNECTION_TYPES)}.",
+                msg.id,
+            )
+        relay_url = b.get("relayUrl") or ""
+        if not isinstance(relay_url, str) or len(relay_url) > 300:
+            raise ProtocolError("bad_body", "`relayUrl` must be a short string.", msg.id)
+        out: dict = {"path": path, "relay_url": relay_url}
+        for key, name, top in (
+            ("rttMs", "rtt_ms", 600_000),
+            ("lossPct", "loss_pct", 100),
+            ("bitrateKbps", "bitrate_kbps", 10_000_000),
+        ):
+            out[name] = _number(b.get(key), key, top, msg.id)
+        msg.body = out
+    elif msg.type == "hangup":
+        reason = b.get("reason", "hangup")
+        if reason not in HANGUP_REASONS:
+            raise ProtocolError(
+                "bad_body", f"`hangup` reason must be one of {', '.join(HANGUP_REASONS)}.", msg.id
+            )
+        msg.body = {"reason": reason}
     else:
         msg.body = {}
 
 
-def envelope(
-    mtype: str,
-    *,
-    seq: int,
-    call: str | None = None,
-    body: dict | None = None,
-    ref: str | None = None,
-) -> dict:
-    """A server frame. `ref` is the client id of the message this answers, where there is one."""
-    out: dict = {
-        "v": VERSION,
-        "type": mtype,
-        "id": str(uuid.uuid4()),
-        "seq": seq,
-        "body": body or {},
-    }
-    if call is not None:
-        out["call"] = call
-    if ref is not None:
-        out["ref"] = ref
-    return out
+def _number(value, name: str, top: float, ref: str | None) -> float | None:
+    """An optional, finite, non-negative number below `top`."""
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < top:
+        raise ProtocolError("bad_body", f"`{name}` must be a number from 0 to {top}.", ref)
+    return float(value)

@@ -77,12 +77,20 @@ async def connect():
             # teardown cancels it mid-receive on the channel layer (a hang seen once in 5 runs).
             refused.append(communicator)
             return None
+        first = await communicator.receive_output(timeout=5)
+        if first["type"] == "websocket.close":
+            # Accepted, then closed (not signed in): the code the browser sees.
+            open_socket.last_close = first.get("code")
+            refused.append(communicator)
+            return None
         sock = Socket(communicator)
         opened.append(sock)
-        sock.welcome = await sock.recv_type("welcome")
+        sock.welcome = json.loads(first["text"])
+        assert sock.welcome["type"] == "welcome", sock.welcome
         return sock
 
     refused: list[WebsocketCommunicator] = []
+    open_socket.last_close = None  # type: ignore[attr-defined]
     yield open_socket
     for sock in opened:
         await sock.close()

@@ -40,7 +40,7 @@ async def test_a_dropped_socket_is_reconnecting_not_gone(connect, alice, bob, ca
     p = await sync_to_async(participant)(call, bob)
     assert p.state == ParticipantState.RECONNECTING and p.left_at is None
     assert p.reconnecting_since is not None
-    assert (await sync_to_async(Call.objects.get)(pk=call.pk)).state == CallState.ACTIVE
+    assert (await sync_to_async(Call.objects.get)(pk=call.pk)).state == CallState.CONNECTING
     assert await a.nothing(0.3)  # no peer-left, no hangup
 
 

@@ -1,0 +1,172 @@
+"""Device sessions: the numbered, replayable stream of frames the server sends to one page.
+
+Every socket starts a session (docs/signaling.md, "Device sessions"). Each frame for it is pushed
+into Redis first: one Lua call numbers it (`seq`, per session, across reconnects) and keeps the
+last REPLAY_FRAMES of them, then the frame goes to the session's current channel. A page whose
+socket dropped resumes the session on a new socket and is sent what it missed, in order.
+
+Anyone can push to a session (the device's own consumer, a peer's consumer, a Celery task), so
+frames can reach the consumer out of order; the consumer delivers in `seq` order by reading the
+gap from Redis (`frames_after`). A session whose socket closed is kept for the grace window
+(SIGNALING_GRACE_SECONDS) and then expires; pushes to an expired session are dropped.
+
+Keys: `traverse:sess:<id>` (hash: user, channel, seq) and `traverse:sess:<id>:out` (sorted set
+of "<seq>:<frame without seq>", scored by seq).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import uuid
+import weakref
+from typing import Any
+
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from .presence import redis_client
+
+REPLAY_FRAMES = 256
+# A live session (its socket is open) outlives any call; it is shortened to the grace window
+# when the socket closes.
+LIVE_TTL_SECONDS = 24 * 3600
+
+_PUSH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ''} end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('ZADD', KEYS[2], seq, seq .. ':' .. ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seq - tonumber(ARGV[2]))
+if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+redis.call('EXPIRE', KEYS[2], math.max(redis.call('TTL', KEYS[1]), 1))
+return {seq, redis.call('HGET', KEYS[1], 'channel') or ''}
+"""
+
+_ADOPT = """
+if redis.call('HGET', KEYS[1], 'user') ~= ARGV[1] then return {-1} end
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local last = tonumber(ARGV[3])
+if last > seq then return {-2} end
+if last < seq then
+  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  if #oldest == 0 or tonumber(oldest[2]) > last + 1 then return {-3} end
+end
+local old = redis.call('HGET', KEYS[1], 'channel') or ''
+redis.call('HSET', KEYS[1], 'channel', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+local frames = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. last, '+inf')
+return {seq, old, unpack(frames)}
+"""
+
+_DETACH = """
+if redis.call('HGET', KEYS[1], 'channel') ~= ARGV[1] then return 0 end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+RESUME_UNKNOWN, RESUME_AHEAD, RESUME_TOO_OLD = -1, -2, -3
+
+
+_by_loop: weakref.WeakKeyDictionary[Any, aioredis.Redis] = weakref.WeakKeyDictionary()
+
+
+def redis_for_loop() -> aioredis.Redis:
+    """One client per event loop (Daphne has one; each test has its own)."""
+    loop = asyncio.get_running_loop()
+    client = _by_loop.get(loop)
+    if client is None:
+        client = _by_loop[loop] = redis_client()
+    return client
+
+
+def session_keys(session: str) -> list[str]:
+    return [f"traverse:sess:{session}", f"traverse:sess:{session}:out"]
+
+
+def new_session_id() -> str:
+    return "s-" + secrets.token_urlsafe(16)
+
+
+def frame_text(mtype: str, *, call=None, body=None, ref=None) -> str:
+    """A server frame without its seq (added when it is sent): see protocol.envelope."""
+    out: dict = {"v": 1, "type": mtype, "id": str(uuid.uuid4()), "body": body or {}}
+    if call is not None:
+        out["call"] = str(call)
+    if ref is not None:
+        out["ref"] = ref
+    return json.dumps(out, separators=(",", ":"))
+
+
+def with_seq(seq: int | None, text: str) -> str:
+    """Put `seq` into a stored frame (a JSON object text) without parsing it again."""
+    if seq is None:
+        return text
+    return f'{{"seq":{seq},{text[1:]}'
+
+
+def stored_frame(entry: bytes | str) -> tuple[int, str]:
+    """Split a sorted-set entry "<seq>:<frame>" into (seq, frame text with its seq)."""
+    if isinstance(entry, bytes):
+        entry = entry.decode()
+    head, _, text = entry.partition(":")
+    seq = int(head)
+    return seq, with_seq(seq, text)
+
+
+def grace_ttl() -> int:
+    return int(settings.SIGNALING_GRACE_SECONDS) + 5
+
+
+async def session_open(redis: aioredis.Redis, *, session: str, user_id: int, channel: str) -> None:
+    keys = session_keys(session)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys[0], mapping={"user": str(user_id), "channel": channel, "seq": 0})
+        pipe.expire(keys[0], LIVE_TTL_SECONDS)
+        await pipe.execute()
+
+
+async def session_push(
+    redis: aioredis.Redis, *, session: str, text: str, live: bool = False
+) -> tuple[int, str]:
+    """Number and keep one frame; returns (seq, the session's channel), or (0, "") when the
+    session is gone. `live` (the session's own consumer) refreshes its lifetime."""
+    seq, channel = await redis.eval(  # type: ignore[misc]
+        _PUSH, 2, *session_keys(session), text, REPLAY_FRAMES, LIVE_TTL_SECONDS if live else 0
+    )
+    if isinstance(channel, bytes):
+        channel = channel.decode()
+    return int(seq), channel
+
+
+async def frames_after(redis: aioredis.Redis, *, session: str, after: int, upto: int):
+    """The stored frames with after < seq <= upto, in order, as (seq, text)."""
+    entries = await redis.zrangebyscore(session_keys(session)[1], f"({after}", upto)
+    return [stored_frame(e) for e in entries]
+
+
+async def session_adopt(
+    redis: aioredis.Redis, *, session: str, user_id: int, channel: str, last_seq: int
+) -> tuple[int, str, list[tuple[int, str]]]:
+    """Move a session to a new socket. Returns (its seq, its old channel, the frames after
+    last_seq), or (RESUME_*, "", []) when it can't be resumed."""
+    result = await redis.eval(  # type: ignore[misc]
+        _ADOPT, 2, *session_keys(session), str(user_id), channel, last_seq, LIVE_TTL_SECONDS
+    )
+    code = int(result[0])
+    if code < 0:
+        return code, "", []
+    old = result[1].decode() if isinstance(result[1], bytes) else result[1]
+    return code, old, [stored_frame(e) for e in result[2:]]
+
+
+async def session_detach(redis: aioredis.Redis, *, session: str, channel: str) -> None:
+    """The socket closed: the session is kept for the grace window (unless another socket has
+    adopted it meanwhile)."""
+    await redis.eval(_DETACH, 2, *session_keys(session), channel, grace_ttl())  # type: ignore[misc]
+
+
+async def session_forget(redis: aioredis.Redis, *, session: str) -> None:
+    await redis.delete(*session_keys(session))
