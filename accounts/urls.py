@@ -8,6 +8,9 @@ urlpatterns = [
     path("signup/", views.signup, name="signup"),
     path("login/", views.login_view, name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("settings/", views.settings_view, name="settings"),
+    path("block/", views.block, name="block"),
+    path("unblock/<int:user_id>/", views.unblock, name="unblock"),
     path(
         "password/",
         auth_views.PasswordChangeView.as_view(

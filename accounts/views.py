@@ -1,16 +1,21 @@
 """Sign up, and the rate limits around Django's own sign-in and password-reset views."""
 
+from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView, PasswordResetView
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse_lazy
-from django.views.decorators.http import require_http_methods
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods, require_POST
 from django_ratelimit.decorators import ratelimit
 
 from config.api_errors import error_body
 
 from .forms import SignUpForm
+from .models import User
+from .services import block_create, block_delete, user_set_do_not_disturb
 from .usernames import username_key
 
 
@@ -61,3 +66,53 @@ def rate_limited(request: HttpRequest, exception: Exception) -> HttpResponse:
     if request.path.startswith("/api/"):
         return JsonResponse(error_body("rate_limited", message), status=429)
     return render(request, "accounts/rate_limited.html", {"message": message}, status=429)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def settings_view(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST" and request.POST.get("action") == "dnd":
+        user_set_do_not_disturb(user=request.user, on=bool(request.POST.get("do_not_disturb")))
+        messages.success(
+            request,
+            "Do not disturb is on." if request.user.do_not_disturb else "Do not disturb is off.",
+        )
+        return redirect("accounts:settings")
+    return _settings_page(request)
+
+
+def _settings_page(request: HttpRequest, *, block_error: str = "", status: int = 200):
+    return render(
+        request,
+        "accounts/settings.html",
+        {"blocks": request.user.blocks.select_related("blocked"), "block_error": block_error},
+        status=status,
+    )
+
+
+def _next_or_settings(request: HttpRequest):
+    nxt = request.POST.get("next", "")
+    if nxt and url_has_allowed_host_and_scheme(nxt, allowed_hosts={request.get_host()}):
+        return redirect(nxt)
+    return redirect("accounts:settings")
+
+
+@login_required
+@require_POST
+def block(request: HttpRequest) -> HttpResponse:
+    username = request.POST.get("username", "").strip()
+    other = User.objects.filter(username__iexact=username).first()
+    if other is None or other.pk == request.user.pk:
+        error = "You can't block yourself." if other else f"There is no one called {username!r}."
+        return _settings_page(request, block_error=error, status=400)
+    block_create(blocker=request.user, blocked=other)
+    messages.success(request, f"@{other.username} is blocked: they can't ring you.")
+    return _next_or_settings(request)
+
+
+@login_required
+@require_POST
+def unblock(request: HttpRequest, user_id: int) -> HttpResponse:
+    if block_delete(blocker=request.user, blocked_id=user_id):
+        messages.success(request, "Unblocked.")
+    return _next_or_settings(request)

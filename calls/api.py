@@ -22,7 +22,9 @@ class CallListCreateApi(ListAPIView):
     def get_queryset(self):
         return call_history_for(user=self.request.user)
 
-    @extend_schema(request=CallCreateSerializer, responses={201: CallSerializer})
+    @extend_schema(
+        request=CallCreateSerializer, responses={201: CallSerializer, 200: CallSerializer}
+    )
     def post(self, request: Request) -> Response:
         ser = CallCreateSerializer(data=request.data, context={"request": request})
         ser.is_valid(raise_exception=True)
@@ -33,13 +35,15 @@ class CallListCreateApi(ListAPIView):
                 f"Too many calls; try again in {retry_after} s.", retry_after=retry_after
             )
         try:
-            call = call_start(caller=request.user, callee=callee)
+            call = call_start(caller=request.user, callee=callee, kind=ser.validated_data["kind"])
         except CallUnavailable as exc:
             raise ServiceUnavailable(exc.message) from exc
         except CallError as exc:
             raise ValidationError({"callee": [exc.message]}) from exc
+        # Glare: the callee's own call to us still rang, and is the call (200, not created).
         return Response(
-            CallSerializer(call_history_for(user=request.user).get(pk=call.pk)).data, status=201
+            CallSerializer(call_history_for(user=request.user).get(pk=call.pk)).data,
+            status=201 if call.created_by_id == request.user.pk else 200,
         )
 
 

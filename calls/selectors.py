@@ -5,7 +5,14 @@ from __future__ import annotations
 from django.contrib.auth import get_user_model
 from django.db.models import Prefetch, QuerySet
 
-from .models import Call, CallState, Participant, ParticipantRole, ParticipantState
+from .models import (
+    Call,
+    CallState,
+    Participant,
+    ParticipantRole,
+    ParticipantState,
+    QualitySample,
+)
 
 
 def participant_for(*, call_id, user) -> Participant | None:
@@ -27,6 +34,7 @@ def peers_present(*, call_id, user) -> list[Participant]:
 def call_history_for(*, user) -> QuerySet[Call]:
     return (
         Call.objects.filter(participants__user=user)
+        .select_related("created_by")
         .prefetch_related(
             Prefetch("participants", queryset=Participant.objects.select_related("user", "relay"))
         )
@@ -63,3 +71,39 @@ def callee_for(*, caller, username: str):
     if user.pk == caller.pk:
         raise NotCallable("You can't call yourself.")
     return user
+
+
+def missed_count_for(*, user) -> int:
+    """Missed calls to this user that they have not seen yet (opening the history sees them)."""
+    return Call.objects.filter(
+        missed=True,
+        missed_seen=False,
+        participants__user=user,
+        participants__role=ParticipantRole.CALLEE,
+    ).count()
+
+
+def call_quality_for(*, call) -> list[dict]:
+    """Per participant: the paths used and the quality over the call, from its `stats` samples."""
+    out = []
+    for p in call.participants.all():
+        samples = list(QualitySample.objects.filter(participant=p).order_by("at"))
+        rtts = sorted(s.rtt_ms for s in samples if s.rtt_ms is not None)
+        paths: list[str] = []
+        for s in samples:
+            label = s.path + (f" via {s.relay_url}" if s.relay_url else "")
+            if not paths or paths[-1] != label:
+                paths.append(label)
+        grades = [s.grade for s in samples]
+        out.append(
+            {
+                "participant": p,
+                "samples": samples,
+                "count": len(samples),
+                "paths": paths,
+                "median_rtt": rtts[len(rtts) // 2] if rtts else None,
+                "max_loss": max((s.loss_pct or 0 for s in samples), default=None),
+                "grades": {g: grades.count(g) for g in ("good", "fair", "poor") if g in grades},
+            }
+        )
+    return out

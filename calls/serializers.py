@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from .models import Call, Participant
+from .models import Call, CallKind, Participant
 from .selectors import NotCallable, callee_for
 
 
@@ -22,17 +22,21 @@ class CallSerializer(serializers.ModelSerializer):
         model = Call
         fields = (
             "id",
+            "kind",
             "state",
             "created_at",
             "answered_at",
+            "connected_at",
             "ended_at",
             "end_reason",
+            "missed",
             "participants",
         )
 
 
 class CallCreateSerializer(serializers.Serializer):
     callee = serializers.CharField(max_length=150, help_text="The username to call.")
+    kind = serializers.ChoiceField(choices=CallKind.choices, default=CallKind.VIDEO)
 
     def validate_callee(self, value: str):
         try:

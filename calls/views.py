@@ -1,15 +1,22 @@
-"""Web UI for callers: home (start a call, incoming calls), the in-call page, history."""
+"""Web UI for callers: home (start a call), the call screen, history and a call's details."""
+
+from datetime import timedelta
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 
 from .forms import StartCallForm
-from .models import CallState
+from .models import CallKind, CallState
 from .ratelimits import call_start_retry_after
-from .selectors import call_history_for, calls_ringing_for, participant_for
-from .services import CallError, CallUnavailable, call_start
+from .selectors import call_history_for, call_quality_for, participant_for
+from .services import CallError, CallUnavailable, call_start, calls_mark_missed_seen
+
+# An ended call's screen still shows for this long (busy, declined), then its details do.
+ENDED_SCREEN = timedelta(seconds=60)
 
 
 @login_required
@@ -24,20 +31,26 @@ def home(request: HttpRequest) -> HttpResponse:
             form.add_error(None, f"Too many calls; try again in {retry_after} s.")
             status = 429
         else:
+            kind = request.POST.get("kind")
             try:
-                call = call_start(caller=request.user, callee=callee)
+                call = call_start(
+                    caller=request.user,
+                    callee=callee,
+                    kind=kind if kind in CallKind.values else CallKind.VIDEO,
+                )
             except CallUnavailable as exc:
                 form.add_error(None, exc.message)
                 status = 503
             except CallError as exc:
                 form.add_error("callee", exc.message)
             else:
-                return redirect("calls:call", call_id=call.id)
-    context = {
-        "form": form,
-        "ringing": calls_ringing_for(user=request.user)[:10],
-        "recent": call_history_for(user=request.user)[:5],
-    }
+                url = reverse("calls:call", args=[call.id])
+                if call.created_by_id != request.user.pk:
+                    # Glare: they are calling us right now; answer their call.
+                    video = "1" if kind != CallKind.VOICE else "0"
+                    url += f"?answer=1&video={video}"
+                return redirect(url)
+    context = {"form": form, "recent": call_history_for(user=request.user)[:5]}
     if form.errors and status == 200:
         status = 400
     response = render(request, "calls/home.html", context, status=status)
@@ -51,16 +64,21 @@ def call_page(request: HttpRequest, call_id) -> HttpResponse:
     me = participant_for(call_id=call_id, user=request.user)
     if me is None:
         raise Http404("No such call.")  # 404, not 403: call ids are not probeable
-    if me.call.state == CallState.ENDED:
+    call = me.call
+    if call.state == CallState.ENDED and (
+        call.ended_at is None or timezone.now() - call.ended_at > ENDED_SCREEN
+    ):
         return redirect("calls:detail", call_id=call_id)
-    peer = me.call.participants.exclude(pk=me.pk).select_related("user").first()
+    peer = call.participants.exclude(pk=me.pk).select_related("user").first()
     return render(
         request,
         "calls/call.html",
         {
-            "call": me.call,
+            "call": call,
             "me": me,
             "peer": peer,
+            "answer": request.GET.get("answer") == "1",
+            "video": request.GET.get("video") != "0",
             "force_relay": request.GET.get("policy") == "relay",
         },
     )
@@ -68,9 +86,10 @@ def call_page(request: HttpRequest, call_id) -> HttpResponse:
 
 @login_required
 def history(request: HttpRequest) -> HttpResponse:
-    return render(
-        request, "calls/history.html", {"calls": call_history_for(user=request.user)[:100]}
-    )
+    calls = list(call_history_for(user=request.user)[:100])
+    response = render(request, "calls/history.html", {"calls": calls})
+    calls_mark_missed_seen(user=request.user)  # after rendering: this page still shows them new
+    return response
 
 
 @login_required
@@ -79,4 +98,17 @@ def call_detail(request: HttpRequest, call_id) -> HttpResponse:
     if me is None:
         raise Http404("No such call.")
     call = call_history_for(user=request.user).get(pk=call_id)
-    return render(request, "calls/detail.html", {"call": call})
+    peer = next((p for p in call.participants.all() if p.user_id != request.user.pk), None)
+    return render(
+        request,
+        "calls/detail.html",
+        {
+            "call": call,
+            "me": me,
+            "peer": peer,
+            "events": call.events.select_related("user"),
+            "quality": call_quality_for(call=call),
+            "blocked": peer is not None
+            and request.user.blocks.filter(blocked_id=peer.user_id).exists(),
+        },
+    )

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+import uuid
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -222,6 +224,9 @@ class SignalConsumer(AsyncWebsocketConsumer):
             self.delivered = max(self.delivered, n)
         self.delivered = max(self.delivered, seq)
 
+    async def send_json(self, data: dict) -> None:
+        await self.send(text_data=json.dumps(data, separators=(",", ":")))
+
     async def emit_error(
         self, code: str, message: str, *, ref: str | None = None, call: str | None = None
     ) -> None:
@@ -323,18 +328,27 @@ class SignalConsumer(AsyncWebsocketConsumer):
             )
         with contextlib.suppress(*BROADCAST_ERRORS):
             await session_forget(self.redis, session=self.session)
-        self.session, self.delivered, self.resumed = old, msg.body["lastSeq"], True
-        for n, frame in frames:
-            await self.send(text_data=frame)
-            self.delivered = n
-        self.delivered = max(self.delivered, seq)
+        self.session, self.resumed = old, True
         calls = await run_and_announce(
             call_resume_session, user=self.user, session=old, channel_name=self.channel_name
         )
         self.joined = set(calls)
-        await self.emit(
-            "resumed", ref=msg.id, body={"session": old, "replayed": len(frames), "calls": calls}
+        # Unnumbered, and before the replay: the page knows that what follows is numbered in the
+        # resumed session (frames before it were numbered in the socket's fresh one).
+        await self.send_json(
+            {
+                "v": 1,
+                "type": "resumed",
+                "id": str(uuid.uuid4()),
+                "ref": msg.id,
+                "body": {"session": old, "replayed": len(frames), "calls": calls},
+            }
         )
+        self.delivered = msg.body["lastSeq"]
+        for n, frame in frames:
+            await self.send(text_data=frame)
+            self.delivered = n
+        self.delivered = max(self.delivered, seq)
 
     async def on_join(self, msg: ClientMessage) -> None:
         me = await self._member(msg)

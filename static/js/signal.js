@@ -1,5 +1,11 @@
-// The signaling client: one WebSocket per page, the envelope of docs/signaling.md, and
-// reconnection with back-off. Listeners get the whole envelope.
+// The signaling client (docs/signaling.md): one WebSocket per page, the envelope, reconnection
+// with back-off, resume of the device session, and a bounded queue for frames sent while the
+// socket is away. Listeners get the whole envelope.
+
+export const QUEUE_LIMIT = 200;
+// Close codes after which reconnecting is pointless: not signed in / signed out, disabled.
+const FINAL_CLOSE_CODES = new Set([4401, 4403]);
+
 export class Signal {
   constructor(path = "/ws/signal/") {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
@@ -7,7 +13,15 @@ export class Signal {
     this.handlers = new Map();
     this.retry = 0;
     this.closedByUs = false;
+    this.finished = false; // closed for good (4401/4403, or by the page)
+    this.ready = false; // open, welcomed, and resumed (or fresh): frames go straight out
+    this.resuming = false;
+    this.session = null;
+    this.lastSeq = 0;
+    this.queue = [];
     this.welcome = null;
+    // For the browser tests and for debugging: what the numbering saw.
+    this.counters = { frames: 0, duplicates: 0, gaps: 0, resumes: 0, resumeFailures: 0, replayed: 0 };
   }
 
   on(type, fn) {
@@ -22,39 +36,119 @@ export class Signal {
   }
 
   connect() {
-    return new Promise((resolve) => {
-      const ws = new WebSocket(this.url);
-      this.ws = ws;
-      let welcomed = false;
-      ws.onmessage = (ev) => {
-        let msg;
-        try { msg = JSON.parse(ev.data); } catch { return; }
-        if (msg.type === "welcome") {
-          this.retry = 0;
-          this.welcome = msg;
-          if (!welcomed) { welcomed = true; resolve(msg); }
-        }
-        this.dispatch(msg.type, msg);
-      };
-      ws.onclose = (ev) => {
-        this.dispatch("close", { code: ev.code });
-        if (this.closedByUs || ev.code === 4401 || ev.code === 4403) return; // signed out, disabled
-        const delay = Math.min(10000, 500 * 2 ** this.retry++);
-        setTimeout(() => this.connect().then((m) => this.dispatch("reconnected", m)), delay);
-      };
-    });
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    ws.onmessage = (ev) => {
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch { return; }
+      this.receive(msg);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ready = false;
+      this.resuming = false;
+      this.dispatch("close", { code: ev.code });
+      if (this.closedByUs || FINAL_CLOSE_CODES.has(ev.code)) {
+        this.finished = true;
+        this.dispatch("finished", { code: ev.code });
+        return;
+      }
+      const delay = Math.min(10000, 500 * 2 ** this.retry++);
+      setTimeout(() => this.connect(), delay);
+    };
+    return this;
   }
 
+  receive(msg) {
+    if (msg.type === "welcome") {
+      this.retry = 0;
+      if (this.session) {
+        // A reconnect: ask for what we missed. Until the answer, frames are numbered in the
+        // socket's fresh session, so they are neither deduplicated nor counted.
+        this.resuming = true;
+        this.pendingWelcome = msg;
+        this.counters.resumes += 1;
+        this.ws.send(JSON.stringify({
+          v: 1, type: "resume", id: crypto.randomUUID(), body: { session: this.session, lastSeq: this.lastSeq },
+        }));
+        return;
+      }
+      this.session = msg.body.session;
+      this.lastSeq = msg.seq || 0;
+      this.welcome = msg;
+      this.ready = true;
+      this.dispatch("welcome", msg);
+      this.flush();
+      return;
+    }
+    if (this.resuming) {
+      if (msg.type === "resumed") {
+        this.resuming = false;
+        this.ready = true;
+        this.counters.replayed += msg.body.replayed;
+        this.dispatch("resumed", msg);
+        this.flush();
+        return;
+      }
+      if (msg.type === "error" && msg.body.code === "resume_failed") {
+        // Carry on with the fresh session: the page joins its calls again.
+        this.resuming = false;
+        this.counters.resumeFailures += 1;
+        this.session = this.pendingWelcome.body.session;
+        this.lastSeq = msg.seq || 0;
+        this.welcome = this.pendingWelcome;
+        this.ready = true;
+        this.dispatch("welcome", this.pendingWelcome);
+        this.flush();
+        return;
+      }
+      this.dispatch(msg.type, msg);
+      return;
+    }
+    if (typeof msg.seq === "number") {
+      if (msg.seq <= this.lastSeq) { this.counters.duplicates += 1; return; }
+      if (msg.seq > this.lastSeq + 1) this.counters.gaps += 1;
+      this.lastSeq = msg.seq;
+    }
+    this.counters.frames += 1;
+    this.dispatch(msg.type, msg);
+  }
+
+  // Send now when the socket is ready, else queue (bounded). Returns the frame id.
   send(type, call, body = {}) {
     const id = crypto.randomUUID();
     const frame = { v: 1, type, id, body };
     if (call) frame.call = call;
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame));
+    if (this.finished) {
+      this.dispatch("error", { type: "error", body: { code: "closed", message: "The connection is closed." } });
+      return id;
+    }
+    if (this.ready && this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify(frame));
+    } else if (this.queue.length >= QUEUE_LIMIT) {
+      this.dispatch("error", {
+        type: "error",
+        body: { code: "queue_full", message: `The connection is away and ${QUEUE_LIMIT} messages wait already.` },
+      });
+    } else {
+      this.queue.push(frame);
+    }
     return id;
+  }
+
+  flush() {
+    while (this.queue.length && this.ready && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify(this.queue.shift()));
+    }
+  }
+
+  // Drop queued frames of a call (e.g. candidates of a peer connection that was replaced).
+  dropQueued(predicate) {
+    this.queue = this.queue.filter((f) => !predicate(f));
   }
 
   close() {
     this.closedByUs = true;
-    if (this.ws) this.ws.close();
+    if (this.ws) this.ws.close(1000);
   }
 }

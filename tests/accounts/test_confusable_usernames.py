@@ -41,7 +41,8 @@ def test_the_incoming_call_shows_the_username_next_to_the_display_name(client, a
 
     User.objects.filter(pk=alice.pk).update(display_name="Bob's bank")
     alice.refresh_from_db()
-    call_start(caller=alice, callee=bob)
+    call = call_start(caller=alice, callee=bob)
     client.force_login(bob)
-    html = client.get("/").content.decode()
-    assert 'Bob&#x27;s bank</strong> <span class="muted">@alice</span> is calling' in html
+    # The call screen (the ringer banner renders the same pair from the `incoming` frame).
+    html = client.get(f"/calls/{call.id}/").content.decode()
+    assert 'Bob&#x27;s bank <span class="muted handle">@alice</span>' in html

@@ -1,6 +1,9 @@
 """Starting calls from the web UI, the in-call page and history: owner, member, outsider."""
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from calls.models import Call, CallState, Participant
 from calls.services import call_end, call_start
@@ -51,6 +54,11 @@ def test_an_ended_call_page_goes_to_its_details(client, alice, bob, password):
     call = call_start(caller=alice, callee=bob)
     call_end(call_id=call.id, user=alice)
     client.login(username="bob", password=password)
+    # Just ended: its screen says how (busy, declined…), and the page moves on by itself.
+    response = client.get(f"/calls/{call.id}/")
+    assert response.status_code == 200 and b'data-state="ended"' in response.content
+    assert b'data-end-reason="hangup"' in response.content
+    Call.objects.filter(pk=call.pk).update(ended_at=timezone.now() - timedelta(minutes=2))
     response = client.get(f"/calls/{call.id}/")
     assert response.status_code == 302 and response["Location"] == f"/calls/{call.id}/details/"
 
@@ -65,7 +73,7 @@ def test_history_shows_participants_and_connection_types(client, alice, bob, cha
 
     client.login(username="alice", password=password)
     html = client.get("/calls/").content.decode()
-    assert html.count("<tr data-call=") == 1  # alice sees her call only
+    assert html.count("<li data-call=") == 1  # alice sees her call only
     assert "conn-relay" in html and "conn-host" in html
     detail = client.get(f"/calls/{call.id}/details/").content.decode()
     assert (

@@ -1,0 +1,13 @@
+"""What every page shows about calls: the count of missed calls not yet seen (the nav badge)."""
+
+from django.utils.functional import SimpleLazyObject
+
+from .selectors import missed_count_for
+
+
+def missed_calls(request) -> dict:
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {}
+    # Lazy: only pages that render the badge pay for the query.
+    return {"missed_count": SimpleLazyObject(lambda: missed_count_for(user=user))}
