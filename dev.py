@@ -66,6 +66,8 @@ TYPED_MODULES = [
     "calls/services.py",
     "calls/ratelimits.py",
     "calls/selectors.py",
+    "signaling/sessions.py",
+    "accounts/services.py",
 ]
 
 

@@ -169,7 +169,9 @@ def call_start(*, caller, callee, kind: str = CallKind.VIDEO) -> Call:
         elif callee.do_not_disturb:
             ended_reason = EndReason.NO_ANSWER
         if ended_reason is not None:
-            _end_locked(call, user=None, reason=ended_reason, at=now, detail="never rang")
+            _end_locked(
+                call, user=None, reason=ended_reason, at=now, detail="never rang", announce=False
+            )
     if call.state == CallState.ENDED:
         logger.info("call %s from user %s not rung: %s", call.id, caller.pk, call.end_reason)
         return call
@@ -463,8 +465,11 @@ def participant_media(*, participant: Participant, audio: bool, video: bool, scr
         )
 
 
-def _end_locked(call: Call, *, user, reason: str, at=None, detail: str = "") -> Call:
-    """End a call whose row is locked (or new): store it and tell every device."""
+def _end_locked(
+    call: Call, *, user, reason: str, at=None, detail: str = "", announce: bool = True
+) -> Call:
+    """End a call whose row is locked (or new): store it and tell every device (a call that
+    never rang, busy or do-not-disturb, has nobody to tell)."""
     now = at or timezone.now()
     participants = list(Participant.objects.filter(call=call))
     sessions = _sessions(participants)
@@ -482,6 +487,8 @@ def _end_locked(call: Call, *, user, reason: str, at=None, detail: str = "") -> 
     _record(call.pk, CallState.ENDED, user=user, at=now, detail=detail or reason)
     by = user.pk if user is not None else None
     body = {"by": by, "reason": reason}
+    if not announce:
+        return call
     send_to_sessions_on_commit(sessions, "hangup", call=call.pk, body=body)
     # Devices that ring (not in the call) hear it through the user's group.
     send_to_users_on_commit(

@@ -133,7 +133,7 @@ async def session_push(
 ) -> tuple[int, str]:
     """Number and keep one frame; returns (seq, the session's channel), or (0, "") when the
     session is gone. `live` (the session's own consumer) refreshes its lifetime."""
-    seq, channel = await redis.eval(  # type: ignore[misc]
+    seq, channel = await redis.eval(
         _PUSH, 2, *session_keys(session), text, REPLAY_FRAMES, LIVE_TTL_SECONDS if live else 0
     )
     if isinstance(channel, bytes):
@@ -144,7 +144,7 @@ async def session_push(
 async def frames_after(redis: aioredis.Redis, *, session: str, after: int, upto: int):
     """The stored frames with after < seq <= upto, in order, as (seq, text)."""
     entries = await redis.zrangebyscore(session_keys(session)[1], f"({after}", upto)
-    return [stored_frame(e) for e in entries]
+    return [stored_frame(e) for e in entries if isinstance(e, bytes | str)]
 
 
 async def session_adopt(
@@ -152,7 +152,7 @@ async def session_adopt(
 ) -> tuple[int, str, list[tuple[int, str]]]:
     """Move a session to a new socket. Returns (its seq, its old channel, the frames after
     last_seq), or (RESUME_*, "", []) when it can't be resumed."""
-    result = await redis.eval(  # type: ignore[misc]
+    result = await redis.eval(
         _ADOPT, 2, *session_keys(session), str(user_id), channel, last_seq, LIVE_TTL_SECONDS
     )
     code = int(result[0])
@@ -165,7 +165,7 @@ async def session_adopt(
 async def session_detach(redis: aioredis.Redis, *, session: str, channel: str) -> None:
     """The socket closed: the session is kept for the grace window (unless another socket has
     adopted it meanwhile)."""
-    await redis.eval(_DETACH, 2, *session_keys(session), channel, grace_ttl())  # type: ignore[misc]
+    await redis.eval(_DETACH, 2, *session_keys(session), channel, grace_ttl())
 
 
 async def session_forget(redis: aioredis.Redis, *, session: str) -> None:

@@ -1,0 +1,103 @@
+"""Resume: `seq` counts per device session across reconnects, and a socket that comes back gets
+exactly what it missed (no loss, no duplicates), in order."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from calls.models import Participant, ParticipantState
+from calls.services import call_start
+from signaling.sessions import REPLAY_FRAMES, frame_text, redis_for_loop, session_push
+
+from .test_signaling import CANDIDATE, in_call
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def call(alice, bob):
+    return call_start(caller=alice, callee=bob)
+
+
+async def drain(sock) -> int:
+    """Read what is waiting; returns the last seq seen."""
+    last = 0
+    while not await sock.nothing(0.2):
+        last = (await sock.recv())["seq"]
+    return last
+
+
+async def test_a_resumed_session_gets_what_it_missed_once_and_in_order(connect, alice, bob, call):
+    a, b = await in_call(connect, alice, bob, call)
+    session = a.welcome["body"]["session"]
+    last = await drain(a)
+    await a.close()
+    await b.recv_type("peer-reconnecting")
+
+    # While alice is away, bob keeps signaling: it waits in alice's session.
+    for i in range(5):
+        await b.send(
+            "candidate", call.id, {"candidate": {**CANDIDATE["candidate"], "sdpMid": str(i)}}
+        )
+    assert await b.nothing(0.3)  # no peer_not_present: a reconnecting peer is still there
+
+    a2 = await connect(alice)
+    assert a2.welcome["body"]["session"] != session
+    await a2.send("resume", body={"session": session, "lastSeq": last})
+    resumed = await a2.recv()
+    assert resumed["type"] == "resumed" and "seq" not in resumed
+    assert resumed["body"]["session"] == session and resumed["body"]["calls"] == [str(call.id)]
+    replayed = [await a2.recv() for _ in range(resumed["body"]["replayed"])]
+    candidates = [m for m in replayed if m["type"] == "candidate"]
+    assert [m["body"]["candidate"]["sdpMid"] for m in candidates] == ["0", "1", "2", "3", "4"]
+    seqs = [m["seq"] for m in replayed]
+    assert seqs == list(range(last + 1, last + 1 + len(seqs)))  # no gap, no duplicate
+
+    # The device is back in the call, and the numbering goes on.
+    assert (await b.recv_type("peer-joined"))["body"] == {"user": alice.pk, "resumed": True}
+    p = await sync_to_async(Participant.objects.get)(call=call, user=alice)
+    assert p.state == ParticipantState.JOINED and p.session == session
+    await b.send("candidate", call.id, CANDIDATE)
+    nxt = await a2.recv_type("candidate")
+    assert nxt["seq"] == seqs[-1] + 1
+    await a2.send("candidate", call.id, CANDIDATE)
+    assert (await b.recv_type("candidate"))["body"]["from"] == alice.pk
+
+
+async def test_resume_is_refused_for_other_peoples_and_unknown_sessions(
+    connect, alice, bob, charlie, call
+):
+    a, b = await in_call(connect, alice, bob, call)
+    c = await connect(charlie)
+    await c.send("resume", body={"session": a.welcome["body"]["session"], "lastSeq": 0})
+    assert (await c.error())["code"] == "resume_failed"
+    c2 = await connect(charlie)
+    await c2.send("resume", body={"session": "s-nothing", "lastSeq": 0})
+    assert (await c2.error())["code"] == "resume_failed"
+    await c2.send("resume", body={"session": 5, "lastSeq": "x"})
+    assert (await c2.error())["code"] == "bad_body"
+    # alice's session was not taken: her socket still gets her frames.
+    await b.send("candidate", call.id, CANDIDATE)
+    assert (await a.recv_type("candidate"))["body"]["from"] == bob.pk
+
+
+async def test_a_session_too_far_behind_is_not_resumed(connect, alice, bob, call):
+    a, b = await in_call(connect, alice, bob, call)
+    session = a.welcome["body"]["session"]
+    await a.close()
+    redis = redis_for_loop()
+    for _ in range(REPLAY_FRAMES + 5):
+        await session_push(redis, session=session, text=frame_text("pong"))
+    a2 = await connect(alice)
+    await a2.send("resume", body={"session": session, "lastSeq": 1})
+    assert (await a2.error())["code"] == "resume_failed"
+    # The page carries on with its new session: it joins again.
+    await a2.send("join", call.id, {"resume": True})
+    assert (await a2.recv_type("joined"))["body"]["resumed"] is True
+
+
+async def test_resume_only_first(connect, alice, bob, call):
+    a, b = await in_call(connect, alice, bob, call)
+    await a.send("resume", body={"session": a.welcome["body"]["session"], "lastSeq": 0})
+    assert (await a.error())["code"] == "resume_failed"
