@@ -44,6 +44,8 @@ APT_PACKAGES = {
     "pg_ctlcluster": "postgresql",
     "faketime": "faketime",  # runs a test relay with its clock off, for the clock-skew check
     "openssl": "openssl",  # a self-signed certificate for the TLS (turns:) test relay
+    "node": "nodejs",  # ESLint for static/js (package-lock.json pins it, with hashes)
+    "npm": "npm",
 }
 
 
@@ -594,6 +596,29 @@ def ensure_redis() -> str | None:
     return None
 
 
+def lint_js() -> None:
+    """ESLint on the browser modules, installed from package-lock.json (exact versions with
+    integrity hashes) into node_modules, again only when the lock changed."""
+    if not (shutil.which("node") and shutil.which("npm")):
+        raise SystemExit(
+            "[traverse] node and npm are needed to lint static/js (Debian: apt-get install nodejs npm)"
+        )
+    stamp = ROOT / "node_modules" / ".traverse-lock"
+    lock = (ROOT / "package-lock.json").read_bytes()
+    if not stamp.exists() or stamp.read_bytes() != lock:
+        say("installing ESLint from package-lock.json (npm ci)")
+        subprocess.run(
+            ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=ROOT,
+            check=True,
+        )
+        stamp.write_bytes(lock)
+    say("lint (eslint) on static/js")
+    subprocess.run(
+        [str(ROOT / "node_modules" / ".bin" / "eslint"), "static/js"], cwd=ROOT, check=True
+    )
+
+
 def cmd_test(pytest_args: list[str]) -> int:
     ensure_venv("dev")
     install_system_packages()
@@ -619,6 +644,7 @@ def cmd_test(pytest_args: list[str]) -> int:
         check=True,
         env={**env, "DATABASE_URL": "sqlite:///:memory:"},
     )
+    lint_js()
     rc = 0
     if db_url and redis_url:
         say(f"full suite on PostgreSQL ({db_url}) and Redis ({redis_url})")

@@ -66,6 +66,17 @@ class Call(models.Model):
         return f"call {self.id} ({self.state})"
 
     @property
+    def path_summary(self) -> str:
+        """"relayed" when any side went through a TURN relay, "direct" when both reported a
+        direct path, "" before anyone reported (uses prefetched participants)."""
+        types = {p.connection_type for p in self.participants.all()}
+        if ConnectionType.RELAY in types:
+            return "relayed"
+        if types and "" not in types:
+            return "direct"
+        return ""
+
+    @property
     def is_live(self) -> bool:
         return self.state in LIVE_STATES
 

@@ -332,9 +332,11 @@ export function init(root) {
     return total;
   };
 
+  // The relay's name for a TURN URL: iceServers[i] and relays[i] describe the same relay.
   function relayName(url) {
-    const r = call.ice && call.ice.relays ? call.ice.relays.find((x) => (x.urls || []).includes(url)) : null;
-    return r ? r.name : url;
+    if (!call.ice) return url;
+    const i = call.ice.iceServers.findIndex((s) => [].concat(s.urls).includes(url));
+    return i >= 0 && call.ice.relays[i] ? call.ice.relays[i].name : url;
   }
 
   function showPath(sel) {

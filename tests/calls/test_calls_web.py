@@ -74,7 +74,8 @@ def test_history_shows_participants_and_connection_types(client, alice, bob, cha
     client.login(username="alice", password=password)
     html = client.get("/calls/").content.decode()
     assert html.count("<li data-call=") == 1  # alice sees her call only
-    assert "conn-relay" in html and "conn-host" in html
+    # One badge per call: relayed when any side went through a relay; each side in its title.
+    assert ">relayed</span>" in html and "Alice: relay; Bob: host" in html
     detail = client.get(f"/calls/{call.id}/details/").content.decode()
     assert (
         'data-user="alice"' in detail and 'data-user="bob"' in detail and "turn:r.example" in detail

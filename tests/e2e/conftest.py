@@ -27,6 +27,8 @@ CHROMIUM_ARGS = [
     "--disable-quic",
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
+    # Ringtones play without a click first (a real page rings visually until it has had one).
+    "--autoplay-policy=no-user-gesture-required",
 ]
 
 
@@ -58,8 +60,9 @@ def child_env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def services(django_db_setup, django_db_blocker, tmp_path_factory):
-    """Daphne serving the ASGI app and a Celery worker, both on the test database and Redis."""
+def services(django_db_setup, django_db_blocker, tmp_path_factory, request):
+    """Daphne serving the ASGI app and a Celery worker, both on the test database and Redis.
+    A test module can set SERVICES_ENV (e.g. a short ring timeout) for both processes."""
     from django.db import connection
 
     if connection.vendor == "sqlite":
@@ -68,7 +71,7 @@ def services(django_db_setup, django_db_blocker, tmp_path_factory):
         )
     logs = tmp_path_factory.mktemp("e2e-logs")
     port = free_port()
-    env = child_env()
+    env = {**child_env(), **getattr(request.module, "SERVICES_ENV", {})}
     commands = platform_commands(
         python=sys.executable,
         port=port,
@@ -172,13 +175,27 @@ def sign_in(browser, base: str, username: str, password: str):
     return page
 
 
-def dial_and_answer(caller_page, callee_page, callee: str) -> None:
-    """The caller rings `callee` from the home page, the callee joins from theirs, and both
-    pages get connected."""
+RINGING = "window.traverseRinger && window.traverseRinger.ringing.length > 0"
+
+
+def dial(caller_page, callee: str, *, voice: bool = False) -> None:
+    """The caller rings `callee` from the home page and lands on the call screen."""
     caller_page.fill("input[name=callee]", callee)
-    caller_page.click("#dial")
+    caller_page.click("#dial-voice" if voice else "#dial")
     caller_page.wait_for_url("**/calls/*/")
-    callee_page.wait_for_selector("#incoming li a", timeout=10_000)
-    callee_page.click("#incoming li a")
+
+
+def answer(callee_page, *, video: bool = True) -> None:
+    """The callee answers from the ringing banner (any page of the site)."""
+    wait_until(callee_page, RINGING, timeout=10_000)
+    callee_page.click(f"#ringer [data-action=accept-{'video' if video else 'audio'}]")
+    callee_page.wait_for_url("**/calls/*/?answer=1*")
+
+
+def dial_and_answer(caller_page, callee_page, callee: str) -> None:
+    """The caller rings `callee` from the home page, the callee answers on theirs, and both
+    pages get connected."""
+    dial(caller_page, callee)
+    answer(callee_page)
     for page in (caller_page, callee_page):
         wait_until(page, CONNECTED, timeout=20_000)

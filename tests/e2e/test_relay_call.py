@@ -10,7 +10,14 @@ import pytest
 from relays.models import Relay, RelayStatus
 from relays.services import relay_create
 from tests.conftest import loopback_relay
-from tests.e2e.conftest import CONNECTED, dial_and_answer, sign_in, sweep_through_worker, wait_until
+from tests.e2e.conftest import (
+    CONNECTED,
+    answer,
+    dial_and_answer,
+    sign_in,
+    sweep_through_worker,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -46,8 +53,7 @@ def test_two_browsers_call_through_the_assigned_relay(
     t_dial = time.perf_counter()
     a.click("#dial")
     a.wait_for_url("**/calls/*/")
-    b.wait_for_selector("#incoming li a", timeout=10_000)
-    b.click("#incoming li a")
+    answer(b)
     for page in (a, b):
         wait_until(
             page,
@@ -81,10 +87,10 @@ def test_two_browsers_call_through_the_assigned_relay(
     assert call.state == "ended" and call.end_reason == "hangup"
 
     b.reload()
-    rows = b.locator("table.participants tbody tr")
+    rows = b.locator(".participants .participant")
     assert rows.count() == 2
     for username in ("alice", "bob"):
-        row = b.locator(f"tr[data-user={username}]")
+        row = b.locator(f".participant[data-user={username}]")
         assert row.locator(".conn-type").inner_text() == "relay"
         assert row.locator(".relay-name").inner_text() == "e2e-relay"
 

@@ -193,7 +193,7 @@ def test_signaling_restarted_mid_call_media_never_stops(
     for p in call.participants.all():
         assert p.joined_at == joined_at[p.user_id]
     call.refresh_from_db()
-    assert call.state == "active"
+    assert call.state == "connected"
     a.click("#hangup")
     b.wait_for_url("**/details/", timeout=10_000)
     for page in (a, b):
@@ -289,7 +289,7 @@ def test_the_database_unreachable_for_10_s(stack, alice, bob):
     answered 201."""
     from django.db import connection
 
-    from tests.faults.conftest import TcpProxy
+    from tests.conftest import TcpProxy
 
     settings_dict = connection.settings_dict
     proxy = TcpProxy(
