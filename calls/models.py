@@ -67,7 +67,7 @@ class Call(models.Model):
 
     @property
     def path_summary(self) -> str:
-        """"relayed" when any side went through a TURN relay, "direct" when both reported a
+        """ "relayed" when any side went through a TURN relay, "direct" when both reported a
         direct path, "" before anyone reported (uses prefetched participants)."""
         types = {p.connection_type for p in self.participants.all()}
         if ConnectionType.RELAY in types:

@@ -68,8 +68,8 @@ async def push_to_session(session: str, event: dict, *, redis=None) -> None:
 
 
 async def _deliver(kind: str, targets, event: dict, *, loop_client: bool = True) -> None:
-    """Send one announcement: to every device of each user ("users"), to device channels, or
-    into device sessions ("sessions", numbered and replayable).
+    """Send one announcement: to every device of each user ("users"), or into device sessions
+    ("sessions", numbered and replayable).
 
     `loop_client` uses this loop's cached Redis client (a consumer's loop lives as long as the
     server); sync code (async_to_sync, one short-lived loop per call) opens and closes its own.
@@ -83,10 +83,7 @@ async def _deliver(kind: str, targets, event: dict, *, loop_client: bool = True)
                 await push_to_session(target, event, redis=redis)
             return
         for target in targets:
-            if kind == "users":
-                await layer.group_send(user_group(target), event)
-            else:
-                await layer.send(target, event)
+            await layer.group_send(user_group(target), event)
     except BROADCAST_ERRORS as exc:
         logger.warning("could not announce %s: %s", event.get("type") or event.get("frame"), exc)
     finally:
@@ -110,11 +107,6 @@ def _on_commit(kind: str, targets, event: dict) -> None:
 def send_to_users_on_commit(user_ids, event: dict) -> None:
     """group_send `event` to every device of each user, once the transaction commits."""
     _on_commit("users", list(user_ids), event)
-
-
-def send_to_channels_on_commit(channel_names, event: dict) -> None:
-    """send `event` to specific device channels, once the transaction commits."""
-    _on_commit("channels", list(channel_names), event)
 
 
 def send_to_sessions_on_commit(sessions, frame: str, *, call=None, body=None) -> None:

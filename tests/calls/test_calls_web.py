@@ -80,3 +80,56 @@ def test_history_shows_participants_and_connection_types(client, alice, bob, cha
     assert (
         'data-user="alice"' in detail and 'data-user="bob"' in detail and "turn:r.example" in detail
     )
+
+
+def test_calling_someone_who_is_calling_you_answers_their_call(client, alice, bob, password):
+    """Glare from the web form: no second call; the form takes alice into bob's call, answering."""
+    theirs = call_start(caller=bob, callee=alice)
+    client.login(username="alice", password=password)
+    response = client.post("/", {"callee": "bob", "kind": "voice"})
+    assert response.status_code == 302
+    assert response["Location"] == f"/calls/{theirs.id}/?answer=1&video=0"
+    assert Call.objects.count() == 1
+
+
+def test_a_voice_call_is_stored_as_one(client, alice, bob, password):
+    client.login(username="alice", password=password)
+    client.post("/", {"callee": "bob", "kind": "voice"})
+    assert Call.objects.get().kind == "voice"
+
+
+def test_a_blocked_caller_is_told_unavailable(client, alice, bob, password):
+    from accounts.services import block_create
+
+    block_create(blocker=bob, blocked=alice)
+    client.login(username="alice", password=password)
+    response = client.post("/", {"callee": "bob"})
+    assert (
+        response.status_code == 400 and "That person is unavailable." in response.content.decode()
+    )
+    assert not Call.objects.exists()
+
+
+def test_settings_turn_do_not_disturb_on_and_block_and_unblock(client, alice, bob, password):
+    client.login(username="alice", password=password)
+    assert (
+        client.post("/accounts/settings/", {"action": "dnd", "do_not_disturb": "on"}).status_code
+        == 302
+    )
+    alice.refresh_from_db()
+    assert alice.do_not_disturb
+    client.post("/accounts/block/", {"username": "BOB"})
+    assert list(alice.blocks.values_list("blocked__username", flat=True)) == ["bob"]
+    page = client.get("/accounts/settings/").content.decode()
+    assert "@bob" in page and "checked" in page
+    assert client.post("/accounts/block/", {"username": "alice"}).status_code == 400
+    assert client.post("/accounts/block/", {"username": "nobody"}).status_code == 400
+    response = client.post(f"/accounts/unblock/{bob.pk}/", {"next": "https://evil.example/"})
+    assert response["Location"] == "/accounts/settings/"  # never an open redirect
+    assert not alice.blocks.exists()
+    # Only your own blocks: unblocking someone else's block does nothing.
+    from accounts.services import block_create
+
+    block_create(blocker=bob, blocked=alice)
+    client.post(f"/accounts/unblock/{alice.pk}/")
+    assert bob.blocks.count() == 1
