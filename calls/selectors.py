@@ -73,14 +73,18 @@ def callee_for(*, caller, username: str):
     return user
 
 
-def missed_count_for(*, user) -> int:
+def missed_unseen_for(*, user) -> QuerySet[Call]:
     """Missed calls to this user that they have not seen yet (opening the history sees them)."""
     return Call.objects.filter(
         missed=True,
         missed_seen=False,
         participants__user=user,
         participants__role=ParticipantRole.CALLEE,
-    ).count()
+    )
+
+
+def missed_count_for(*, user) -> int:
+    return missed_unseen_for(user=user).count()
 
 
 def call_quality_for(*, call) -> list[dict]:

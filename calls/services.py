@@ -41,7 +41,7 @@ from .models import (
     QualitySample,
     quality_grade,
 )
-from .selectors import peers_present
+from .selectors import missed_unseen_for, peers_present
 
 logger = logging.getLogger(__name__)
 
@@ -511,12 +511,7 @@ def call_end(*, call_id, user=None, reason: str = EndReason.HANGUP) -> Call:
 
 def calls_mark_missed_seen(*, user) -> int:
     """The callee opened their history: their missed calls are no longer counted as new."""
-    return Call.objects.filter(
-        missed=True,
-        missed_seen=False,
-        participants__user=user,
-        participants__role=ParticipantRole.CALLEE,
-    ).update(missed_seen=True)
+    return missed_unseen_for(user=user).update(missed_seen=True)
 
 
 def calls_expire(*, now=None) -> dict:

@@ -130,21 +130,11 @@ def _validate_body(msg: ClientMessage) -> None:
                 clean[key] = cand[key]
         msg.body = {"candidate": clean}
     elif msg.type == "report":
-        ctype = b.get("connectionType")
-        if ctype not in CONNECTION_TYPES:
-            raise ProtocolError(
-                "bad_body",
-                f"`report` needs body.connectionType, one of {', '.join(CONNECTION_TYPES)}.",
-                msg.id,
-            )
-        relay_url = b.get("relayUrl") or ""
-        rtt = b.get("rttMs")
-        if not isinstance(relay_url, str) or len(relay_url) > 300:
-            raise ProtocolError("bad_body", "`relayUrl` must be a short string.", msg.id)
+        ctype, relay_url = _path(b, "connectionType", msg)
         msg.body = {
             "connectionType": ctype,
             "relayUrl": relay_url,
-            "rttMs": _number(rtt, "rttMs", 600_000, msg.id),
+            "rttMs": _number(b.get("rttMs"), "rttMs", 600_000, msg.id),
         }
     elif msg.type == "join":
         resume = b.get("resume", False)
@@ -180,16 +170,7 @@ def _validate_body(msg: ClientMessage) -> None:
             )
         msg.body = flags
     elif msg.type == "stats":
-        path = b.get("path")
-        if path not in CONNECTION_TYPES:
-            raise ProtocolError(
-                "bad_body",
-                f"`stats` needs body.path, one of {', '.join(CONNECTION_TYPES)}.",
-                msg.id,
-            )
-        relay_url = b.get("relayUrl") or ""
-        if not isinstance(relay_url, str) or len(relay_url) > 300:
-            raise ProtocolError("bad_body", "`relayUrl` must be a short string.", msg.id)
+        path, relay_url = _path(b, "path", msg)
         out: dict = {"path": path, "relay_url": relay_url}
         for key, name, top in (
             ("rttMs", "rtt_ms", 600_000),
@@ -209,10 +190,25 @@ def _validate_body(msg: ClientMessage) -> None:
         msg.body = {}
 
 
+def _path(b: dict, key: str, msg: ClientMessage) -> tuple[str, str]:
+    """A candidate pair's type (body[key]) and the relay URL it went through, if any."""
+    kind = b.get(key)
+    if kind not in CONNECTION_TYPES:
+        raise ProtocolError(
+            "bad_body",
+            f"`{msg.type}` needs body.{key}, one of {', '.join(CONNECTION_TYPES)}.",
+            msg.id,
+        )
+    relay_url = b.get("relayUrl") or ""
+    if not isinstance(relay_url, str) or len(relay_url) > 300:
+        raise ProtocolError("bad_body", "`relayUrl` must be a short string.", msg.id)
+    return kind, relay_url
+
+
 def _number(value, name: str, top: float, ref: str | None) -> float | None:
     """An optional, finite, non-negative number below `top`."""
     if value is None:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < top:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= top:
         raise ProtocolError("bad_body", f"`{name}` must be a number from 0 to {top}.", ref)
     return float(value)

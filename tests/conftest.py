@@ -403,3 +403,8 @@ class TcpProxy:
 
     def restore(self) -> None:
         self.open = True
+
+    def close(self) -> None:
+        self.stopping = True
+        self.cut()
+        self.listener.close()

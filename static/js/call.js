@@ -344,9 +344,13 @@ export function init(root) {
     ui.conn.classList.remove("muted");
   }
 
-  async function reportConnection() {
+  // Right at "connected" getStats() may not name the selected pair yet: try again shortly.
+  async function reportConnection(tries = 20) {
     const sel = await selectedPair();
-    if (!sel) return;
+    if (!sel) {
+      if (tries > 0 && call.pc && !call.ended) setTimeout(() => reportConnection(tries - 1), 250);
+      return;
+    }
     call.report = { connectionType: sel.connectionType, relayUrl: sel.relayUrl, rttMs: sel.rttMs, localType: sel.localType };
     showPath(sel);
     signal.send("report", call.id, { connectionType: sel.connectionType, relayUrl: sel.relayUrl, rttMs: sel.rttMs });

@@ -40,6 +40,14 @@ def relay_up(coturn, name: str = "phone-relay"):
     return relay, server
 
 
+def alice_and_bob(services, browser, coturn, password):
+    """One relay, swept up by the worker, and alice's and bob's home pages (relay-only)."""
+    base = services["base"]
+    relay_up(coturn)
+    assert sweep_through_worker() == {"phone-relay": "up"}
+    return base, sign_in(browser, base, "alice", password), sign_in(browser, base, "bob", password)
+
+
 def ms_since(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000)
 
@@ -51,11 +59,7 @@ def end_reason(page) -> str | None:
 def test_ringing_on_any_page_then_decline(
     services, browser, coturn, alice, bob, password, e2e_figures
 ):
-    base = services["base"]
-    relay_up(coturn)
-    assert sweep_through_worker() == {"phone-relay": "up"}
-    a = sign_in(browser, base, "alice", password)
-    b = sign_in(browser, base, "bob", password)
+    base, a, b = alice_and_bob(services, browser, coturn, password)
     b.goto(base + "/calls/")  # not the home page: calls ring on every page of the site
     wait_until(b, "window.traverseHome && window.traverseHome.online")
 
@@ -94,11 +98,7 @@ def test_no_answer_ends_both_sides_and_is_missed(
 ):
     from calls.tasks import reap_calls
 
-    base = services["base"]
-    relay_up(coturn)
-    assert sweep_through_worker() == {"phone-relay": "up"}
-    a = sign_in(browser, base, "alice", password)
-    b = sign_in(browser, base, "bob", password)
+    base, a, b = alice_and_bob(services, browser, coturn, password)
     dial(a, "bob")
     wait_until(b, RINGING, timeout=10_000)
     time.sleep(RING_TIMEOUT + 0.5)
@@ -150,11 +150,7 @@ def test_two_pages_of_the_callee_one_answers_the_other_stops(
 def test_busy_when_the_callee_is_in_a_call(
     services, browser, coturn, alice, bob, charlie, password, e2e_figures
 ):
-    base = services["base"]
-    relay_up(coturn)
-    assert sweep_through_worker() == {"phone-relay": "up"}
-    a = sign_in(browser, base, "alice", password)
-    b = sign_in(browser, base, "bob", password)
+    base, a, b = alice_and_bob(services, browser, coturn, password)
     c = sign_in(browser, base, "charlie", password)
     dial_and_answer(a, b, "bob")
     dial(c, "bob")
@@ -167,13 +163,14 @@ def test_busy_when_the_callee_is_in_a_call(
 
 
 def test_a_dropped_socket_resumes_without_loss_or_duplicates(
-    services, browser, coturn, alice, bob, password, e2e_figures
+    services, browser, coturn, alice, bob, password, e2e_figures, request
 ):
     base = services["base"]
     relay_up(coturn)
     assert sweep_through_worker() == {"phone-relay": "up"}
     port = int(base.rsplit(":", 1)[1])
     proxy = TcpProxy(("127.0.0.1", port))  # alice's whole connection to the server goes through it
+    request.addfinalizer(proxy.close)
     via_proxy = f"http://127.0.0.1:{proxy.port}"
     a = sign_in(browser, via_proxy, "alice", password)
     b = sign_in(browser, base, "bob", password)
@@ -270,11 +267,7 @@ def test_ice_restart_moves_the_call_to_the_second_relay(
 def test_mute_shows_on_the_other_side_and_390px_has_no_sideways_scroll(
     services, browser, coturn, alice, bob, password, e2e_figures
 ):
-    base = services["base"]
-    relay_up(coturn)
-    assert sweep_through_worker() == {"phone-relay": "up"}
-    a = sign_in(browser, base, "alice", password)
-    b = sign_in(browser, base, "bob", password)
+    base, a, b = alice_and_bob(services, browser, coturn, password)
     t_dial = time.perf_counter()
     dial_and_answer(a, b, "bob")
     wait_until(b, "window.traverseCall.mediaFlowingAt !== null", timeout=10_000)

@@ -89,11 +89,6 @@ def private_redis():
         server.thaw()
     server.kill()
 
-    def close(self) -> None:
-        self.stopping = True
-        self.cut()
-        self.listener.close()
-
 
 @dataclass
 class Stack:
