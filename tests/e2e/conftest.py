@@ -3,6 +3,7 @@ and headless Chromium driven by Playwright."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -124,6 +125,18 @@ def browser():
         )
         yield b
         b.close()
+
+
+@pytest.fixture(autouse=True)
+def _close_pages_after_each_test(request):
+    """Every page a test opened is closed after it: a call left running in a page keeps its
+    media, its ICE restarts and its socket going into the next test (on 2 cores, that starved
+    the ICE-restart test of CPU)."""
+    yield
+    if "browser" in request.fixturenames:
+        for ctx in request.getfixturevalue("browser").contexts:
+            with contextlib.suppress(Exception):  # a page mid-navigation: it goes anyway
+                ctx.close()
 
 
 # Playwright's sync API runs an event loop in this thread, which makes Django's async-safety

@@ -215,7 +215,7 @@ def test_ice_restart_moves_the_call_to_the_second_relay(
     a = sign_in(browser, base, "alice", password)  # sign_in sets relay-only
     b = sign_in(browser, base, "bob", password)
     dial_and_answer(a, b, "bob")
-    pair = a.evaluate("window.traverseCall.selectedPair()")
+    pair = wait_until(a, "window.traverseCall.selectedPair()", timeout=5_000)
     carrying = first_server if pair["relayUrl"] in first_server.urls else second_server
     other = second_server if carrying is first_server else first_server
 
@@ -250,7 +250,7 @@ def test_ice_restart_moves_the_call_to_the_second_relay(
         wait_until(page, "window.traverseCall.recoveries >= 1", timeout=60_000)
         wait_until(page, CONNECTED, timeout=30_000)
     recovered_ms = ms_since(t_kill)
-    pair = a.evaluate("window.traverseCall.selectedPair()")
+    pair = wait_until(a, "window.traverseCall.selectedPair()", timeout=5_000)
     assert pair["connectionType"] == "relay" and pair["relayUrl"] in other.urls, pair
     bytes_then = a.evaluate("window.traverseCall.inboundBytes()")
     time.sleep(1)

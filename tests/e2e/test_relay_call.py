@@ -65,7 +65,7 @@ def test_two_browsers_call_through_the_assigned_relay(
     for page in (a, b):
         ice = page.evaluate("window.traverseCall.ice")
         assert [r["name"] for r in ice["relays"]] == ["e2e-relay"]
-        pair = page.evaluate("window.traverseCall.selectedPair()")
+        pair = wait_until(page, "window.traverseCall.selectedPair()", timeout=5_000)
         assert pair["connectionType"] == "relay" and pair["localType"] == "relay", pair
         assert pair["relayUrl"] in relay_server.urls, pair
         wait_until(page, "window.traverseCall.report !== null")
@@ -193,7 +193,9 @@ def test_a_reloaded_page_rejoins_the_call(services, browser, coturn, alice, bob,
         # The side that stayed saw the peer leave and come back, and connected anew.
         wait_until(other, f"window.traverseCall.connections > {before}", timeout=20_000)
         wait_until(other, connected, timeout=20_000)
-        assert reloading.evaluate("window.traverseCall.selectedPair()")["connectionType"] == "relay"
+        # Right at "connected", getStats() may not name the selected pair yet.
+        pair = wait_until(reloading, "window.traverseCall.selectedPair()", timeout=5_000)
+        assert pair["connectionType"] == "relay"
     a.click("#hangup")
     b.wait_for_url("**/details/", timeout=10_000)
     a.context.close()
