@@ -44,7 +44,7 @@ export function init(root) {
     error: $("call-error"), local: $("local"), remote: $("remote"), peerMuted: $("peer-muted"),
     peerCamera: $("peer-camera-off"), mute: $("mute"), camera: $("camera"), hangup: $("hangup"),
     accept: $("accept"), acceptAudio: $("accept-audio"), decline: $("decline"), takeOver: $("take-over"),
-    mic: $("mic"), cam: $("cam"), ringing: $("ringing-actions"),
+    mic: $("mic"), cam: $("cam"), ringing: $("ringing-actions"), controls: $("in-call-controls"),
   };
   const call = (window.traverseCall = {
     id: data.call,
@@ -432,6 +432,7 @@ export function init(root) {
     if (call.role === "callee" && call.serverState === "ringing" && !call.joined) {
       if (data.answer === "1") { signal.send("accept", call.id, { video: wantVideo }); call.answeredAt = Date.now(); return; }
       ui.ringing.hidden = false; // answer from this page
+      ui.controls.hidden = true;
       setStatus("ringing");
       tones.play("ringtone");
       return;
@@ -448,6 +449,7 @@ export function init(root) {
     call.heldBy = signal.session;
     sessionStorage.setItem(`traverse.call.${call.id}`, signal.session);
     ui.ringing.hidden = true;
+    ui.controls.hidden = false;
     ui.takeOver.hidden = true;
     if (msg.body.peers.length) showPeerMedia(msg.body.peers[0].media);
     sendMediaState();
