@@ -353,15 +353,19 @@ def _end_ringing(participant: Participant, role: str, reason: str) -> Call:
 
 def call_hangup(*, participant: Participant, reason: str = EndReason.HANGUP) -> Call:
     """Someone hangs up. While it rings, the caller's hangup is a cancel and the callee's a
-    decline; `failed` says ICE failed on every path."""
-    call = Call.objects.get(pk=participant.call_id)
-    if call.state == CallState.RINGING and reason == EndReason.HANGUP:
-        reason = (
-            EndReason.CANCELLED
-            if participant.role == ParticipantRole.CALLER
-            else EndReason.DECLINED
-        )
-    return call_end(call_id=participant.call_id, user=participant.user, reason=reason)
+    decline (decided under the lock, so an answer that lands first makes it a hangup); `failed`
+    says ICE failed on every path."""
+    with transaction.atomic():
+        call = Call.objects.select_for_update().get(pk=participant.call_id)
+        if call.state == CallState.ENDED:
+            return call
+        if call.state == CallState.RINGING and reason == EndReason.HANGUP:
+            reason = (
+                EndReason.CANCELLED
+                if participant.role == ParticipantRole.CALLER
+                else EndReason.DECLINED
+            )
+        return _end_locked(call, user=participant.user, reason=reason)
 
 
 def call_resume_session(*, user, session: str, channel_name: str) -> list[str]:
