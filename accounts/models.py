@@ -25,6 +25,10 @@ class User(AbstractUser):
     def label(self) -> str:
         return self.display_name or self.username
 
+    def card(self) -> dict:
+        """How signaling names a person: the username too, since display names are free text."""
+        return {"id": self.pk, "username": self.username, "name": self.label()}
+
 
 class Block(models.Model):
     """`blocker` no longer hears from `blocked`: no rings, no calls; `blocked` sees "unavailable"."""

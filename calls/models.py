@@ -77,10 +77,6 @@ class Call(models.Model):
         return ""
 
     @property
-    def is_live(self) -> bool:
-        return self.state in LIVE_STATES
-
-    @property
     def duration_seconds(self) -> float | None:
         if self.answered_at and self.ended_at:
             return (self.ended_at - self.answered_at).total_seconds()

@@ -99,16 +99,13 @@ def _set_state(call: Call, state: str, *, at) -> None:
     )
 
 
-def _callee_busy(callee, *, exclude_call=None) -> bool:
+def _callee_busy(callee) -> bool:
     """In a call right now: joined or reconnecting in a call that was answered and goes on."""
-    qs = Participant.objects.filter(
+    return Participant.objects.filter(
         user=callee,
         state__in=[ParticipantState.JOINED, ParticipantState.RECONNECTING],
         call__state__in=LIVE_STATES,
-    )
-    if exclude_call is not None:
-        qs = qs.exclude(call=exclude_call)
-    return qs.exists()
+    ).exists()
 
 
 def call_start(*, caller, callee, kind: str = CallKind.VIDEO) -> Call:
@@ -179,7 +176,7 @@ def call_start(*, caller, callee, kind: str = CallKind.VIDEO) -> Call:
         "type": "call.incoming",
         "call": str(call.id),
         "kind": call.kind,
-        "from": {"id": caller.pk, "username": caller.username, "name": caller.label()},
+        "from": caller.card(),
     }
     try:
         send_to_users_now([callee.pk], event)
@@ -353,19 +350,21 @@ def _end_ringing(participant: Participant, role: str, reason: str) -> Call:
 
 def call_hangup(*, participant: Participant, reason: str = EndReason.HANGUP) -> Call:
     """Someone hangs up. While it rings, the caller's hangup is a cancel and the callee's a
-    decline (decided under the lock, so an answer that lands first makes it a hangup); `failed`
-    says ICE failed on every path."""
-    with transaction.atomic():
-        call = Call.objects.select_for_update().get(pk=participant.call_id)
-        if call.state == CallState.ENDED:
-            return call
-        if call.state == CallState.RINGING and reason == EndReason.HANGUP:
-            reason = (
-                EndReason.CANCELLED
-                if participant.role == ParticipantRole.CALLER
-                else EndReason.DECLINED
-            )
-        return _end_locked(call, user=participant.user, reason=reason)
+    decline (decided under the call's lock, so an answer that lands first makes it a hangup);
+    `failed` says ICE failed on every path."""
+    while_ringing = None
+    if reason == EndReason.HANGUP:
+        while_ringing = (
+            EndReason.CANCELLED
+            if participant.role == ParticipantRole.CALLER
+            else EndReason.DECLINED
+        )
+    return call_end(
+        call_id=participant.call_id,
+        user=participant.user,
+        reason=reason,
+        reason_while_ringing=while_ringing,
+    )
 
 
 def call_resume_session(*, user, session: str, channel_name: str) -> list[str]:
@@ -503,13 +502,18 @@ def _end_locked(
     return call
 
 
-def call_end(*, call_id, user=None, reason: str = EndReason.HANGUP) -> Call:
+def call_end(
+    *, call_id, user=None, reason: str = EndReason.HANGUP, reason_while_ringing: str | None = None
+) -> Call:
     """End the call for everyone in it: every device in it, and every device still ringing.
-    `user` is who ended it; None when the platform did (no answer, a connection that was lost)."""
+    `user` is who ended it; None when the platform did (no answer, a connection that was lost).
+    `reason_while_ringing` replaces `reason` when the call, once locked, still rings."""
     with transaction.atomic():
         call = Call.objects.select_for_update().get(pk=call_id)
         if call.state == CallState.ENDED:
             return call
+        if call.state == CallState.RINGING and reason_while_ringing:
+            reason = reason_while_ringing
         return _end_locked(call, user=user, reason=reason)
 
 
@@ -530,7 +534,7 @@ def calls_expire(*, now=None) -> dict:
     now = now or timezone.now()
     grace_cutoff = now - timedelta(seconds=settings.SIGNALING_GRACE_SECONDS)
     gone = list(
-        Participant.objects.select_related("call").filter(
+        Participant.objects.filter(
             state=ParticipantState.RECONNECTING, reconnecting_since__lt=grace_cutoff
         )
     )
@@ -549,12 +553,13 @@ def calls_expire(*, now=None) -> dict:
             left += 1
             _record(p.call_id, "left", user_id=p.user_id, at=now, detail="did not come back")
             _tell_peers(p.call_id, p.user_id, "peer-left", {"user": p.user_id})
-        reason = (
-            EndReason.CANCELLED
-            if p.call.state == CallState.RINGING and p.role == ParticipantRole.CALLER
-            else EndReason.CONNECTION_LOST
+        call_end(
+            call_id=p.call_id,
+            user=None,
+            reason=EndReason.CONNECTION_LOST,
+            # The caller's device vanished while it rang: the caller gave up.
+            reason_while_ringing=EndReason.CANCELLED if p.role == ParticipantRole.CALLER else None,
         )
-        call_end(call_id=p.call_id, user=None, reason=reason)
     ring_cutoff = now - timedelta(seconds=settings.CALL_RING_TIMEOUT)
     unanswered = list(
         Call.objects.filter(state=CallState.RINGING, created_at__lt=ring_cutoff).values_list(

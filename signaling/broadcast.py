@@ -24,8 +24,8 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from .groups import user_group
-from .presence import redis_client
-from .sessions import frame_text, redis_for_loop, session_push
+from .presence import redis_client, redis_for_loop
+from .sessions import frame_text, session_push
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def send_to_users_now(user_ids, event: dict) -> None:
         async_to_sync(layer.group_send)(user_group(uid), event)
 
 
-async def push_to_session(session: str, event: dict, *, redis=None) -> None:
+async def push_to_session(session: str, event: dict, *, redis) -> None:
     """Number and keep a frame for one device session, then hand it to the session's socket.
 
     `event` is {"frame": type, "call": id, "body": {...}}. A session that is gone (its grace
@@ -52,7 +52,7 @@ async def push_to_session(session: str, event: dict, *, redis=None) -> None:
     """
     layer = get_channel_layer()
     text = frame_text(event["frame"], call=event.get("call"), body=event.get("body"))
-    seq, channel = await session_push(redis or redis_for_loop(), session=session, text=text)
+    seq, channel = await session_push(redis, session=session, text=text)
     if seq and channel:
         await layer.send(
             channel,

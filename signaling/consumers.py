@@ -40,13 +40,12 @@ from relays.services import ice_servers_issue
 
 from .broadcast import BROADCAST_ERRORS, push_to_session, run_and_announce
 from .groups import user_group
-from .presence import presence_for
+from .presence import presence_for, redis_for_loop
 from .protocol import ClientMessage, ProtocolError, parse_frame
 from .sessions import (
     frame_text,
     frames_after,
     new_session_id,
-    redis_for_loop,
     session_adopt,
     session_detach,
     session_forget,
@@ -80,11 +79,7 @@ def _ringing_for(user) -> list[dict]:
         {
             "call": str(c.pk),
             "kind": c.kind,
-            "from": {
-                "id": c.created_by_id,
-                "username": c.created_by.username,
-                "name": c.created_by.label(),
-            },
+            "from": c.created_by.card(),
         }
         for c in calls_ringing_for(user=user)[:10]
     ]
@@ -145,7 +140,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
         await presence_for(self.channel_name).add_socket(self.channel_name, user.pk)
         body: dict = {
             "session": self.session,
-            "user": {"id": user.pk, "username": user.username, "name": user.label()},
+            "user": user.card(),
             "ringing": await database_sync_to_async(_ringing_for)(user),
         }
         # Pages that only listen (for incoming calls) connect with ?ice=0 and get no credentials.

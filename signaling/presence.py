@@ -51,13 +51,26 @@ def redis_client() -> aioredis.Redis:
     )
 
 
+_clients: weakref.WeakKeyDictionary[Any, aioredis.Redis] = weakref.WeakKeyDictionary()
+
+
+def redis_for_loop() -> aioredis.Redis:
+    """This event loop's Redis client (Daphne has one loop; each test has its own): presence
+    and device sessions share it."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = _clients[loop] = redis_client()
+    return client
+
+
 class ProcessPresence:
     """The heartbeat of one server process (one event loop) and the sockets it holds."""
 
     def __init__(self, node: str):
         self.node = node
         self.ttl = settings.PRESENCE_TTL_SECONDS
-        self.redis = redis_client()
+        self.redis = redis_for_loop()
         self.sockets: dict[str, int] = {}
         self.task: asyncio.Task | None = None
 

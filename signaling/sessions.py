@@ -16,17 +16,12 @@ of "<seq>:<frame without seq>", scored by seq).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import uuid
-import weakref
-from typing import Any
 
 import redis.asyncio as aioredis
 from django.conf import settings
-
-from .presence import redis_client
 
 REPLAY_FRAMES = 256
 # A live session (its socket is open) outlives any call; it is shortened to the grace window
@@ -66,20 +61,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
-
-RESUME_UNKNOWN, RESUME_AHEAD, RESUME_TOO_OLD = -1, -2, -3
-
-
-_by_loop: weakref.WeakKeyDictionary[Any, aioredis.Redis] = weakref.WeakKeyDictionary()
-
-
-def redis_for_loop() -> aioredis.Redis:
-    """One client per event loop (Daphne has one; each test has its own)."""
-    loop = asyncio.get_running_loop()
-    client = _by_loop.get(loop)
-    if client is None:
-        client = _by_loop[loop] = redis_client()
-    return client
 
 
 def session_keys(session: str) -> list[str]:
@@ -151,7 +132,8 @@ async def session_adopt(
     redis: aioredis.Redis, *, session: str, user_id: int, channel: str, last_seq: int
 ) -> tuple[int, str, list[tuple[int, str]]]:
     """Move a session to a new socket. Returns (its seq, its old channel, the frames after
-    last_seq), or (RESUME_*, "", []) when it can't be resumed."""
+    last_seq), or (a negative code, "", []) when it can't be resumed: -1 not this user's (or
+    gone), -2 lastSeq ahead of the session, -3 too far behind (the frames were dropped)."""
     result = await redis.eval(
         _ADOPT, 2, *session_keys(session), str(user_id), channel, last_seq, LIVE_TTL_SECONDS
     )

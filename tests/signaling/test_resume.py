@@ -8,7 +8,8 @@ from asgiref.sync import sync_to_async
 
 from calls.models import Participant, ParticipantState
 from calls.services import call_start
-from signaling.sessions import REPLAY_FRAMES, frame_text, redis_for_loop, session_push
+from signaling.presence import redis_for_loop
+from signaling.sessions import REPLAY_FRAMES, frame_text, session_push
 
 from .test_signaling import CANDIDATE, in_call
 
