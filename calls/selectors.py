@@ -20,14 +20,17 @@ def participant_for(*, call_id, user) -> Participant | None:
     return Participant.objects.select_related("call").filter(call_id=call_id, user=user).first()
 
 
-def peers_present(*, call_id, user) -> list[Participant]:
-    """The other participants whose device is in the call right now (Participant.present, as a
-    query: joined, with a socket; not reconnecting, not left)."""
+def peers_reachable(*, call_id, user) -> list[Participant]:
+    """The other participants whose device is in the call (joined) or coming back to it
+    (reconnecting, in its grace window): the device sessions that in-call frames go to."""
     return list(
         Participant.objects.select_related("user")
-        .filter(call_id=call_id, state=ParticipantState.JOINED)
+        .filter(
+            call_id=call_id,
+            state__in=[ParticipantState.JOINED, ParticipantState.RECONNECTING],
+        )
         .exclude(user=user)
-        .exclude(channel_name="")
+        .exclude(session="")
     )
 
 

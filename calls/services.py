@@ -41,7 +41,7 @@ from .models import (
     QualitySample,
     quality_grade,
 )
-from .selectors import missed_unseen_for, peers_present
+from .selectors import missed_unseen_for, peers_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -213,13 +213,15 @@ def _hold(current: Participant, *, channel_name: str, session: str, now, keep_jo
 
 
 def _announce_joined(call: Call, current: Participant, *, resumed: bool) -> list[Participant]:
-    peers = peers_present(call_id=call.pk, user=current.user_id)
-    reachable = Participant.objects.filter(call=call).exclude(pk=current.pk)
+    """Tell the other devices in the call that this one joined; returns them (joined or coming
+    back, with their session). Run under the call's lock, so of two devices joining at once the
+    second sees the first."""
+    peers = peers_reachable(call_id=call.pk, user=current.user_id)
     send_to_sessions_on_commit(
-        _sessions(reachable),
+        [p.session for p in peers],
         "peer-joined",
         call=call.pk,
-        body={"user": current.user_id, "resumed": resumed},
+        body={"user": current.user_id, "session": current.session, "resumed": resumed},
     )
     return peers
 
@@ -367,9 +369,11 @@ def call_hangup(*, participant: Participant, reason: str = EndReason.HANGUP) -> 
     )
 
 
-def call_resume_session(*, user, session: str, channel_name: str) -> list[str]:
+def call_resume_session(
+    *, user, session: str, channel_name: str
+) -> list[tuple[str, list[Participant]]]:
     """A device session came back on a new socket: the calls it held are joined again (peers
-    are told, `resumed`). Returns their ids."""
+    are told, `resumed`). Returns each call's id with its peers (as _announce_joined)."""
     now = timezone.now()
     resumed = []
     for p in Participant.objects.filter(
@@ -386,8 +390,8 @@ def call_resume_session(*, user, session: str, channel_name: str) -> list[str]:
                 continue
             _hold(current, channel_name=channel_name, session=session, now=now, keep_join=True)
             _record(call.pk, "resumed", user=user, at=now)
-            _announce_joined(call, current, resumed=True)
-        resumed.append(str(p.call_id))
+            peers = _announce_joined(call, current, resumed=True)
+        resumed.append((str(p.call_id), peers))
     return resumed
 
 

@@ -105,7 +105,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     if env.str("TRAVERSE_SQLITE_TEST_NAME", default=""):
         DATABASES["default"]["TEST"] = {"NAME": env.str("TRAVERSE_SQLITE_TEST_NAME")}
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
-DATABASES["default"]["CONN_MAX_AGE"] = 0
+# Persistent connections, checked before reuse: opening one per query cost ~9 ms of PostgreSQL
+# CPU each (issue 8). Each Daphne process uses one (database_sync_to_async runs in one thread).
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=300)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- redis: channel layer, celery broker, cache ---------------------------------------------
@@ -202,6 +205,10 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- signaling ----------------------------------------------------------------------------
 SIGNALING_MAX_FRAME_BYTES = 64 * 1024
+# Per socket: sustained messages a second, and the burst let through (a page setting up a call
+# sends its candidates in a burst). Over it, a frame is refused with `rate_limited` and its `ref`.
+SIGNALING_RATE_PER_SECOND = env.float("SIGNALING_RATE_PER_SECOND", default=40.0)
+SIGNALING_RATE_BURST = env.float("SIGNALING_RATE_BURST", default=120.0)
 # A socket that drops starts a grace window: the device is `reconnecting`, and only when the
 # window runs out does it leave (and a one-to-one call end).
 SIGNALING_GRACE_SECONDS = env.float("SIGNALING_GRACE_SECONDS", default=30.0)

@@ -14,6 +14,7 @@ consumer itself, on its own loop, once the service has returned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from contextvars import ContextVar
 
@@ -24,8 +25,9 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 
 from .groups import user_group
+from .hub import PeerUnreachable, deliver
 from .presence import redis_client, redis_for_loop
-from .sessions import frame_text, session_push
+from .sessions import frame_text
 
 logger = logging.getLogger(__name__)
 
@@ -45,25 +47,16 @@ def send_to_users_now(user_ids, event: dict) -> None:
 
 
 async def push_to_session(session: str, event: dict, *, redis) -> None:
-    """Number and keep a frame for one device session, then hand it to the session's socket.
+    """Number and keep a frame for one device session, then hand it to the session's socket
+    (signaling.hub: in process, or through its process's pub/sub channel).
 
     `event` is {"frame": type, "call": id, "body": {...}}. A session that is gone (its grace
     window ran out) drops the frame; a socket that is away gets it when it resumes.
     """
-    layer = get_channel_layer()
     text = frame_text(event["frame"], call=event.get("call"), body=event.get("body"))
-    seq, channel = await session_push(redis, session=session, text=text)
-    if seq and channel:
-        await layer.send(
-            channel,
-            {
-                "type": "session.frame",
-                "session": session,
-                "seq": seq,
-                "text": text,
-                "frame": event["frame"],
-                "call": event.get("call"),
-            },
+    with contextlib.suppress(PeerUnreachable):
+        await deliver(
+            redis, session=session, frame=event["frame"], call=event.get("call"), text=text
         )
 
 

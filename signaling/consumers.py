@@ -1,8 +1,10 @@
 """The signaling WebSocket: one socket per device, at /ws/signal/.
 
-The consumer parses, authenticates and authorizes every frame, then calls a service. SDP and
-candidates go point-to-point to the peer's device channel (channel_layer.send); group_send is
-only used for fan-out to all devices of a user (an incoming call, a call that ended).
+The consumer parses, authenticates and authorizes every frame, then calls a service. Offers,
+answers and candidates are the hot path: the consumer knows the devices of each call it joined
+(from its join, then from the peer-joined / peer-left / hangup frames of its own session), so it
+checks and relays them without the database, straight to the peer's device session (hub.py).
+group_send is only used for fan-out to all devices of a user (an incoming call, sign-out).
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ from calls.services import (
 )
 from relays.services import ice_servers_issue
 
-from .broadcast import BROADCAST_ERRORS, push_to_session, run_and_announce
+from .broadcast import BROADCAST_ERRORS, run_and_announce
 from .groups import user_group
-from .presence import presence_for, redis_for_loop
+from .hub import PeerUnreachable, deliver, hub_for
+from .presence import node_of, presence_for, redis_for_loop
 from .protocol import ClientMessage, ProtocolError, parse_frame
 from .sessions import (
     frame_text,
@@ -56,8 +59,12 @@ from .sessions import (
 
 logger = logging.getLogger(__name__)
 
-RATE_PER_SECOND = 40.0
-RATE_BURST = 120.0
+# Frames that may wait for a peer device whose socket is away before the sender is told
+# `peer_queue_full` (half the replay buffer: the device can still resume).
+PEER_QUEUE_FRAMES = 128
+PEER_MESSAGES = ("offer", "answer", "candidate")
+# Frames of its own session that change what a consumer knows of a call's devices.
+MEMBERSHIP_FRAMES = frozenset({"peer-joined", "peer-left", "hangup", "taken-over"})
 
 
 class _TokenBucket:
@@ -83,11 +90,6 @@ def _ringing_for(user) -> list[dict]:
         }
         for c in calls_ringing_for(user=user)[:10]
     ]
-
-
-@database_sync_to_async
-def _call_members(call_id: str) -> list[Participant]:
-    return list(Participant.objects.select_related("call", "user").filter(call_id=call_id))
 
 
 class SignalConsumer(AsyncWebsocketConsumer):
@@ -119,21 +121,30 @@ class SignalConsumer(AsyncWebsocketConsumer):
             await self.close(code=4401)
             return
         self.user = user
-        self.joined: set[str] = set()
+        # call id -> {peer user id: the device session that holds them}, for each call this
+        # socket joined: what the hot path checks `to` against.
+        self.joined: dict[str, dict[int, str]] = {}
         self.ended: set[str] = set()
-        self.bucket = _TokenBucket(RATE_PER_SECOND, RATE_BURST)
+        # Membership frames that came while a join of that call was on its way (None: any call,
+        # during a resume), applied on top of what the join read.
+        self.early: dict[str | None, list[tuple[str, str, str]]] = {}
+        self.bucket = _TokenBucket(
+            settings.SIGNALING_RATE_PER_SECOND, settings.SIGNALING_RATE_BURST
+        )
         self.session_key = getattr(self.scope.get("session"), "session_key", None)
         self.released = False
         self.resumed = False
         self.redis = redis_for_loop()
         self.session: str | None = new_session_id()
         self.delivered = 0
+        self.hub = hub_for(node_of(self.channel_name))
         await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
         await self.accept()
         try:
             await session_open(
                 self.redis, session=self.session, user_id=user.pk, channel=self.channel_name
             )
+            self.hub.hold(self.session, self)
         except BROADCAST_ERRORS as exc:  # frames then go out unnumbered, and can't be resumed
             logger.warning("signaling: no device session for %s: %s", self.channel_name, exc)
             self.session = None
@@ -158,7 +169,9 @@ class SignalConsumer(AsyncWebsocketConsumer):
         if not hasattr(self, "user") or self.released:
             return
         self.released = True
-        joined, self.joined = (list(self.joined) if record else []), set()
+        joined, self.joined = (list(self.joined) if record else []), {}
+        if self.session:
+            self.hub.release(self.session, self)
         for call_id in joined:
             try:
                 await run_and_announce(
@@ -204,6 +217,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
             return
         if seq <= self.delivered:
             return
+        # Frames come from several tasks (this socket's own, peers' consumers, the hub's
+        # subscriber): each is claimed (delivered = n) before it is sent, so none goes twice.
         frames = [(seq, with_seq(seq, text))]
         if seq > self.delivered + 1 and self.session:
             try:
@@ -215,8 +230,10 @@ class SignalConsumer(AsyncWebsocketConsumer):
                     "signaling: gap before %s of %s not filled: %s", seq, self.session, exc
                 )
         for n, frame in frames:
+            if n <= self.delivered:
+                continue
+            self.delivered = n
             await self.send(text_data=frame)
-            self.delivered = max(self.delivered, n)
         self.delivered = max(self.delivered, seq)
 
     async def send_json(self, data: dict) -> None:
@@ -252,33 +269,49 @@ class SignalConsumer(AsyncWebsocketConsumer):
             raise ProtocolError("forbidden", "You are not a participant of this call.", msg.id)
         return me
 
-    async def _require_joined(self, msg: ClientMessage) -> tuple[Participant, list[Participant]]:
-        """Membership and state check for in-call messages: returns (me, the peers whose device
-        is in the call or coming back to it)."""
-        members = await _call_members(msg.call)
-        me = next((p for p in members if p.user_id == self.user.pk), None)
-        if me is None:
-            raise ProtocolError("forbidden", "You are not a participant of this call.", msg.id)
+    def _peers(self, msg: ClientMessage) -> dict[int, str]:
+        """The devices of a call this socket joined (no database: see the module header)."""
+        if msg.call in self.ended:
+            raise ProtocolError("call_ended", "This call has ended.", msg.id)
+        peers = self.joined.get(msg.call)  # type: ignore[arg-type]
+        if peers is None:
+            raise ProtocolError("not_joined", "Join the call on this connection first.", msg.id)
+        return peers
+
+    async def _joined_participant(self, msg: ClientMessage) -> Participant:
+        """For in-call messages that are stored (media state, stats, report): the participant,
+        which this device session must hold, joined, in a call that goes on."""
+        self._peers(msg)
+        me = await self._member(msg)
         if me.call.state == CallState.ENDED:
             raise ProtocolError("call_ended", "This call has ended.", msg.id)
         if (
-            msg.call not in self.joined
-            or me.session != self.session
+            me.session != self.session
             or me.channel_name != self.channel_name
             or me.state != ParticipantState.JOINED
         ):
             raise ProtocolError("not_joined", "Join the call on this connection first.", msg.id)
-        peers = [
-            p
-            for p in members
-            if p.pk != me.pk
-            and p.session
-            and p.state in (ParticipantState.JOINED, ParticipantState.RECONNECTING)
-        ]
-        return me, peers
+        return me
+
+    async def _joining(self, call: str | None, service, **kwargs):
+        """Run a join-like service; membership frames that come meanwhile are kept (early)."""
+        self.early[call] = []
+        try:
+            return await run_and_announce(service, **kwargs)
+        except BaseException:
+            self.early.pop(call, None)
+            raise
+
+    def _hold_call(self, call_id: str, peers: list[Participant]) -> None:
+        self.joined[call_id] = {p.user_id: p.session for p in peers if p.session}
+        early = self.early.get(call_id, []) + self.early.get(None, [])
+        self.early.pop(call_id, None)
+        for frame, call, text in early:
+            if call == call_id:
+                self._learn(frame, call, text)
 
     async def _emit_joined(self, msg: ClientMessage, call, me: Participant, peers, resumed: bool):
-        self.joined.add(msg.call)
+        self._hold_call(msg.call, peers)  # type: ignore[arg-type]
         await self.emit(
             "joined",
             call=msg.call,
@@ -292,11 +325,13 @@ class SignalConsumer(AsyncWebsocketConsumer):
                 "peers": [
                     {
                         "user": p.user_id,
+                        "session": p.session,
                         "username": p.user.username,
                         "name": p.user.label(),
                         "media": p.media(),
                     }
                     for p in peers
+                    if p.present
                 ],
             },
         )
@@ -323,11 +358,20 @@ class SignalConsumer(AsyncWebsocketConsumer):
             )
         with contextlib.suppress(*BROADCAST_ERRORS):
             await session_forget(self.redis, session=self.session)
+        self.hub.release(self.session, self)
         self.session, self.resumed = old, True
-        calls = await run_and_announce(
-            call_resume_session, user=self.user, session=old, channel_name=self.channel_name
+        self.hub.hold(old, self)
+        resumed = await self._joining(
+            None,
+            call_resume_session,
+            user=self.user,
+            session=old,
+            channel_name=self.channel_name,
         )
-        self.joined = set(calls)
+        for call_id, peers in resumed:
+            self._hold_call(call_id, peers)
+        self.early.pop(None, None)
+        calls = [call_id for call_id, _ in resumed]
         # Unnumbered, and before the replay: the page knows that what follows is numbered in the
         # resumed session (frames before it were numbered in the socket's fresh one).
         await self.send_json(
@@ -347,7 +391,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
 
     async def on_join(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
-        call, peers, resumed = await run_and_announce(
+        call, peers, resumed = await self._joining(
+            msg.call,
             call_join,
             participant=me,
             channel_name=self.channel_name,
@@ -359,7 +404,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
 
     async def on_accept(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
-        call, peers = await run_and_announce(
+        call, peers = await self._joining(
+            msg.call,
             call_accept,
             participant=me,
             channel_name=self.channel_name,
@@ -370,7 +416,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
 
     async def on_take_over(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
-        call, peers = await run_and_announce(
+        call, peers = await self._joining(
+            msg.call,
             call_take_over,
             participant=me,
             channel_name=self.channel_name,
@@ -392,25 +439,52 @@ class SignalConsumer(AsyncWebsocketConsumer):
         await run_and_announce(
             call_leave, call_id=msg.call, user=self.user, channel_name=self.channel_name
         )
-        self.joined.discard(msg.call)
+        self.joined.pop(msg.call, None)  # type: ignore[arg-type]
         await self.emit("left", call=msg.call, ref=msg.id)
 
     async def _relay(self, msg: ClientMessage) -> None:
-        _, peers = await self._require_joined(msg)
-        if not peers:
-            raise ProtocolError("peer_not_present", "Nobody else is in the call yet.", msg.id)
-        event = {"frame": msg.type, "call": msg.call, "body": {**msg.body, "from": self.user.pk}}
-        for peer in peers:
-            await push_to_session(peer.session, event, redis=self.redis)
+        """offer / answer / candidate to one device of the call (`to`), or to the only one."""
+        peers = self._peers(msg)
+        to = msg.body.pop("to", None)
+        if to is None:
+            if len(peers) > 1:
+                raise ProtocolError(
+                    "to_required", "Several devices are in this call: say which (`to`).", msg.id
+                )
+            to = next(iter(peers.values()), None)
+            if to is None:
+                raise ProtocolError("peer_not_present", "Nobody else is in the call yet.", msg.id)
+        elif to not in peers.values():
+            raise ProtocolError("not_a_peer", "That device is not in this call.", msg.id)
+        msg.body["from"] = self.user.pk
+        msg.body["fromSession"] = self.session
+        text = frame_text(msg.type, call=msg.call, body=msg.body)
+        try:
+            await deliver(
+                self.redis,
+                session=to,
+                frame=msg.type,
+                call=msg.call,
+                text=text,
+                limit=PEER_QUEUE_FRAMES,
+            )
+        except PeerUnreachable as exc:
+            if exc.code == "peer_queue_full":
+                raise ProtocolError(
+                    exc.code,
+                    "The other device is away and too many messages wait for it; try later.",
+                    msg.id,
+                ) from None
+            raise ProtocolError(exc.code, "That device is no longer in the call.", msg.id) from None
 
     on_offer = on_answer = on_candidate = _relay
 
     async def on_media_state(self, msg: ClientMessage) -> None:
-        me, _ = await self._require_joined(msg)
+        me = await self._joined_participant(msg)
         await run_and_announce(participant_media, participant=me, **msg.body)
 
     async def on_stats(self, msg: ClientMessage) -> None:
-        me, _ = await self._require_joined(msg)
+        me = await self._joined_participant(msg)
         await run_and_announce(participant_stats, participant=me, **msg.body)
 
     async def on_hangup(self, msg: ClientMessage) -> None:
@@ -418,7 +492,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
         await run_and_announce(call_hangup, participant=me, reason=msg.body["reason"])
 
     async def on_report(self, msg: ClientMessage) -> None:
-        me, _ = await self._require_joined(msg)
+        me = await self._joined_participant(msg)
         await run_and_announce(
             participant_report,
             participant=me,
@@ -430,15 +504,32 @@ class SignalConsumer(AsyncWebsocketConsumer):
 
     # --- channel-layer events -----------------------------------------------------------
     async def session_frame(self, event: dict) -> None:
-        """A frame pushed into this device session by someone else (signaling.broadcast)."""
+        """A frame pushed into this device session by someone else (hub.deliver)."""
         if event["session"] != self.session:
             return  # the session moved to another socket
         call = event.get("call")
-        if event["frame"] in ("hangup", "taken-over") and call:
-            self.joined.discard(call)
-            if event["frame"] == "hangup":
-                self.ended.add(call)
+        if event["frame"] in MEMBERSHIP_FRAMES and call:
+            self._learn(event["frame"], call, event["text"])
         await self._deliver(event["seq"], event["text"])
+
+    def _learn(self, frame: str, call: str, text: str) -> None:
+        """Keep the devices of each joined call current, from the frames that change them."""
+        if frame in ("hangup", "taken-over"):
+            self.joined.pop(call, None)
+            if frame == "hangup":
+                self.ended.add(call)
+            return
+        peers = self.joined.get(call)
+        if peers is None:
+            for key in (call, None):
+                if key in self.early:
+                    self.early[key].append((frame, call, text))
+            return
+        body = json.loads(text).get("body", {})
+        if frame == "peer-joined" and body.get("session"):
+            peers[body["user"]] = body["session"]
+        elif frame == "peer-left":
+            peers.pop(body.get("user"), None)
 
     async def call_incoming(self, event: dict) -> None:
         await self.emit(

@@ -95,6 +95,19 @@ def parse_frame(text: str | None, *, max_bytes: int) -> ClientMessage:
 
 def _validate_body(msg: ClientMessage) -> None:
     b = msg.body
+    if msg.type in ("offer", "answer", "candidate"):
+        to = b.get("to")
+        if to is not None and (not isinstance(to, str) or not 0 < len(to) <= MAX_SESSION_CHARS):
+            raise ProtocolError("bad_body", "`to` must be a device session id.", msg.id)
+    else:
+        to = None
+    _validate_type_body(msg)
+    if to is not None:
+        msg.body["to"] = to
+
+
+def _validate_type_body(msg: ClientMessage) -> None:
+    b = msg.body
     if msg.type in ("offer", "answer"):
         desc = b.get("description")
         if (

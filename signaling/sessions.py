@@ -16,26 +16,38 @@ of "<seq>:<frame without seq>", scored by seq).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import uuid
 
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.exceptions import NoScriptError
 
 REPLAY_FRAMES = 256
 # A live session (its socket is open) outlives any call; it is shortened to the grace window
 # when the socket closes.
 LIVE_TTL_SECONDS = 24 * 3600
 
-_PUSH = """
+_PUSH = r"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ''} end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local channel = redis.call('HGET', KEYS[1], 'channel') or ''
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1
+if channel == '' and tonumber(ARGV[5]) > 0 then
+  local away = tonumber(redis.call('HGET', KEYS[1], 'dseq') or seq)
+  if seq - away > tonumber(ARGV[5]) then return {-1, ''} end
+end
+redis.call('HSET', KEYS[1], 'seq', seq)
 redis.call('ZADD', KEYS[2], seq, seq .. ':' .. ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seq - tonumber(ARGV[2]))
 if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 redis.call('EXPIRE', KEYS[2], math.max(redis.call('TTL', KEYS[1]), 1))
-return {seq, redis.call('HGET', KEYS[1], 'channel') or ''}
+if ARGV[4] ~= '' and channel ~= '' then
+  local node = string.match(channel, '^([^!]*)!') or channel
+  redis.call('PUBLISH', 'traverse:node:' .. node, ARGV[4] .. '\n' .. seq .. '\n' .. ARGV[1])
+end
+return {seq, channel}
 """
 
 _ADOPT = """
@@ -49,6 +61,7 @@ if last < seq then
 end
 local old = redis.call('HGET', KEYS[1], 'channel') or ''
 redis.call('HSET', KEYS[1], 'channel', ARGV[2])
+redis.call('HDEL', KEYS[1], 'dseq')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 local frames = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. last, '+inf')
@@ -57,6 +70,7 @@ return {seq, old, unpack(frames)}
 
 _DETACH = """
 if redis.call('HGET', KEYS[1], 'channel') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'channel', '', 'dseq', redis.call('HGET', KEYS[1], 'seq') or '0')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
@@ -109,13 +123,55 @@ async def session_open(redis: aioredis.Redis, *, session: str, user_id: int, cha
         await pipe.execute()
 
 
+def node_channel(node: str) -> str:
+    """The Redis pub/sub channel of one server process: frames for the sessions it holds."""
+    return f"traverse:node:{node}"
+
+
+def delivery_header(session: str, frame: str, call: str | None) -> str:
+    """What a process needs to hand a published frame to its socket (see hub.py)."""
+    return f"{session}|{frame}|{call or ''}"
+
+
+_shas: dict[str, str] = {}
+
+
+async def _script(redis: aioredis.Redis, source: str, keys: list[str], *args):
+    """EVALSHA, loading the script once per Redis (a restarted Redis has forgotten it)."""
+    sha = _shas.get(source)
+    if sha is None:
+        sha = _shas[source] = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis's id)
+    try:
+        return await redis.evalsha(sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await redis.eval(source, len(keys), *keys, *args)
+
+
 async def session_push(
-    redis: aioredis.Redis, *, session: str, text: str, live: bool = False
+    redis: aioredis.Redis,
+    *,
+    session: str,
+    text: str,
+    live: bool = False,
+    publish: str = "",
+    limit: int = 0,
 ) -> tuple[int, str]:
-    """Number and keep one frame; returns (seq, the session's channel), or (0, "") when the
-    session is gone. `live` (the session's own consumer) refreshes its lifetime."""
-    seq, channel = await redis.eval(
-        _PUSH, 2, *session_keys(session), text, REPLAY_FRAMES, LIVE_TTL_SECONDS if live else 0
+    """Number and keep one frame; returns (seq, the session's channel, "" while its socket is
+    away), (0, "") when the session is gone, or (-1, "") when `limit` > 0 and that many frames
+    already wait for a device that is away (the frame is then not kept).
+
+    `live` (the session's own consumer) refreshes its lifetime. `publish` (a delivery_header)
+    also publishes the frame to the process that holds the session's socket, in the same step,
+    so frames reach each process in seq order."""
+    seq, channel = await _script(
+        redis,
+        _PUSH,
+        session_keys(session),
+        text,
+        REPLAY_FRAMES,
+        LIVE_TTL_SECONDS if live else 0,
+        publish,
+        limit,
     )
     if isinstance(channel, bytes):
         channel = channel.decode()
@@ -134,8 +190,8 @@ async def session_adopt(
     """Move a session to a new socket. Returns (its seq, its old channel, the frames after
     last_seq), or (a negative code, "", []) when it can't be resumed: -1 not this user's (or
     gone), -2 lastSeq ahead of the session, -3 too far behind (the frames were dropped)."""
-    result = await redis.eval(
-        _ADOPT, 2, *session_keys(session), str(user_id), channel, last_seq, LIVE_TTL_SECONDS
+    result = await _script(
+        redis, _ADOPT, session_keys(session), str(user_id), channel, last_seq, LIVE_TTL_SECONDS
     )
     code = int(result[0])
     if code < 0:
@@ -147,7 +203,7 @@ async def session_adopt(
 async def session_detach(redis: aioredis.Redis, *, session: str, channel: str) -> None:
     """The socket closed: the session is kept for the grace window (unless another socket has
     adopted it meanwhile)."""
-    await redis.eval(_DETACH, 2, *session_keys(session), channel, grace_ttl())
+    await _script(redis, _DETACH, session_keys(session), channel, grace_ttl())
 
 
 async def session_forget(redis: aioredis.Redis, *, session: str) -> None:

@@ -55,6 +55,7 @@ export function init(root) {
     endReason: null,
     connectedAt: null,
     answeredAt: null,
+    peerSession: null, // the device session of the other side: where offers and candidates go
     mediaFlowingAt: null,
     connections: 0,
     report: null,
@@ -208,12 +209,12 @@ export function init(root) {
     if (!call.localStream || !call.localStream.getAudioTracks().length) pc.addTransceiver("audio", { direction: "recvonly" });
     if (call.kind === "video" && (!call.localStream || !call.localStream.getVideoTracks().length)) pc.addTransceiver("video", { direction: "recvonly" });
     pc.ontrack = ({ streams }) => { ui.remote.srcObject = streams[0]; watchFirstFrame(); };
-    pc.onicecandidate = ({ candidate }) => signal.send("candidate", call.id, { candidate: candidate ? candidate.toJSON() : null });
+    pc.onicecandidate = ({ candidate }) => signal.send("candidate", call.id, { to: call.peerSession, candidate: candidate ? candidate.toJSON() : null });
     pc.onnegotiationneeded = async () => {
       try {
         call.makingOffer = true;
         await pc.setLocalDescription();
-        signal.send(pc.localDescription.type, call.id, { description: pc.localDescription.toJSON() });
+        signal.send(pc.localDescription.type, call.id, { to: call.peerSession, description: pc.localDescription.toJSON() });
       } catch (err) {
         showError(`Negotiation failed: ${err.message}`);
       } finally {
@@ -283,7 +284,7 @@ export function init(root) {
     await pc.setRemoteDescription(description);
     if (description.type === "offer") {
       await pc.setLocalDescription();
-      signal.send("answer", call.id, { description: pc.localDescription.toJSON() });
+      signal.send("answer", call.id, { to: call.peerSession, description: pc.localDescription.toJSON() });
     }
   }
 
@@ -451,7 +452,7 @@ export function init(root) {
     ui.ringing.hidden = true;
     ui.controls.hidden = false;
     ui.takeOver.hidden = true;
-    if (msg.body.peers.length) showPeerMedia(msg.body.peers[0].media);
+    if (msg.body.peers.length) { call.peerSession = msg.body.peers[0].session; showPeerMedia(msg.body.peers[0].media); }
     sendMediaState();
     if (msg.body.resumed && pcAlive()) {
       setStatus(call.pc.connectionState === "connected" ? "connected" : call.pc.connectionState);
@@ -486,6 +487,7 @@ export function init(root) {
       if (msg.body.state === "connecting") { tones.stop(); ui.hangup.textContent = "Hang up"; }
     })
     .on("peer-joined", (msg) => {
+      call.peerSession = msg.body.session;
       if (!call.answeredAt) call.answeredAt = Date.now();
       tones.stop();
       ui.hangup.textContent = "Hang up";

@@ -25,6 +25,12 @@ class Socket:
         self.c = communicator
         self.welcome: dict | None = None
 
+    @property
+    def session(self) -> str:
+        """The device session this socket started (what peers address with `to`)."""
+        assert self.welcome is not None
+        return self.welcome["body"]["session"]
+
     async def send(self, mtype: str, call=None, body=None, **extra) -> str:
         frame = {"v": 1, "type": mtype, "id": f"c-{mtype}", "body": body or {}, **extra}
         if call is not None:
@@ -97,3 +103,24 @@ async def connect():
     for communicator in refused:
         if not communicator.future.done():
             await communicator.disconnect()
+    await stop_loop_services()
+
+
+async def stop_loop_services() -> None:
+    """What this test's event loop started for its consumers: the hub's subscriber, and the
+    database connection its sync thread keeps (CONN_MAX_AGE), so the test database can be
+    dropped at the end."""
+    import asyncio
+    import contextlib
+
+    from channels.db import database_sync_to_async
+    from django.db import connections
+
+    from signaling.hub import running_hub
+
+    hub = running_hub()
+    if hub is not None and hub.task is not None:
+        hub.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await hub.task
+    await database_sync_to_async(connections.close_all)()

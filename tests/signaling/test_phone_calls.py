@@ -74,7 +74,7 @@ async def test_accept_first_answer_wins_and_other_devices_stop_ringing(connect, 
     assert (await b2.recv_type("answered"))["body"] == {"elsewhere": True}
     got = {m["type"]: m["body"] for m in [await a.recv(), await a.recv()]}
     assert got["state"]["state"] == "connecting"
-    assert got["peer-joined"] == {"user": bob.pk, "resumed": False}
+    assert got["peer-joined"] == {"user": bob.pk, "session": b1.session, "resumed": False}
 
     await b2.send("accept", call.id)
     assert (await b2.error())["code"] == "answered_elsewhere"
@@ -220,7 +220,11 @@ async def test_take_over_moves_the_call_and_tells_the_first_device(connect, alic
     await b2.send("take-over", call.id)
     assert (await b2.recv_type("joined"))["body"]["peers"][0]["username"] == "alice"
     assert (await b1.recv_type("taken-over"))["call"] == str(call.id)
-    assert (await a.recv_type("peer-joined"))["body"] == {"user": bob.pk, "resumed": False}
+    assert (await a.recv_type("peer-joined"))["body"] == {
+        "user": bob.pk,
+        "session": b2.session,
+        "resumed": False,
+    }
     # The first device is out of the call; the second one signals.
     await b1.send("offer", call.id, OFFER)
     assert (await b1.error())["code"] == "not_joined"

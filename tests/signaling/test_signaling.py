@@ -98,13 +98,16 @@ async def test_outsiders_cannot_join_or_send(connect, alice, bob, charlie, call)
     await c.send("join", call.id)
     err = await c.error()
     assert err["code"] == "forbidden"
+    # In-call messages need a join on this socket first: refused without the database, the
+    # same way for outsiders and for calls that don't exist.
     for mtype, body in (
         ("offer", OFFER),
         ("candidate", CANDIDATE),
+        ("offer", {**OFFER, "to": a.session}),
         ("report", {"connectionType": "host"}),
     ):
         await c.send(mtype, call.id, body)
-        assert (await c.error())["code"] == "forbidden"
+        assert (await c.error())["code"] == "not_joined"
     await c.send("hangup", call.id)
     assert (await c.error())["code"] == "forbidden"
 
