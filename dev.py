@@ -69,6 +69,7 @@ TYPED_MODULES = [
     "calls/ratelimits.py",
     "calls/selectors.py",
     "signaling/sessions.py",
+    "signaling/hub.py",
     "accounts/services.py",
 ]
 

@@ -7,7 +7,8 @@ Servers, each a process of its own, measured with the same generator (this proce
   floor for Python);
 - `peerjs`: PeerJS server 1.0.2 (npm `peer`, installed into benchmarks/peerjs/ from its lock);
 - `traverse1`: Traverse under Daphne, one process; `traverse2`: two Daphne processes (one per
-  core) sharing Redis, each pair split across them, so every message crosses processes.
+  core) sharing Redis, each pair split across them, so every message crosses processes;
+- `uvicorn1`, `uvicorn2`: the same under uvicorn (uvloop, httptools, websockets).
 Traverse runs on PostgreSQL (BENCH_DATABASE_URL, default …/traverse_bench) and Redis (REDIS_URL,
 default db 7), with its per-socket rate limit raised (the closed loop sends faster than a page).
 
@@ -348,7 +349,7 @@ def target_clients(target: str, server: Server, idents: list[dict], n: int) -> l
                 "cookie": pair["cookies"][i % 2],
                 "call": pair["call"],
             }
-        out.append(Client("traverse" if target.startswith("traverse") else target, url, ident))
+        out.append(Client(target if target in ("bare", "peerjs") else "traverse", url, ident))
     return out
 
 
@@ -513,6 +514,42 @@ async def transports(n: int) -> dict:
     return out
 
 
+def reset_calls(idents: list[dict]) -> None:
+    """The previous target's server was stopped with its sockets in the calls: they are
+    `reconnecting` now (as the reaper would make them), so this target's sockets can join."""
+    from django.utils import timezone
+
+    from calls.models import Participant, ParticipantState
+
+    Participant.objects.filter(
+        call_id__in=[i["call"] for i in idents], state=ParticipantState.JOINED
+    ).update(state=ParticipantState.RECONNECTING, reconnecting_since=timezone.now())
+
+
+def uvicorn_command(port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "config.asgi:application",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--ws",
+        "websockets",
+        "--lifespan",
+        "off",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
 def peerjs_command(port: int) -> list[str]:
     if not (PEERJS / "node_modules" / "peer").exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEERJS, check=True)
@@ -531,7 +568,7 @@ def peerjs_command(port: int) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="smaller and shorter (a smoke run)")
-    ap.add_argument("--only", default="bare,peerjs,traverse1,traverse2")
+    ap.add_argument("--only", default="bare,peerjs,traverse1,uvicorn1,traverse2,uvicorn2")
     ap.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve_bare:
@@ -542,7 +579,7 @@ def main() -> int:
     setup_django()
     targets = args.only.split(",")
     pairs = 10 + 50 + (250 if args.quick else 500) + (500 if args.quick else 2500) + 10
-    idents = make_calls(pairs) if any(t.startswith("traverse") for t in targets) else []
+    idents = make_calls(pairs) if any(t[-1].isdigit() for t in targets) else []
     results: dict = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -571,14 +608,17 @@ def main() -> int:
             port = free_port()
             server = Server(target, [peerjs_command(port)], [port])
         else:
-            n = 1 if target == "traverse1" else 2
+            n = int(target[-1])
             ports = [free_port() for _ in range(n)]
             argvs = [
-                platform_commands(
+                uvicorn_command(p)
+                if target.startswith("uvicorn")
+                else platform_commands(
                     python=sys.executable, port=p, concurrency=1, beat_schedule=RESULTS / "unused"
                 )["web"]
                 for p in ports
             ]
+            reset_calls(idents)
             server = Server(target, argvs, ports, env=env)
         try:
             results["targets"][target] = asyncio.run(run_target(target, server, idents, args.quick))
@@ -594,7 +634,9 @@ def main() -> int:
 
 def markdown(r: dict) -> str:
     t = r["targets"]
-    names = [n for n in ("bare", "peerjs", "traverse1", "traverse2") if n in t]
+    names = [
+        n for n in ("bare", "peerjs", "traverse1", "uvicorn1", "traverse2", "uvicorn2") if n in t
+    ]
 
     def cell(name, scen, key, fmt="{}"):
         v = t[name].get(scen, {}).get(key)
@@ -604,7 +646,7 @@ def markdown(r: dict) -> str:
         s = t[name][scen]
         n = max(1, s["delivered"])
         own = s["server_cpu_s"] / n * 1000
-        redis_ms = s["redis_cpu_s"] / n * 1000 if name.startswith("traverse") else 0
+        redis_ms = s["redis_cpu_s"] / n * 1000 if name[-1].isdigit() else 0
         return f"{own:.2f} (+{redis_ms:.2f} Redis)" if redis_ms else f"{own:.2f}"
 
     lines = [

@@ -1,6 +1,7 @@
 """One ASGI app for HTTP (Django, DRF) and WebSocket signaling (Channels)."""
 
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -12,6 +13,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from signaling.origins import SameOriginValidator  # noqa: E402
 from signaling.routing import websocket_urlpatterns  # noqa: E402
+
+if "daphne.server" in sys.modules:  # served by Daphne: tell sockets to move before it stops
+    from signaling.hub import install_daphne_drain  # noqa: E402
+
+    install_daphne_drain()
 
 application = ProtocolTypeRouter(
     {

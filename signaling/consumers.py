@@ -17,6 +17,7 @@ import time
 import uuid
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -42,7 +43,7 @@ from relays.services import ice_servers_issue
 
 from .broadcast import BROADCAST_ERRORS, run_and_announce
 from .groups import user_group
-from .hub import PeerUnreachable, deliver, hub_for
+from .hub import PeerUnreachable, deliver, hub_for, process_drain
 from .presence import node_of, presence_for, redis_for_loop
 from .protocol import ClientMessage, ProtocolError, parse_frame
 from .sessions import (
@@ -62,7 +63,10 @@ logger = logging.getLogger(__name__)
 # Frames that may wait for a peer device whose socket is away before the sender is told
 # `peer_queue_full` (half the replay buffer: the device can still resume).
 PEER_QUEUE_FRAMES = 128
-PEER_MESSAGES = ("offer", "answer", "candidate")
+# "This process is restarting": the page reconnects at once, to another process. (1012, the
+# standard code for it, is one that Daphne's autobahn won't send: applications get 1000 and
+# 3000-4999 only.)
+RESTART_CLOSE_CODE = 4012
 # Frames of its own session that change what a consumer knows of a call's devices.
 MEMBERSHIP_FRAMES = frozenset({"peer-joined", "peer-left", "hangup", "taken-over"})
 
@@ -100,10 +104,16 @@ class SignalConsumer(AsyncWebsocketConsumer):
         try:
             await super().__call__(scope, receive, send)
         except asyncio.CancelledError:
-            # The server is shutting down (or the task was killed): its event loop is going away,
-            # and a database call here would wait forever for a broadcast that needs that loop.
-            # This process stops beating, so presence turns its devices into `reconnecting`
-            # within PRESENCE_TTL_SECONDS, as for a crash.
+            # The server is shutting down (Daphne cancels every consumer before it exits): tell
+            # the page to reconnect now (4012, "service restart"), and it resumes its session on
+            # another process (rolling restarts), rather than wait for a drop to be noticed.
+            # No database here: the event loop is going away, and a database call would wait
+            # forever for a broadcast that needs it. Resuming elsewhere moves the participants;
+            # those that don't come back are found through presence (this process stops
+            # beating), as after a crash.
+            process_drain()
+            with contextlib.suppress(Exception):
+                await self.close(code=RESTART_CLOSE_CODE)
             await self._release(record=False)
             raise
         except BaseException:
@@ -111,6 +121,16 @@ class SignalConsumer(AsyncWebsocketConsumer):
             raise
         else:
             await self._release()
+
+    async def dispatch(self, message: dict) -> None:
+        """As AsyncConsumer.dispatch, without its `aclose_old_connections()` per message: that
+        hops to the database thread for every frame (a third of the CPU of a relayed frame,
+        measured in issue 8), and every database call here goes through
+        database_sync_to_async, which closes old connections itself, before and after."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -158,6 +178,13 @@ class SignalConsumer(AsyncWebsocketConsumer):
         if parse_qs(self.scope.get("query_string", b"").decode()).get("ice") != ["0"]:
             body["ice"] = await database_sync_to_async(ice_servers_issue)(user=user)
         await self.emit("welcome", body=body)
+
+    async def drain(self) -> None:
+        """This process is stopping (hub.process_drain_sockets): the page reconnects elsewhere
+        now and resumes its session there. No database (see __call__)."""
+        with contextlib.suppress(Exception):
+            await self.close(code=RESTART_CLOSE_CODE)
+        await self._release(record=False)
 
     async def disconnect(self, code: int) -> None:
         await self._release()

@@ -36,6 +36,8 @@ class SessionHolder(Protocol):
 
     async def session_frame(self, event: dict) -> None: ...
 
+    async def drain(self) -> None: ...
+
 
 class PeerUnreachable(Exception):
     """The frame was not delivered: `code` says why (`peer_not_present`, `peer_queue_full`)."""
@@ -120,6 +122,24 @@ class Hub:
 
 _hubs: weakref.WeakKeyDictionary[Any, Hub] = weakref.WeakKeyDictionary()
 
+# Set once this process starts shutting down (its consumers are being cancelled): new sockets
+# are sent elsewhere (close 4012) and the health endpoint answers 503.
+_draining = False
+
+
+def process_drain() -> None:
+    global _draining
+    _draining = True
+
+
+def process_draining() -> bool:
+    return _draining
+
+
+def process_sockets() -> int:
+    """Device sessions held by this process's sockets."""
+    return sum(len(h.local) for h in list(_hubs.values()))
+
 
 def hub_for(node: str) -> Hub:
     """This event loop's hub (one per process under Daphne; one per test loop in tests)."""
@@ -170,3 +190,36 @@ async def deliver(
 
             await redis.publish(node_channel(node_of(channel)), f"{header}\n{seq}\n{text}".encode())
     return seq
+
+
+async def process_drain_sockets(timeout: float = 5.0) -> int:
+    """This process is stopping: take no new sockets, and tell each open one to reconnect
+    elsewhere at once (close 4012); their device sessions are detached, so another process can
+    resume them. Returns how many were told."""
+    process_drain()
+    holders = [c for h in list(_hubs.values()) for c in list(h.local.values())]
+    if holders:
+        await asyncio.wait([asyncio.ensure_future(c.drain()) for c in holders], timeout=timeout)
+        # The close frames are written by the reactor's next turns, and the pages answer them:
+        # cut the connections right after, and they were never sent (seen: 1006, not 4012).
+        await asyncio.sleep(0.3)
+    from .presence import presence_stop
+
+    await presence_stop()
+    logger.info("signaling: drained %d socket(s) before stopping", len(holders))
+    return len(holders)
+
+
+def install_daphne_drain() -> None:
+    """Under Daphne, drain before the reactor stops (SIGTERM, SIGINT). Daphne's own trigger
+    cancels every consumer but can fail before it does (daphne 4.2.3 raises KeyError on a
+    connection without an application), and then sockets are only cut, never told."""
+    from twisted.internet import defer
+    from twisted.internet import reactor as twisted_reactor
+
+    reactor: Any = twisted_reactor  # zope interfaces confuse mypy about `self`
+
+    def before_shutdown():
+        return defer.Deferred.fromFuture(asyncio.ensure_future(process_drain_sockets()))
+
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)

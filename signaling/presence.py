@@ -141,3 +141,12 @@ def presence_for(channel_name: str) -> ProcessPresence:
     if presence is None or presence.node != node_of(channel_name):
         presence = _by_loop[loop] = ProcessPresence(node_of(channel_name))
     return presence
+
+
+async def presence_stop() -> None:
+    """The process is stopping: stop beating now, so other processes hand the devices it still
+    holds their grace window within seconds (rather than after PRESENCE_TTL_SECONDS)."""
+    for presence in list(_by_loop.values()):
+        if presence.task is not None:
+            presence.task.cancel()
+        await presence._stop_beating()

@@ -408,3 +408,17 @@ class TcpProxy:
         self.stopping = True
         self.cut()
         self.listener.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_connections_of_async_tests(django_db_setup, django_db_blocker):
+    """Async tests reach the database from asgiref's one sync thread, whose connection persists
+    (CONN_MAX_AGE): close it at the end, or the test database can't be dropped."""
+    yield
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        asyncio.run(sync_to_async(connections.close_all)())

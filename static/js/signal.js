@@ -5,6 +5,8 @@
 export const QUEUE_LIMIT = 200;
 // Close codes after which reconnecting is pointless: not signed in / signed out, disabled.
 const FINAL_CLOSE_CODES = new Set([4401, 4403]);
+// "Service restart": the server process is stopping and told us to go elsewhere, now.
+const RESTART_CLOSE_CODE = 4012;
 
 export class Signal {
   constructor(path = "/ws/signal/") {
@@ -53,7 +55,11 @@ export class Signal {
         this.dispatch("finished", { code: ev.code });
         return;
       }
-      const delay = Math.min(10000, 500 * 2 ** this.retry++);
+      // A process that is being restarted sends its sockets elsewhere at once (with a little
+      // jitter, so they don't all land in the same instant); other drops back off.
+      const delay = ev.code === RESTART_CLOSE_CODE
+        ? 50 + Math.random() * 250
+        : Math.min(10000, 500 * 2 ** this.retry++);
       setTimeout(() => this.connect(), delay);
     };
     return this;

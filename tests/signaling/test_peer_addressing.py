@@ -88,7 +88,7 @@ async def test_offer_answer_and_candidates_touch_no_database(
 ):
     a, b = await in_call(connect, alice, bob, call)
     with counting_queries(monkeypatch) as queries:
-        for i in range(20):
+        for _ in range(20):
             await a.send("candidate", call.id, {**CANDIDATE, "to": b.session})
             await b.send("candidate", call.id, CANDIDATE)
         await a.send("offer", call.id, {**OFFER, "to": b.session})
