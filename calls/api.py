@@ -3,17 +3,22 @@
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework.exceptions import ValidationError
-from rest_framework.generics import ListAPIView, RetrieveAPIView
+from rest_framework.generics import GenericAPIView, ListAPIView, RetrieveAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.api_errors import RateLimited, ServiceUnavailable
+from config.api_errors import Conflict, RateLimited, ServiceUnavailable
 
 from .models import Call
 from .ratelimits import call_start_retry_after
-from .selectors import call_history_for
-from .serializers import CallCreateSerializer, CallSerializer
-from .services import CallError, CallUnavailable, call_start
+from .selectors import call_history_for, participant_for
+from .serializers import (
+    CallCreateSerializer,
+    CallSerializer,
+    InvitationSerializer,
+    ParticipantSerializer,
+)
+from .services import CallError, CallUnavailable, call_invite, call_start
 
 
 class CallListCreateApi(ListAPIView):
@@ -56,3 +61,28 @@ class CallDetailApi(RetrieveAPIView):
             return call_history_for(user=self.request.user).get(pk=self.kwargs["call_id"])
         except Call.DoesNotExist as exc:  # other people's calls are simply not found
             raise Http404("No such call.") from exc
+
+
+# Refusals that are about the call's state, not the request: 409.
+INVITE_CONFLICTS = ("call_full", "already_in_call", "busy", "call_ended", "not_joined")
+
+
+class CallInvitationApi(GenericAPIView):
+    """Invite someone into a call you are in (a group call, up to CALL_MAX_PARTICIPANTS)."""
+
+    serializer_class = InvitationSerializer
+
+    @extend_schema(request=InvitationSerializer, responses={201: ParticipantSerializer})
+    def post(self, request: Request, call_id) -> Response:
+        me = participant_for(call_id=call_id, user=request.user)
+        if me is None:  # other people's calls are simply not found
+            raise Http404("No such call.")
+        ser = InvitationSerializer(data=request.data, context={"request": request})
+        ser.is_valid(raise_exception=True)
+        try:
+            invited = call_invite(participant=me, invitee=ser.validated_data["username"])
+        except CallError as exc:
+            if exc.code in INVITE_CONFLICTS:
+                raise Conflict(exc.message, code=exc.code) from exc
+            raise ValidationError({"username": [exc.message]}, code=exc.code) from exc
+        return Response(ParticipantSerializer(invited).data, status=201)

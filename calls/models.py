@@ -6,6 +6,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class CallState(models.TextChoices):
@@ -86,6 +87,8 @@ class Call(models.Model):
 class ParticipantRole(models.TextChoices):
     CALLER = "caller", "Caller"
     CALLEE = "callee", "Callee"
+    # Asked into a call that was already going (a group call).
+    INVITEE = "invitee", "Invited"
 
 
 class ConnectionType(models.TextChoices):
@@ -117,6 +120,15 @@ class Participant(models.Model):
         max_length=16, choices=ParticipantState.choices, default=ParticipantState.RINGING
     )
     joined_at = models.DateTimeField(null=True, blank=True)
+    # Invitees: when they were asked in, and by whom (their ringing times out like a call's).
+    invited_at = models.DateTimeField(null=True, blank=True)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
     # When its socket dropped; the leave happens SIGNALING_GRACE_SECONDS later unless it returns.
     reconnecting_since = models.DateTimeField(null=True, blank=True)
     left_at = models.DateTimeField(null=True, blank=True)
@@ -154,6 +166,24 @@ class Participant(models.Model):
 
     def media(self) -> dict:
         return {"audio": self.audio, "video": self.video, "screen": self.screen}
+
+
+class ChatMessage(models.Model):
+    """A text message sent in a call (over signaling), kept with the call: its history shows
+    them, they go when the call is deleted, and CHAT_RETENTION_DAYS prunes old ones."""
+
+    call = models.ForeignKey(Call, on_delete=models.CASCADE, related_name="chat")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_messages"
+    )
+    text = models.TextField(max_length=2000)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["call", "at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.call_id}: {self.text[:40]}"
 
 
 class CallEvent(models.Model):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, Q, QuerySet
 
 from .models import (
+    LIVE_STATES,
     Call,
     CallState,
     Participant,
@@ -47,12 +48,13 @@ def call_history_for(*, user) -> QuerySet[Call]:
 
 
 def calls_ringing_for(*, user) -> QuerySet[Call]:
-    """Calls that ring this user right now: they are the callee and haven't joined yet."""
+    """Calls that ring this user right now: they are the callee of a call that rings, or were
+    invited into one that goes on, and haven't answered yet."""
     return (
         Call.objects.filter(
-            state=CallState.RINGING,
+            Q(state=CallState.RINGING, participants__role=ParticipantRole.CALLEE)
+            | Q(state__in=LIVE_STATES, participants__role=ParticipantRole.INVITEE),
             participants__user=user,
-            participants__role=ParticipantRole.CALLEE,
             participants__state=ParticipantState.RINGING,
         )
         .select_related("created_by")

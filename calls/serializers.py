@@ -43,3 +43,13 @@ class CallCreateSerializer(serializers.Serializer):
             return callee_for(caller=self.context["request"].user, username=value)
         except NotCallable as exc:
             raise serializers.ValidationError(str(exc)) from exc
+
+
+class InvitationSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150, help_text="The username to invite.")
+
+    def validate_username(self, value: str):
+        try:
+            return callee_for(caller=self.context["request"].user, username=value)
+        except NotCallable as exc:
+            raise serializers.ValidationError(str(exc)) from exc

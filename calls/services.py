@@ -9,6 +9,7 @@ their work atomically; broadcasts go out only after commit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from datetime import timedelta
 
@@ -33,6 +34,7 @@ from .models import (
     CallEvent,
     CallKind,
     CallState,
+    ChatMessage,
     ConnectionType,
     EndReason,
     Participant,
@@ -42,6 +44,9 @@ from .models import (
     quality_grade,
 )
 from .selectors import missed_unseen_for, peers_reachable
+
+# Who answers a ringing participant: the callee of a call, or someone invited into one.
+ANSWERING_ROLES = (ParticipantRole.CALLEE, ParticipantRole.INVITEE)
 
 logger = logging.getLogger(__name__)
 
@@ -234,16 +239,18 @@ def call_accept(
     now = timezone.now()
     with transaction.atomic():
         call, current = _lock(participant)
-        if current.role != ParticipantRole.CALLEE:
+        if current.role not in ANSWERING_ROLES:
             raise CallError("wrong_role", "Only the person called can answer.")
-        if current.state != ParticipantState.RINGING or call.state != CallState.RINGING:
+        rings = call.state == CallState.RINGING or current.role == ParticipantRole.INVITEE
+        if current.state != ParticipantState.RINGING or not rings:
             if current.state in (ParticipantState.JOINED, ParticipantState.RECONNECTING):
                 raise CallError("answered_elsewhere", "This call was answered on another device.")
             raise CallError("not_ringing", "This call is not ringing any more.")
         _hold(current, channel_name=channel_name, session=session, now=now, keep_join=False)
         Participant.objects.filter(pk=current.pk).update(video=video)
         _record(call.pk, "accepted", user=current.user, at=now, detail="" if video else "no camera")
-        _set_state(call, CallState.CONNECTING, at=now)
+        if call.state == CallState.RINGING:
+            _set_state(call, CallState.CONNECTING, at=now)
         peers = _announce_joined(call, current, resumed=False)
         send_to_users_on_commit(
             [current.user_id],
@@ -268,7 +275,7 @@ def call_join(
     the participant's join time and connection report: the call record is not rewritten when
     a socket comes back.
     """
-    if participant.role == ParticipantRole.CALLEE and participant.state == ParticipantState.RINGING:
+    if participant.role in ANSWERING_ROLES and participant.state == ParticipantState.RINGING:
         call, peers = call_accept(
             participant=participant, channel_name=channel_name, session=session
         )
@@ -276,7 +283,7 @@ def call_join(
     now = timezone.now()
     with transaction.atomic():
         call, current = _lock(participant)
-        if current.state == ParticipantState.RINGING and current.role == ParticipantRole.CALLEE:
+        if current.state == ParticipantState.RINGING and current.role in ANSWERING_ROLES:
             raise CallError("not_ringing", "This call is not ringing any more.")
         held_elsewhere = (
             current.state == ParticipantState.JOINED
@@ -326,8 +333,90 @@ def call_take_over(
 
 
 def call_decline(*, participant: Participant) -> Call:
-    """The callee turns the call down (on any device): it ends with `declined` for everyone."""
+    """The callee turns the call down (on any device): it ends with `declined` for everyone.
+    An invitee's decline only ends their invitation: the call goes on."""
+    if participant.role == ParticipantRole.INVITEE:
+        return _end_invitation(participant, EndReason.DECLINED)
     return _end_ringing(participant, ParticipantRole.CALLEE, EndReason.DECLINED)
+
+
+def _end_invitation(participant: Participant, reason: str, *, at=None) -> Call:
+    """An invitee stops ringing without joining (declined, or no answer): they are `left`, the
+    people in the call are told (`invite-ended`), and the invitee's devices stop ringing."""
+    now = at or timezone.now()
+    with transaction.atomic():
+        call, current = _lock(participant)
+        if current.state != ParticipantState.RINGING:
+            raise CallError("not_ringing", "This call is not ringing any more.")
+        Participant.objects.filter(pk=current.pk).update(state=ParticipantState.LEFT, left_at=now)
+        _record(call.pk, f"invite_{reason}", user_id=current.user_id, at=now)
+        _tell_peers(
+            call.pk, current.user_id, "invite-ended", {"user": current.user_id, "reason": reason}
+        )
+        send_to_users_on_commit(
+            [current.user_id],
+            {"type": "call.ended", "call": str(call.pk), "by": None, "reason": reason},
+        )
+    return call
+
+
+def call_invite(*, participant: Participant, invitee) -> Participant:
+    """Ask `invitee` into a call that `participant` (joined on their device) is in: every device
+    of the invitee rings. Refused when the call is full (CALL_MAX_PARTICIPANTS people ringing or
+    in it), when the invitee is in it already, busy, on do-not-disturb, blocked the inviter, or
+    can't take calls. A person who left or declined can be asked again."""
+    now = timezone.now()
+    if not invitee.is_active:
+        raise CallError("bad_callee", "That account can't take calls.")
+    if Block.objects.filter(blocker=invitee, blocked_id=participant.user_id).exists():
+        raise CallError("unavailable", "That person is unavailable.")
+    if invitee.do_not_disturb:
+        raise CallError("unavailable", "That person is not taking calls right now.")
+    with transaction.atomic():
+        call, current = _lock(participant)
+        if current.state not in (ParticipantState.JOINED, ParticipantState.RECONNECTING):
+            raise CallError("not_joined", "Join the call before you invite anyone.")
+        existing = Participant.objects.filter(call=call, user=invitee).first()
+        if existing is not None and existing.state != ParticipantState.LEFT:
+            raise CallError("already_in_call", "That person is in this call already.")
+        taken = Participant.objects.filter(call=call).exclude(state=ParticipantState.LEFT).count()
+        limit = settings.CALL_MAX_PARTICIPANTS
+        if taken >= limit:
+            raise CallError(
+                "call_full", f"This call is full: at most {limit} people can be in it at once."
+            )
+        if _callee_busy(invitee):
+            raise CallError("busy", "That person is in another call.")
+        fields = {
+            "role": ParticipantRole.INVITEE if existing is None else existing.role,
+            "state": ParticipantState.RINGING,
+            "invited_at": now,
+            "invited_by_id": current.user_id,
+            "left_at": None,
+            "session": "",
+            "channel_name": "",
+        }
+        if existing is None:
+            invited = Participant.objects.create(call=call, user=invitee, **fields)
+        else:
+            Participant.objects.filter(pk=existing.pk).update(**fields)
+            invited = Participant.objects.get(pk=existing.pk)
+        _record(call.pk, "invited", user_id=invitee.pk, at=now, detail=f"by {current.user}")
+        _tell_peers(
+            call.pk,
+            invitee.pk,
+            "invited",
+            {"user": invitee.card(), "by": current.user_id},
+        )
+        event = {
+            "type": "call.incoming",
+            "call": str(call.pk),
+            "kind": call.kind,
+            "from": current.user.card(),
+            "group": True,
+        }
+        send_to_users_on_commit([invitee.pk], event)
+    return invited
 
 
 def call_cancel(*, participant: Participant) -> Call:
@@ -361,12 +450,51 @@ def call_hangup(*, participant: Participant, reason: str = EndReason.HANGUP) -> 
             if participant.role == ParticipantRole.CALLER
             else EndReason.DECLINED
         )
+    if _leave_group_call(participant):
+        return Call.objects.get(pk=participant.call_id)
     return call_end(
         call_id=participant.call_id,
         user=participant.user,
         reason=reason,
         reason_while_ringing=while_ringing,
     )
+
+
+def _goes_on_without(call_id, user_id) -> bool:
+    """Two or more other people are in the call (joined, or coming back): it is a group call
+    that goes on when this one goes."""
+    return (
+        Participant.objects.filter(
+            call_id=call_id,
+            state__in=[ParticipantState.JOINED, ParticipantState.RECONNECTING],
+        )
+        .exclude(user_id=user_id)
+        .count()
+        >= 2
+    )
+
+
+def _leave_group_call(participant: Participant) -> bool:
+    """A hangup in a group call is a leave: the others go on (peer-left), and the devices of
+    the one who hung up are told the call is over for them. False when it is not a group call
+    (the hangup then ends the call for everyone)."""
+    now = timezone.now()
+    with transaction.atomic():
+        call = Call.objects.select_for_update().get(pk=participant.call_id)
+        if call.state in (CallState.ENDED, CallState.RINGING):
+            return False
+        if not _goes_on_without(call.pk, participant.user_id):
+            return False
+        current = Participant.objects.select_for_update().get(pk=participant.pk)
+        sessions = _sessions([current])
+        Participant.objects.filter(pk=current.pk).update(
+            state=ParticipantState.LEFT, left_at=now, reconnecting_since=None
+        )
+        _record(call.pk, "left", user_id=current.user_id, at=now, detail="hung up")
+        _tell_peers(call.pk, current.user_id, "peer-left", {"user": current.user_id})
+        body = {"by": current.user_id, "reason": EndReason.HANGUP}
+        send_to_sessions_on_commit(sessions, "hangup", call=call.pk, body=body)
+    return True
 
 
 def call_resume_session(
@@ -557,6 +685,9 @@ def calls_expire(*, now=None) -> dict:
             left += 1
             _record(p.call_id, "left", user_id=p.user_id, at=now, detail="did not come back")
             _tell_peers(p.call_id, p.user_id, "peer-left", {"user": p.user_id})
+            goes_on = _goes_on_without(p.call_id, p.user_id)
+        if goes_on:  # a group call: the others carry on
+            continue
         call_end(
             call_id=p.call_id,
             user=None,
@@ -572,7 +703,50 @@ def calls_expire(*, now=None) -> dict:
     )
     for call_id in unanswered:
         call_end(call_id=call_id, user=None, reason=EndReason.NO_ANSWER)
-    return {"left": left, "no_answer": len(unanswered)}
+    invitations = list(
+        Participant.objects.filter(
+            role=ParticipantRole.INVITEE,
+            state=ParticipantState.RINGING,
+            invited_at__lt=ring_cutoff,
+        )
+    )
+    for p in invitations:
+        with contextlib.suppress(CallError):  # answered, declined or ended meanwhile
+            _end_invitation(p, EndReason.NO_ANSWER, at=now)
+    return {"left": left, "no_answer": len(unanswered), "invites_unanswered": len(invitations)}
+
+
+def chat_post(*, participant: Participant, text: str) -> ChatMessage:
+    """A text message in the call, from a device in it: stored with the call, and sent to every
+    device in the call (the sender's too: that is its confirmation, in order)."""
+    with transaction.atomic():
+        message = ChatMessage.objects.create(
+            call_id=participant.call_id, user_id=participant.user_id, text=text
+        )
+        everyone = Participant.objects.filter(call_id=participant.call_id)
+        send_to_sessions_on_commit(
+            _sessions(everyone),
+            "chat",
+            call=participant.call_id,
+            body={
+                "id": message.pk,
+                "user": participant.user_id,
+                "name": participant.user.label(),
+                "text": text,
+                "at": message.at.isoformat(),
+            },
+        )
+    return message
+
+
+def chat_prune(*, now=None) -> int:
+    """Delete chat messages older than CHAT_RETENTION_DAYS (0 keeps them). Returns how many."""
+    days = settings.CHAT_RETENTION_DAYS
+    if days <= 0:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    deleted, _ = ChatMessage.objects.filter(at__lt=cutoff).delete()
+    return deleted
 
 
 # One stored quality sample per participant per this many seconds; more are dropped.

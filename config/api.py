@@ -2,11 +2,16 @@
 
 from django.urls import path
 
-from calls.api import CallDetailApi, CallListCreateApi
+from calls.api import CallDetailApi, CallInvitationApi, CallListCreateApi
 from relays.api import IceServersApi
 
 urlpatterns = [
     path("ice-servers/", IceServersApi.as_view(), name="api-ice-servers"),
     path("calls/", CallListCreateApi.as_view(), name="api-calls"),
     path("calls/<uuid:call_id>/", CallDetailApi.as_view(), name="api-call-detail"),
+    path(
+        "calls/<uuid:call_id>/invitations/",
+        CallInvitationApi.as_view(),
+        name="api-call-invitations",
+    ),
 ]

@@ -32,6 +32,14 @@ class ServiceUnavailable(exceptions.APIException):
     default_code = "unavailable"
 
 
+class Conflict(exceptions.APIException):
+    """The request is well-formed but the resource's state refuses it (e.g. `call_full`)."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "That can't be done in the current state."
+    default_code = "conflict"
+
+
 class RateLimited(exceptions.APIException):
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
     default_detail = "Too many requests; slow down."
@@ -73,7 +81,12 @@ def api_exception_handler(exc, context):
     if isinstance(exc, exceptions.ValidationError):
         response.data = error_body("invalid", "The request is not valid.", _fields(exc.detail))
     else:
-        code = CODES.get(type(exc)) or getattr(exc, "default_code", None) or "error"
+        code = (
+            CODES.get(type(exc))
+            or getattr(exc.detail, "code", None)  # raised with its own code (e.g. call_full)
+            or getattr(exc, "default_code", None)
+            or "error"
+        )
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         response.data = error_body(str(code), str(detail))
     if isinstance(exc, RateLimited):

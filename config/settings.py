@@ -218,12 +218,18 @@ PRESENCE_TTL_SECONDS = env.float("PRESENCE_TTL_SECONDS", default=30.0)
 # A call nobody answers ends with `no_answer` after this many seconds.
 CALL_RING_TIMEOUT = env.float("CALL_RING_TIMEOUT", default=60.0)
 # How often the reaper ends grace windows, unanswered calls and dead processes' sockets.
+# A group call is a mesh (every device sends its media to every other): past 4 to 6 people the
+# uplinks give out. Invitations above this are refused with `call_full`.
+CALL_MAX_PARTICIPANTS = env.int("CALL_MAX_PARTICIPANTS", default=6)
+# Chat messages of calls older than this are deleted (0 keeps them for as long as the call).
+CHAT_RETENTION_DAYS = env.int("CHAT_RETENTION_DAYS", default=90)
 CALL_REAP_INTERVAL = env.float("CALL_REAP_INTERVAL", default=5.0)
 CELERY_BEAT_SCHEDULE["calls-reap"] = {
     "task": "calls.tasks.reap_calls",
     "schedule": CALL_REAP_INTERVAL,
     "options": {"expires": CALL_REAP_INTERVAL},
 }
+CELERY_BEAT_SCHEDULE["chat-prune"] = {"task": "calls.tasks.prune_chat", "schedule": 3600.0}
 
 # --- email (password resets) ----------------------------------------------------------------
 # EMAIL_URL, e.g. smtp+tls://user:password@smtp.example.com:587; by default mail is printed to the

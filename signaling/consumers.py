@@ -23,7 +23,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from calls.models import CallState, Participant, ParticipantRole, ParticipantState
-from calls.selectors import calls_ringing_for, participant_for
+from calls.selectors import NotCallable, callee_for, calls_ringing_for, participant_for
 from calls.services import (
     CallError,
     call_accept,
@@ -31,10 +31,12 @@ from calls.services import (
     call_decline,
     call_disconnected,
     call_hangup,
+    call_invite,
     call_join,
     call_leave,
     call_resume_session,
     call_take_over,
+    chat_post,
     participant_media,
     participant_report,
     participant_stats,
@@ -514,6 +516,20 @@ class SignalConsumer(AsyncWebsocketConsumer):
         me = await self._joined_participant(msg)
         await run_and_announce(participant_stats, participant=me, **msg.body)
 
+    async def on_invite(self, msg: ClientMessage) -> None:
+        me = await self._joined_participant(msg)
+        try:
+            invitee = await database_sync_to_async(callee_for)(
+                caller=self.user, username=msg.body["username"]
+            )
+        except NotCallable as exc:
+            raise ProtocolError("bad_callee", str(exc), msg.id) from None
+        await run_and_announce(call_invite, participant=me, invitee=invitee)
+
+    async def on_chat(self, msg: ClientMessage) -> None:
+        me = await self._joined_participant(msg)
+        await run_and_announce(chat_post, participant=me, text=msg.body["text"])
+
     async def on_hangup(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
         await run_and_announce(call_hangup, participant=me, reason=msg.body["reason"])
@@ -562,7 +578,11 @@ class SignalConsumer(AsyncWebsocketConsumer):
         await self.emit(
             "incoming",
             call=event["call"],
-            body={"from": event["from"], "kind": event.get("kind", "video")},
+            body={
+                "from": event["from"],
+                "kind": event.get("kind", "video"),
+                "group": event.get("group", False),
+            },
         )
 
     async def call_answered(self, event: dict) -> None:

@@ -34,9 +34,12 @@ CLIENT_TYPES: dict[str, bool] = {
     "take-over": True,
     "media-state": True,
     "stats": True,
+    "invite": True,
+    "chat": True,
 }
 HANGUP_REASONS = ("hangup", "failed")
 MAX_SESSION_CHARS = 64
+MAX_CHAT_CHARS = 2000
 
 
 class ProtocolError(Exception):
@@ -192,6 +195,20 @@ def _validate_type_body(msg: ClientMessage) -> None:
         ):
             out[name] = _number(b.get(key), key, top, msg.id)
         msg.body = out
+    elif msg.type == "invite":
+        username = b.get("username")
+        if not isinstance(username, str) or not 0 < len(username.strip()) <= 150:
+            raise ProtocolError("bad_body", "`invite` needs body.username.", msg.id)
+        msg.body = {"username": username.strip()}
+    elif msg.type == "chat":
+        text = b.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ProtocolError("bad_body", "`chat` needs body.text, a non-empty string.", msg.id)
+        if len(text) > MAX_CHAT_CHARS:
+            raise ProtocolError(
+                "bad_body", f"Chat messages are limited to {MAX_CHAT_CHARS} characters.", msg.id
+            )
+        msg.body = {"text": text.strip()}
     elif msg.type == "hangup":
         reason = b.get("reason", "hangup")
         if reason not in HANGUP_REASONS:
