@@ -226,7 +226,13 @@ def _announce_joined(call: Call, current: Participant, *, resumed: bool) -> list
         [p.session for p in peers],
         "peer-joined",
         call=call.pk,
-        body={"user": current.user_id, "session": current.session, "resumed": resumed},
+        body={
+            "user": current.user_id,
+            "session": current.session,
+            "resumed": resumed,
+            "username": current.user.username,
+            "name": current.user.label(),
+        },
     )
     return peers
 

@@ -1,7 +1,11 @@
-// The call screen: ringing (ringback, accept/decline), local media with device pickers, perfect
-// negotiation over the signaling socket, ICE restart when the path breaks, mute/camera state both
-// ways, a timer, and a quality indicator from getStats() reported to the server every few seconds.
-// All of the call's state lives in one object, `call` (window.traverseCall, the tests' hook).
+// The call screen: ringing (ringback, accept/decline), local media with device pickers, one peer
+// connection per other device in the call (a mesh, up to CALL_MAX_PARTICIPANTS), each with
+// perfect negotiation over the signaling socket (messages addressed `to` its device session),
+// ICE restart when its path breaks, and its own tile: video, path and quality. Mute/camera/screen
+// state both ways, invitations, chat, a timer, and quality reported to the server.
+// All of the call's state lives in one object, `call` (window.traverseCall, the tests' hook);
+// `call.pc`, `call.peerMedia`, `call.quality` and `call.report` describe the first peer (the
+// other party of a one-to-one call), and `call.peerList()` every peer.
 import { Signal } from "./signal.js";
 import { initRinger } from "./ringer.js";
 import * as tones from "./tones.js";
@@ -41,48 +45,65 @@ export function init(root) {
   const data = root.dataset;
   const ui = {
     status: $("call-status"), conn: $("conn-type"), quality: $("quality"), timer: $("timer"),
-    error: $("call-error"), local: $("local"), remote: $("remote"), peerMuted: $("peer-muted"),
-    peerCamera: $("peer-camera-off"), mute: $("mute"), camera: $("camera"), hangup: $("hangup"),
+    error: $("call-error"), local: $("local"), tiles: $("tiles"), primaryTile: $("tile-primary"),
+    mute: $("mute"), camera: $("camera"), screen: $("screen"), hangup: $("hangup"),
     accept: $("accept"), acceptAudio: $("accept-audio"), decline: $("decline"), takeOver: $("take-over"),
     mic: $("mic"), cam: $("cam"), ringing: $("ringing-actions"), controls: $("in-call-controls"),
+    inviteForm: $("invite-form"), inviteName: $("invite-username"), invites: $("invites"),
+    title: $("call-title"),
+    chatForm: $("chat-form"), chatText: $("chat-text"), chatLog: $("chat-log"),
   };
   const call = (window.traverseCall = {
     id: data.call,
     role: data.role,
     kind: data.kind,
     serverState: data.state,
+    ringingMe: data.ringing === "1",
+    me: null, // my user id (from welcome)
     status: "starting",
     endReason: null,
     connectedAt: null,
     answeredAt: null,
-    peerSession: null, // the device session of the other side: where offers and candidates go
     mediaFlowingAt: null,
     connections: 0,
-    report: null,
     ice: null,
     errors: [],
-    peerMedia: null,
-    quality: null,
+    dropped: [],
     iceRestarts: 0,
     recoveries: 0,
     lastRecoveryMs: null,
     signalingSessions: 0,
     signalingDrops: 0,
     statsSent: 0,
+    chat: [], // {user, name, text, at}
+    invites: [], // {user, username, state: ringing|declined|no_answer|joined}
+    sharing: false,
+    screenTrack: null,
     heldBy: sessionStorage.getItem(`traverse.call.${data.call}`) || "",
     forceRelay: data.forceRelay === "1" || localStorage.getItem("traverse.forceRelay") === "1",
     signal: null,
-    pc: null,
     localStream: null,
-    polite: data.role === "callee",
-    makingOffer: false,
-    ignoreOffer: false,
     ended: false,
     rtcConfig: { iceServers: [] },
-    restartTimer: null,
-    brokenSince: null,
-    lastSample: null,
+    peers: new Map(), // user id -> peer (one device per person in a call)
+    primary: null, // the user id of the first peer: the header pills and the first tile
   });
+  // The first peer, as a one-to-one call has it.
+  const first = () => (call.primary != null ? call.peers.get(call.primary) : null) || null;
+  Object.defineProperties(call, {
+    pc: { get: () => (first() ? first().pc : null) },
+    peerSession: { get: () => (first() ? first().session : null) },
+    peerMedia: { get: () => (first() ? first().media : null) },
+    quality: { get: () => (first() ? first().quality : null) },
+    report: { get: () => (first() ? first().report : null) },
+    polite: { get: () => (first() ? first().polite : data.role !== "caller") },
+  });
+  call.peerList = () => [...call.peers.values()].map((p) => ({
+    user: p.user, session: p.session, name: p.name, status: p.status, media: p.media,
+    quality: p.quality, path: p.report ? p.report.connectionType : null,
+    connected: !!p.pc && p.pc.connectionState === "connected",
+    pc: p.pc ? { signaling: p.pc.signalingState, connection: p.pc.connectionState, ice: p.pc.iceConnectionState, gathering: p.pc.iceGatheringState, candidatesSent: p.sentCandidates || 0, candidatesGot: p.gotCandidates || 0, candidateErrors: p.candidateErrors || [] } : null,
+  }));
 
   function setStatus(text) {
     call.status = text;
@@ -105,11 +126,11 @@ export function init(root) {
     clearTimeout(refreshTimer);
     clearInterval(timers.stats);
     clearInterval(timers.clock);
-    clearTimeout(call.restartTimer);
-    if (call.pc) { call.pc.close(); call.pc = null; }
+    for (const peer of call.peers.values()) closePeerConnection(peer);
     if (call.localStream) for (const t of call.localStream.getTracks()) t.stop();
+    if (call.screenTrack) call.screenTrack.stop();
     if (call.signal) call.signal.close();
-    for (const b of [ui.hangup, ui.mute, ui.camera, ui.accept, ui.acceptAudio, ui.decline]) if (b) b.disabled = true;
+    for (const b of [ui.hangup, ui.mute, ui.camera, ui.screen, ui.accept, ui.acceptAudio, ui.decline]) if (b) b.disabled = true;
     if (reason === "busy") { tones.play("busy"); setTimeout(() => tones.stop(), 3000); }
     if (redirect) setTimeout(() => { location.href = data.detailUrl; }, 3500);
   }
@@ -121,7 +142,7 @@ export function init(root) {
   const timers = { stats: null, clock: null };
 
   // --- local media ----------------------------------------------------------------------
-  const wantVideo = data.kind === "video" && !(call.role === "callee" && data.video === "0");
+  const wantVideo = data.kind === "video" && !(call.ringingMe && data.video === "0");
   async function openMedia() {
     try {
       call.localStream = await navigator.mediaDevices.getUserMedia({
@@ -132,11 +153,12 @@ export function init(root) {
         call.localStream = await navigator.mediaDevices.getUserMedia({ audio: true });
         if (wantVideo) showError("No camera: audio only.");
       } catch {
-        showError(`No microphone or camera (${err.name}): you can still see and hear the other side.`);
+        showError(`No microphone or camera (${err.name}): you can still see and hear the others.`);
       }
     }
     if (call.localStream) ui.local.srcObject = call.localStream;
     ui.camera.hidden = !call.localStream || !call.localStream.getVideoTracks().length;
+    ui.screen.hidden = !navigator.mediaDevices.getDisplayMedia;
     await fillDevicePickers();
   }
 
@@ -157,6 +179,29 @@ export function init(root) {
     }
   }
 
+  // The track every peer connection sends for `kind`: the screen while it is shared.
+  function outgoing(kind) {
+    if (kind === "video" && call.screenTrack) return call.screenTrack;
+    if (!call.localStream) return null;
+    return (kind === "audio" ? call.localStream.getAudioTracks() : call.localStream.getVideoTracks())[0] || null;
+  }
+
+  // Send `track` as this kind on every peer connection: replace what is sent (no renegotiation),
+  // or add it where nothing of that kind is sent yet (perfect negotiation renegotiates).
+  async function sendEverywhere(kind, track) {
+    for (const peer of call.peers.values()) {
+      if (!peer.pc || peer.pc.connectionState === "closed") continue;
+      const transceiver = peer.pc.getTransceivers().find((t) => t.receiver.track && t.receiver.track.kind === kind);
+      const sender = transceiver && transceiver.sender;
+      if (sender && sender.track !== track) {
+        if (transceiver.direction === "recvonly" && track) transceiver.direction = "sendrecv";
+        await sender.replaceTrack(track);
+      } else if (!sender && track) {
+        peer.pc.addTrack(track, call.localStream || new MediaStream([track]));
+      }
+    }
+  }
+
   async function switchDevice(kind, deviceId) {
     const constraints = kind === "audio" ? { audio: { deviceId: { exact: deviceId } } } : { video: { deviceId: { exact: deviceId }, width: 640, height: 360 } };
     try {
@@ -164,12 +209,9 @@ export function init(root) {
       const track = fresh.getTracks()[0];
       const old = kind === "audio" ? call.localStream.getAudioTracks()[0] : call.localStream.getVideoTracks()[0];
       track.enabled = old ? old.enabled : true;
-      if (call.pc) {
-        const sender = call.pc.getSenders().find((s) => s.track && s.track.kind === kind);
-        if (sender) await sender.replaceTrack(track);
-      }
       if (old) { call.localStream.removeTrack(old); old.stop(); }
       call.localStream.addTrack(track);
+      if (!(kind === "video" && call.screenTrack)) await sendEverywhere(kind, track);
     } catch (err) {
       showError(`Could not switch to that device: ${err.message}`);
     }
@@ -177,130 +219,273 @@ export function init(root) {
   ui.mic.addEventListener("change", () => switchDevice("audio", ui.mic.value));
   ui.cam.addEventListener("change", () => switchDevice("video", ui.cam.value));
 
+  // Screen share: the screen replaces the camera on every peer connection (or is added in a
+  // voice call), and the camera comes back when sharing stops (button, or the browser's bar).
+  async function startScreenShare() {
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+    } catch (err) {
+      if (err.name !== "NotAllowedError") showError(`Could not share the screen: ${err.message}`);
+      return;
+    }
+    call.screenTrack = stream.getVideoTracks()[0];
+    call.sharing = true;
+    call.screenTrack.addEventListener("ended", () => stopScreenShare());
+    ui.local.srcObject = stream;
+    ui.screen.textContent = "Stop sharing";
+    ui.screen.classList.add("active");
+    await sendEverywhere("video", call.screenTrack);
+    sendMediaState();
+  }
+  async function stopScreenShare() {
+    if (!call.screenTrack) return;
+    const track = call.screenTrack;
+    call.screenTrack = null;
+    call.sharing = false;
+    track.stop();
+    ui.local.srcObject = call.localStream;
+    ui.screen.textContent = "Share screen";
+    ui.screen.classList.remove("active");
+    await sendEverywhere("video", outgoing("video"));
+    sendMediaState();
+  }
+
   function mediaState() {
     const s = call.localStream;
     return {
       audio: !!s && s.getAudioTracks().some((t) => t.enabled),
       video: !!s && s.getVideoTracks().some((t) => t.enabled),
-      screen: false,
+      screen: !!call.screenTrack,
     };
   }
   function sendMediaState() {
     if (call.joined) signal.send("media-state", call.id, mediaState());
   }
-  function showPeerMedia(media) {
-    call.peerMedia = media;
-    ui.peerMuted.hidden = media.audio;
-    ui.peerCamera.hidden = media.video || call.kind === "voice";
+
+  // --- peers and their tiles ------------------------------------------------------------
+  function tileFor(peer) {
+    if (call.primary === peer.user) return ui.primaryTile;
+    const tile = ui.primaryTile.cloneNode(true);
+    tile.removeAttribute("id");
+    for (const el of tile.querySelectorAll("[id]")) el.removeAttribute("id");
+    tile.querySelector("video").srcObject = null;
+    tile.dataset.user = peer.user;
+    ui.tiles.insertBefore(tile, ui.local);
+    return tile;
   }
 
-  // --- the peer connection --------------------------------------------------------------
-  function pcAlive() {
-    return !!call.pc && ["new", "connecting", "connected", "disconnected"].includes(call.pc.connectionState);
+  function upsertPeer({ user, session, name, username, media }) {
+    let peer = call.peers.get(user);
+    if (!peer) {
+      if (call.primary == null) call.primary = user;
+      peer = {
+        user, session, name: name || username || `#${user}`, pc: null, media: null, quality: null,
+        report: null, status: "waiting", polite: call.me != null && call.me > user,
+        makingOffer: false, ignoreOffer: false, restartsInARow: 0, restartTimer: null,
+        brokenSince: null, lastSample: null,
+      };
+      call.peers.set(user, peer);
+      peer.tile = tileFor(peer);
+      peer.tile.hidden = false;
+      peer.tile.dataset.user = user;
+    }
+    if (session) peer.session = session;
+    if (name) peer.name = name;
+    peer.tile.querySelector(".tile-name").textContent = peer.name;
+    if (media) showPeerMedia(peer, media);
+    showWho();
+    return peer;
   }
 
-  function startPeerConnection() {
-    if (call.pc) call.pc.close();
-    const pc = (call.pc = new RTCPeerConnection(call.rtcConfig));
+  // A group call names everyone in it, and its tiles get a row each on a narrow screen.
+  function showWho() {
+    const names = [...call.peers.values()].filter((p) => p.status !== "left").map((p) => p.name);
+    ui.tiles.classList.toggle("group", names.length > 1);
+    if (names.length > 1 && ui.title) ui.title.textContent = `${names.slice(0, -1).join(", ")} and ${names.at(-1)}`;
+  }
+
+  function setPeerStatus(peer, text) {
+    peer.status = text;
+    peer.tile.querySelector(".tile-status").textContent = text;
+  }
+
+  function showPeerMedia(peer, media) {
+    peer.media = media;
+    peer.tile.querySelector(".flag-muted").hidden = media.audio;
+    peer.tile.querySelector(".flag-camera").hidden = media.video || media.screen || call.kind === "voice";
+    peer.tile.querySelector(".flag-screen").hidden = !media.screen;
+    peer.tile.classList.toggle("sharing", !!media.screen);
+  }
+
+  function dropPeer(user) {
+    const peer = call.peers.get(user);
+    if (!peer) return;
+    closePeerConnection(peer);
+    if (peer.tile !== ui.primaryTile) {
+      peer.tile.remove();
+      call.peers.delete(user);
+    } else {
+      setPeerStatus(peer, "left");
+    }
+    showWho();
+  }
+
+  function closePeerConnection(peer) {
+    clearTimeout(peer.restartTimer);
+    if (peer.pc) { peer.pc.close(); peer.pc = null; }
+  }
+
+  function pcAlive(peer) {
+    return !!peer && !!peer.pc && ["new", "connecting", "connected", "disconnected"].includes(peer.pc.connectionState);
+  }
+
+  function anyConnected() {
+    return [...call.peers.values()].some((p) => p.pc && p.pc.connectionState === "connected");
+  }
+
+  function startPeerConnection(peer) {
+    closePeerConnection(peer);
+    const pc = (peer.pc = new RTCPeerConnection(call.rtcConfig));
     let counted = false;
-    call.makingOffer = false;
-    call.ignoreOffer = false;
-    if (call.localStream) for (const track of call.localStream.getTracks()) pc.addTrack(track, call.localStream);
-    if (!call.localStream || !call.localStream.getAudioTracks().length) pc.addTransceiver("audio", { direction: "recvonly" });
-    if (call.kind === "video" && (!call.localStream || !call.localStream.getVideoTracks().length)) pc.addTransceiver("video", { direction: "recvonly" });
-    pc.ontrack = ({ streams }) => { ui.remote.srcObject = streams[0]; watchFirstFrame(); };
-    pc.onicecandidate = ({ candidate }) => signal.send("candidate", call.id, { to: call.peerSession, candidate: candidate ? candidate.toJSON() : null });
-    pc.onnegotiationneeded = async () => {
+    peer.makingOffer = false;
+    peer.ignoreOffer = false;
+    for (const kind of ["audio", "video"]) {
+      const track = outgoing(kind);
+      if (track) pc.addTrack(track, call.localStream || new MediaStream([track]));
+      else if (kind === "audio" || call.kind === "video") pc.addTransceiver(kind, { direction: "recvonly" });
+    }
+    const send = (type, body) => signal.send(type, call.id, { to: peer.session, ...body });
+    pc.ontrack = ({ streams, track }) => {
+      const video = peer.tile.querySelector("video");
+      video.srcObject = streams[0] || new MediaStream([track]);
+      watchFirstFrame(peer);
+    };
+    pc.onicecandidateerror = (ev) => { (peer.candidateErrors = peer.candidateErrors || []).push(`${ev.errorCode} ${ev.errorText} ${ev.url}`); };
+    pc.onicecandidate = ({ candidate }) => {
+      peer.sentCandidates = (peer.sentCandidates || 0) + 1;
+      send("candidate", { candidate: candidate ? candidate.toJSON() : null });
+    };
+    const makeOffer = async () => {
       try {
-        call.makingOffer = true;
+        peer.makingOffer = true;
         await pc.setLocalDescription();
-        signal.send(pc.localDescription.type, call.id, { to: call.peerSession, description: pc.localDescription.toJSON() });
+        send(pc.localDescription.type, { description: pc.localDescription.toJSON() });
       } catch (err) {
         showError(`Negotiation failed: ${err.message}`);
       } finally {
-        call.makingOffer = false;
+        peer.makingOffer = false;
       }
+    };
+    pc.onnegotiationneeded = () => {
+      // The first offer of a pair comes from its impolite side. Both sides offering at once
+      // is resolved by perfect negotiation, but the polite side's rolled-back offer left
+      // Chromium's ICE gathering stalled for the answer (seen: no candidates, ICE "new", in 1
+      // of 3 group calls). The polite side offers anyway if nothing came within 3 s.
+      if (peer.polite && !pc.remoteDescription) {
+        clearTimeout(peer.offerTimer);
+        peer.offerTimer = setTimeout(() => { if (peer.pc === pc && !pc.remoteDescription) makeOffer(); }, 3000);
+        return;
+      }
+      makeOffer();
     };
     pc.onconnectionstatechange = () => {
-      if (call.pc !== pc || call.ended) return;
+      if (peer.pc !== pc || call.ended) return;
       const s = pc.connectionState;
       if (s === "connected") {
-        clearTimeout(call.restartTimer);
-        if (call.brokenSince) {
-          call.lastRecoveryMs = Date.now() - call.brokenSince;
+        clearTimeout(peer.restartTimer);
+        if (peer.brokenSince) {
+          call.lastRecoveryMs = Date.now() - peer.brokenSince;
           call.recoveries += 1;
-          call.brokenSince = null;
+          peer.brokenSince = null;
         }
-        call.restartsInARow = 0;
+        peer.restartsInARow = 0;
         if (!call.connectedAt) { call.connectedAt = Date.now(); startClock(); }
-        // Peer connections that got connected: a call that never renegotiates keeps this at 1.
+        // Peer connections that got connected: a call that never renegotiates keeps this at
+        // one per peer.
         if (!counted) { counted = true; call.connections += 1; }
+        setPeerStatus(peer, "connected");
         setStatus("connected");
-        reportConnection();
+        reportConnection(peer);
         startStats();
       } else if (s === "disconnected") {
-        call.brokenSince = call.brokenSince || Date.now();
+        peer.brokenSince = peer.brokenSince || Date.now();
+        setPeerStatus(peer, "reconnecting media");
         setStatus("reconnecting media");
-        clearTimeout(call.restartTimer);
-        call.restartTimer = setTimeout(() => { if (call.pc === pc && pc.connectionState === "disconnected") restartIce(); }, DISCONNECTED_GRACE_MS);
+        clearTimeout(peer.restartTimer);
+        peer.restartTimer = setTimeout(() => { if (peer.pc === pc && pc.connectionState === "disconnected") restartIce(peer); }, DISCONNECTED_GRACE_MS);
       } else if (s === "failed") {
-        call.brokenSince = call.brokenSince || Date.now();
-        restartIce();
+        peer.brokenSince = peer.brokenSince || Date.now();
+        restartIce(peer);
       } else {
-        setStatus(s);
+        setPeerStatus(peer, s);
+        if (!anyConnected()) setStatus(s);
       }
     };
+    return pc;
   }
 
-  // The path broke (a relay died, the network changed): restart ICE on the same connection,
-  // first on every path, then relay-only, with fresh credentials; after that the call failed.
-  async function restartIce() {
-    const pc = call.pc;
+  // A path broke (a relay died, the network changed): restart ICE on the same connection,
+  // first on every path, then relay-only, with fresh credentials. After that, a one-to-one
+  // call has failed; in a group call only that peer's connection is given up.
+  async function restartIce(peer) {
+    const pc = peer.pc;
     if (!pc || call.ended) return;
-    call.restartsInARow = (call.restartsInARow || 0) + 1;
-    if (call.restartsInARow > MAX_RESTARTS) {
+    peer.restartsInARow += 1;
+    if (peer.restartsInARow > MAX_RESTARTS) {
+      if (call.peers.size > 1) {
+        closePeerConnection(peer);
+        setPeerStatus(peer, "no network path");
+        return;
+      }
       signal.send("hangup", call.id, { reason: "failed" });
       finish("failed");
       return;
     }
     call.iceRestarts += 1;
+    setPeerStatus(peer, "reconnecting media");
     setStatus("reconnecting media");
     await refreshIce().catch(() => {});
-    if (call.pc !== pc) return;
-    const relayOnly = call.forceRelay || call.restartsInARow >= 2;
+    if (peer.pc !== pc) return;
+    const relayOnly = call.forceRelay || peer.restartsInARow >= 2;
     pc.setConfiguration({ ...call.rtcConfig, iceTransportPolicy: relayOnly ? "relay" : "all" });
     pc.restartIce();
-    clearTimeout(call.restartTimer);
+    clearTimeout(peer.restartTimer);
     // A restart that doesn't get connected within 10 s is followed by the next one.
-    call.restartTimer = setTimeout(() => { if (call.pc === pc && pc.connectionState !== "connected") restartIce(); }, 10000);
+    peer.restartTimer = setTimeout(() => { if (peer.pc === pc && pc.connectionState !== "connected") restartIce(peer); }, 10000);
   }
 
-  async function onDescription(description) {
-    if (!call.pc) startPeerConnection();
-    const pc = call.pc;
-    const collision = description.type === "offer" && (call.makingOffer || pc.signalingState !== "stable");
-    call.ignoreOffer = !call.polite && collision;
-    if (call.ignoreOffer) return;
+  function senderOf(msg) {
+    return upsertPeer({ user: msg.body.from, session: msg.body.fromSession });
+  }
+
+  async function onDescription(peer, description) {
+    if (!peer.pc) startPeerConnection(peer);
+    const pc = peer.pc;
+    const collision = description.type === "offer" && (peer.makingOffer || pc.signalingState !== "stable");
+    peer.ignoreOffer = !peer.polite && collision;
+    if (peer.ignoreOffer) return;
     await pc.setRemoteDescription(description);
     if (description.type === "offer") {
       await pc.setLocalDescription();
-      signal.send("answer", call.id, { to: call.peerSession, description: pc.localDescription.toJSON() });
+      signal.send("answer", call.id, { to: peer.session, description: pc.localDescription.toJSON() });
     }
   }
 
-  async function onCandidate(candidate) {
-    if (!call.pc) return;
+  async function onCandidate(peer, candidate) {
+    peer.gotCandidates = (peer.gotCandidates || 0) + 1;
+    if (!peer.pc) return;
     try {
-      await call.pc.addIceCandidate(candidate);
+      await peer.pc.addIceCandidate(candidate);
     } catch (err) {
-      if (!call.ignoreOffer) showError(`Bad candidate: ${err.message}`);
+      if (!peer.ignoreOffer) showError(`Bad candidate: ${err.message}`);
     }
   }
 
   // --- stats: the path, quality, first frame ----------------------------------------------
-  async function selectedPair() {
-    if (!call.pc) return null;
-    const stats = await call.pc.getStats();
+  async function selectedPair(pc) {
+    if (!pc) return null;
+    const stats = await pc.getStats();
     let pair = null;
     stats.forEach((s) => {
       if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
@@ -319,18 +504,33 @@ export function init(root) {
       stats,
     };
   }
-  call.selectedPair = async () => {
-    const sel = await selectedPair();
+  call.selectedPair = async (user) => {
+    const peer = user != null ? call.peers.get(user) : first();
+    const sel = await selectedPair(peer && peer.pc);
     if (!sel) return null;
     const { stats: _stats, ...rest } = sel;
     return rest;
   };
-  // Bytes of media received so far (all inbound RTP streams): it keeps growing while media flows.
-  call.inboundBytes = async () => {
-    if (!call.pc) return 0;
+  // Bytes of media received so far (all inbound RTP streams of every peer connection, or of
+  // one peer's): it keeps growing while media flows.
+  call.inboundBytes = async (user) => {
     let total = 0;
-    (await call.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp") total += s.bytesReceived || 0; });
+    for (const peer of call.peers.values()) {
+      if (!peer.pc || (user != null && peer.user !== user)) continue;
+      (await peer.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp") total += s.bytesReceived || 0; });
+    }
     return total;
+  };
+  // What one peer's video shows: its size, and frames decoded so far.
+  call.inboundVideo = async (user) => {
+    const peer = call.peers.get(user);
+    let out = null;
+    if (peer && peer.pc) {
+      (await peer.pc.getStats()).forEach((s) => {
+        if (s.type === "inbound-rtp" && s.kind === "video") out = { width: s.frameWidth || 0, height: s.frameHeight || 0, frames: s.framesDecoded || 0 };
+      });
+    }
+    return out;
   };
 
   // The relay's name for a TURN URL: iceServers[i] and relays[i] describe the same relay.
@@ -340,50 +540,72 @@ export function init(root) {
     return i >= 0 && call.ice.relays[i] ? call.ice.relays[i].name : url;
   }
 
-  function showPath(sel) {
-    ui.conn.textContent = sel.connectionType === "relay" ? `relayed via ${relayName(sel.relayUrl)}` : `direct (${sel.connectionType})`;
-    ui.conn.classList.remove("muted");
+  function pathText(sel) {
+    return sel.connectionType === "relay" ? `relayed via ${relayName(sel.relayUrl)}` : `direct (${sel.connectionType})`;
+  }
+
+  function showPath(peer, sel) {
+    const text = pathText(sel);
+    const pill = peer.tile.querySelector(".tile-path");
+    pill.textContent = sel.connectionType === "relay" ? "relayed" : "direct";
+    pill.title = text;
+    if (peer === first()) {
+      ui.conn.textContent = text;
+      ui.conn.classList.remove("muted");
+    }
   }
 
   // Right at "connected" getStats() may not name the selected pair yet: try again shortly.
-  async function reportConnection(tries = 20) {
-    const sel = await selectedPair();
+  async function reportConnection(peer, tries = 20) {
+    const sel = await selectedPair(peer.pc);
     if (!sel) {
-      if (tries > 0 && call.pc && !call.ended) setTimeout(() => reportConnection(tries - 1), 250);
+      if (tries > 0 && peer.pc && !call.ended) setTimeout(() => reportConnection(peer, tries - 1), 250);
       return;
     }
-    call.report = { connectionType: sel.connectionType, relayUrl: sel.relayUrl, rttMs: sel.rttMs, localType: sel.localType };
-    showPath(sel);
-    signal.send("report", call.id, { connectionType: sel.connectionType, relayUrl: sel.relayUrl, rttMs: sel.rttMs });
+    peer.report = { connectionType: sel.connectionType, relayUrl: sel.relayUrl, rttMs: sel.rttMs, localType: sel.localType };
+    showPath(peer, sel);
+    // The server keeps one path per participant: the first peer's (the other party 1:1).
+    if (peer === first()) signal.send("report", call.id, { connectionType: sel.connectionType, relayUrl: sel.relayUrl, rttMs: sel.rttMs });
   }
 
-  async function sample() {
-    const sel = await selectedPair();
+  async function sample(peer) {
+    const sel = await selectedPair(peer.pc);
     if (!sel) return;
     let lost = 0, received = 0, bytes = 0;
     sel.stats.forEach((s) => {
       if (s.type === "inbound-rtp") { lost += s.packetsLost || 0; received += s.packetsReceived || 0; bytes += s.bytesReceived || 0; }
     });
     const now = performance.now();
-    const prev = call.lastSample;
-    call.lastSample = { lost, received, bytes, at: now };
+    const prev = peer.lastSample;
+    peer.lastSample = { lost, received, bytes, at: now };
     if (!prev) return;
     const dLost = Math.max(0, lost - prev.lost), dRecv = Math.max(0, received - prev.received);
     const lossPct = dLost + dRecv ? Math.round((1000 * dLost) / (dLost + dRecv)) / 10 : 0;
     const bitrateKbps = Math.round(((bytes - prev.bytes) * 8) / (now - prev.at));
     const q = grade(sel.rttMs, lossPct);
-    call.quality = { grade: q, rttMs: sel.rttMs, lossPct, bitrateKbps, path: sel.connectionType };
-    ui.quality.textContent = `${q}${sel.rttMs != null ? ` · ${Math.round(sel.rttMs)} ms` : ""}${lossPct ? ` · ${lossPct}% loss` : ""}`;
+    peer.quality = { grade: q, rttMs: sel.rttMs, lossPct, bitrateKbps, path: sel.connectionType };
+    const text = `${q}${sel.rttMs != null ? ` · ${Math.round(sel.rttMs)} ms` : ""}${lossPct ? ` · ${lossPct}% loss` : ""}`;
+    const pill = peer.tile.querySelector(".tile-quality");
+    pill.textContent = text;
+    pill.className = `pill tile-quality quality-${q}`;
+    showPath(peer, sel);
+    if (peer !== first()) return;
+    ui.quality.textContent = text;
     ui.quality.className = `pill quality-${q}`;
-    showPath(sel);
     signal.send("stats", call.id, { path: sel.connectionType, relayUrl: sel.relayUrl, rttMs: sel.rttMs, lossPct, bitrateKbps });
     call.statsSent += 1;
   }
 
+  function sampleAll() {
+    for (const peer of call.peers.values()) {
+      if (peer.pc && peer.pc.connectionState === "connected") sample(peer).catch(() => {});
+    }
+  }
+
   function startStats() {
     if (timers.stats) return;
-    sample();
-    timers.stats = setInterval(() => { if (call.pc && call.pc.connectionState === "connected") sample().catch(() => {}); }, STATS_INTERVAL_MS);
+    sampleAll();
+    timers.stats = setInterval(sampleAll, STATS_INTERVAL_MS);
   }
 
   function startClock() {
@@ -396,12 +618,12 @@ export function init(root) {
   }
 
   // mediaFlowingAt: when the first remote frame was decoded (video) or heard (voice).
-  function watchFirstFrame() {
-    if (call.mediaFlowingAt || call.watchingFrames) return;
-    call.watchingFrames = true;
+  function watchFirstFrame(peer) {
+    if (call.mediaFlowingAt || peer.watchingFrames) return;
+    peer.watchingFrames = true;
     const poll = setInterval(async () => {
-      if (!call.pc || call.mediaFlowingAt) { clearInterval(poll); return; }
-      (await call.pc.getStats()).forEach((s) => {
+      if (!peer.pc || call.mediaFlowingAt) { clearInterval(poll); return; }
+      (await peer.pc.getStats()).forEach((s) => {
         if (s.type !== "inbound-rtp" || call.mediaFlowingAt) return;
         if ((s.kind === "video" && s.framesDecoded > 0) || (call.kind === "voice" && s.kind === "audio" && s.totalSamplesReceived > 0)) {
           call.mediaFlowingAt = Date.now();
@@ -419,7 +641,7 @@ export function init(root) {
     const fresh = await res.json();
     call.ice = fresh;
     call.rtcConfig = { ...call.rtcConfig, iceServers: fresh.iceServers };
-    if (call.pc) call.pc.setConfiguration(call.rtcConfig);
+    for (const peer of call.peers.values()) if (peer.pc) peer.pc.setConfiguration(call.rtcConfig);
     scheduleIceRefresh(fresh);
   }
   function scheduleIceRefresh(ice) {
@@ -428,9 +650,56 @@ export function init(root) {
     refreshTimer = setTimeout(() => refreshIce().catch((err) => showError(`Could not refresh relay credentials: ${err.message}`)), wait);
   }
 
+  // --- invitations and chat -----------------------------------------------------------------
+  function showInvites() {
+    const TEXT = { ringing: "ringing…", declined: "declined", no_answer: "didn't answer", joined: "joined" };
+    ui.invites.replaceChildren(...call.invites.map((i) => {
+      const li = document.createElement("li");
+      li.textContent = `@${i.username}: ${TEXT[i.state] || i.state}`;
+      return li;
+    }));
+    ui.invites.hidden = call.invites.length === 0;
+  }
+  function invite(user, state) {
+    const entry = call.invites.find((i) => i.user === user.id);
+    if (entry) entry.state = state;
+    else if (user.username) call.invites.push({ user: user.id, username: user.username, state });
+    showInvites();
+  }
+  let inviteRef = null;
+  ui.inviteForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const username = ui.inviteName.value.trim();
+    if (!username) return;
+    inviteRef = signal.send("invite", call.id, { username });
+    ui.inviteName.value = "";
+  });
+
+  function showChat(body) {
+    call.chat.push(body);
+    const li = document.createElement("li");
+    const who = document.createElement("strong");
+    who.textContent = body.user === call.me ? "You" : body.name;
+    const when = document.createElement("time");
+    when.dateTime = body.at;
+    when.textContent = new Date(body.at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const text = document.createElement("span");
+    text.textContent = body.text; // text, never HTML
+    li.append(who, " ", text, " ", when);
+    ui.chatLog.append(li);
+    ui.chatLog.scrollTop = ui.chatLog.scrollHeight;
+  }
+  ui.chatForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = ui.chatText.value.trim();
+    if (!text) return;
+    signal.send("chat", call.id, { text });
+    ui.chatText.value = "";
+  });
+
   // --- the call's signaling ---------------------------------------------------------------
   function enter() {
-    if (call.role === "callee" && call.serverState === "ringing" && !call.joined) {
+    if (call.ringingMe && !call.joined && call.serverState !== "ended") {
       if (data.answer === "1") { signal.send("accept", call.id, { video: wantVideo }); call.answeredAt = Date.now(); return; }
       ui.ringing.hidden = false; // answer from this page
       ui.controls.hidden = true;
@@ -439,43 +708,47 @@ export function init(root) {
       return;
     }
     // After a signaling drop that could not resume, the page says whether it still holds its
-    // peer connection: the server then treats this as a resume, and nobody renegotiates.
-    signal.send("join", call.id, { resume: pcAlive(), replaces: call.heldBy });
+    // peer connections: the server then treats this as a resume, and nobody renegotiates.
+    signal.send("join", call.id, { resume: [...call.peers.values()].some(pcAlive), replaces: call.heldBy });
   }
 
   function onJoined(msg) {
     call.joined = true;
-    call.polite = msg.body.polite;
+    call.ringingMe = false;
     call.serverState = msg.body.state;
     call.heldBy = signal.session;
     sessionStorage.setItem(`traverse.call.${call.id}`, signal.session);
     ui.ringing.hidden = true;
     ui.controls.hidden = false;
     ui.takeOver.hidden = true;
-    if (msg.body.peers.length) { call.peerSession = msg.body.peers[0].session; showPeerMedia(msg.body.peers[0].media); }
+    root.classList.add("joined");
     sendMediaState();
-    if (msg.body.resumed && pcAlive()) {
-      setStatus(call.pc.connectionState === "connected" ? "connected" : call.pc.connectionState);
-      return;
-    }
-    if (msg.body.peers.length) {
-      tones.stop();
-      setStatus("connecting");
-      startPeerConnection();
-    } else {
+    const peers = msg.body.peers.map((p) => upsertPeer(p));
+    if (!peers.length) {
       setStatus("ringing");
       if (call.role === "caller" && msg.body.state === "ringing") { tones.play("ringback"); ui.hangup.textContent = "Cancel"; }
+      return;
     }
+    tones.stop();
+    for (const peer of peers) {
+      if (msg.body.resumed && pcAlive(peer)) continue;
+      setPeerStatus(peer, "connecting");
+      startPeerConnection(peer);
+    }
+    if (msg.body.resumed && first() && pcAlive(first())) setStatus(first().pc.connectionState === "connected" ? "connected" : first().pc.connectionState);
+    else setStatus("connecting");
   }
 
   signal
     .on("welcome", (msg) => {
       call.signalingSessions += 1;
+      call.me = msg.body.user.id;
+      for (const peer of call.peers.values()) peer.polite = call.me > peer.user;
       call.ice = msg.body.ice;
       call.rtcConfig = { iceServers: msg.body.ice.iceServers, iceTransportPolicy: call.forceRelay ? "relay" : "all" };
       scheduleIceRefresh(msg.body.ice);
       if (msg.body.ice.status !== "ok") ui.conn.textContent = "no relay available: direct only";
-      if (pcAlive()) call.pc.setConfiguration(call.rtcConfig);
+      for (const peer of call.peers.values()) if (pcAlive(peer)) peer.pc.setConfiguration(call.rtcConfig);
       enter();
     })
     .on("resumed", () => { call.signalingSessions += 1; })
@@ -487,42 +760,66 @@ export function init(root) {
       if (msg.body.state === "connecting") { tones.stop(); ui.hangup.textContent = "Hang up"; }
     })
     .on("peer-joined", (msg) => {
-      call.peerSession = msg.body.session;
+      const peer = upsertPeer(msg.body);
       if (!call.answeredAt) call.answeredAt = Date.now();
       tones.stop();
       ui.hangup.textContent = "Hang up";
-      if (msg.body.resumed && pcAlive()) {
-        setStatus(call.pc.connectionState === "connected" ? "connected" : call.pc.connectionState);
+      invite({ id: peer.user }, "joined");
+      if (msg.body.resumed && pcAlive(peer)) {
+        setPeerStatus(peer, peer.pc.connectionState);
+        if (peer === first()) setStatus(peer.pc.connectionState === "connected" ? "connected" : peer.pc.connectionState);
         return;
       }
+      setPeerStatus(peer, "connecting");
       setStatus("connecting");
-      startPeerConnection();
+      startPeerConnection(peer);
       sendMediaState();
     })
     .on("peer-reconnecting", (msg) => {
       // Media may well still flow: keep the peer connection, and wait for the peer's socket.
-      setStatus(`the other side's signaling dropped; waiting up to ${msg.body.graceSeconds} s`);
+      const peer = call.peers.get(msg.body.user);
+      if (peer) setPeerStatus(peer, "signaling dropped");
+      if (peer === first() || call.peers.size <= 1) setStatus(`the other side's signaling dropped; waiting up to ${msg.body.graceSeconds} s`);
     })
-    .on("peer-left", () => {
-      setStatus("the other side left; waiting for them to come back");
-      if (call.pc) { call.pc.close(); call.pc = null; }
+    .on("peer-left", (msg) => {
+      const peer = call.peers.get(msg.body.user);
+      if (peer && peer === first() && call.peers.size <= 1) setStatus("the other side left; waiting for them to come back");
+      dropPeer(msg.body.user);
+      if (call.peers.size > 1 || (peer && peer !== first())) setStatus(anyConnected() ? "connected" : "connecting");
     })
-    .on("media-state", (msg) => showPeerMedia(msg.body))
-    .on("offer", (msg) => onDescription(msg.body.description).catch((e) => showError(e.message)))
-    .on("answer", (msg) => onDescription(msg.body.description).catch((e) => showError(e.message)))
-    .on("candidate", (msg) => onCandidate(msg.body.candidate))
+    .on("media-state", (msg) => {
+      const peer = call.peers.get(msg.body.user);
+      if (peer) showPeerMedia(peer, msg.body);
+    })
+    .on("offer", (msg) => onDescription(senderOf(msg), msg.body.description).catch((e) => showError(e.message)))
+    .on("answer", (msg) => onDescription(senderOf(msg), msg.body.description).catch((e) => showError(e.message)))
+    .on("candidate", (msg) => onCandidate(senderOf(msg), msg.body.candidate))
+    .on("invited", (msg) => invite(msg.body.user, "ringing"))
+    .on("invite-ended", (msg) => invite({ id: msg.body.user }, msg.body.reason))
+    .on("chat", (msg) => { if (msg.call === call.id) showChat(msg.body); })
     .on("hangup", (msg) => { if (msg.call === call.id) finish(msg.body.reason); })
     .on("answered", (msg) => { if (msg.call === call.id) finish("answered_elsewhere"); })
     .on("taken-over", (msg) => { if (msg.call === call.id) finish("taken_over"); })
     .on("error", (msg) => {
       const code = msg.body.code;
       if (msg.call && msg.call !== call.id) return;
+      if (msg.ref && msg.ref === inviteRef) {
+        call.inviteError = { code, message: msg.body.message };
+        ui.invites.hidden = false;
+        const li = document.createElement("li");
+        li.className = "errors";
+        li.textContent = msg.body.message;
+        ui.invites.append(li);
+        return;
+      }
       if (code === "call_ended" || code === "not_ringing") finish("hangup");
       else if (code === "answered_elsewhere") finish("answered_elsewhere");
       else if (code === "in_call_elsewhere") {
         setStatus("on another device");
         ui.takeOver.hidden = false;
-      } else if (code !== "peer_not_present") showError(`${code}: ${msg.body.message}`);
+      } else if (["peer_not_present", "not_a_peer"].includes(code)) {
+        call.dropped.push(code); // a peer that just left: its last candidates have nowhere to go
+      } else showError(`${code}: ${msg.body.message}`);
     });
 
   // --- controls -----------------------------------------------------------------------------
@@ -557,6 +854,7 @@ export function init(root) {
     ui.camera.classList.toggle("active", off);
     sendMediaState();
   });
+  ui.screen.addEventListener("click", () => (call.screenTrack ? stopScreenShare() : startScreenShare()));
 
   openMedia().finally(() => signal.connect());
   return call;

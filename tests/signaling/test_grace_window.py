@@ -60,7 +60,7 @@ async def test_coming_back_resumes_without_rewriting_the_call(connect, alice, bo
     assert joined["body"]["resumed"] is True
     assert [p["username"] for p in joined["body"]["peers"]] == ["alice"]
     back = await a.recv_type("peer-joined")
-    assert back["body"] == {"user": bob.pk, "session": b2.session, "resumed": True}
+    assert back["body"].items() >= {"user": bob.pk, "session": b2.session, "resumed": True}.items()
     after = await sync_to_async(participant)(call, bob)
     assert after.state == ParticipantState.JOINED and after.reconnecting_since is None
     assert after.joined_at == before.joined_at and after.connection_type == "relay"

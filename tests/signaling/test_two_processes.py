@@ -150,7 +150,7 @@ async def test_a_call_across_two_processes_survives_one_of_them_dying(two, alice
     replayed = [json.loads(await b2.ws.recv()) for _ in range(resumed["body"]["replayed"])]
     assert sum(m["type"] == "candidate" for m in replayed) == 3
     back = await a.recv_type("peer-joined")
-    assert back["body"] == {"user": bob.pk, "session": b.session, "resumed": True}
+    assert back["body"].items() >= {"user": bob.pk, "session": b.session, "resumed": True}.items()
 
     # The call goes on, now within one process.
     await b2.send("candidate", call.id, {**CANDIDATE, "to": a.session})
