@@ -378,32 +378,30 @@ async def run_target(target: str, server: Server, idents, quick: bool) -> dict:
         print(f"  {target} {name}: {json.dumps(result)}", flush=True)
         await asyncio.sleep(2)
 
-    async def light(clients):
-        tally = Tally()
-        tasks = await readers(clients, tally)
-        await paced(clients, tally, 10, 2.0, 10 * scale + 2)
-        await asyncio.sleep(2)
-        for t in tasks:
-            t.cancel()
-        return tally.summary()
+    def paced_scenario(senders, rate: float, drain: float):
+        """`senders` sockets (None: one side of every pair) each send `rate` msg/s, then the
+        readers get `drain` seconds more."""
 
-    async def load(clients):
-        tally = Tally()
-        tasks = await readers(clients, tally)
-        await paced(clients, tally, len(clients) // 2, 10.0, 10 * scale + 2)
-        await asyncio.sleep(5)
-        for t in tasks:
-            t.cancel()
-        return tally.summary()
+        async def body(clients):
+            tally = Tally()
+            tasks = await readers(clients, tally)
+            count = senders if senders is not None else len(clients) // 2
+            await paced(clients, tally, count, rate, 10 * scale + 2)
+            await asyncio.sleep(drain)
+            for t in tasks:
+                t.cancel()
+            return tally.summary()
+
+        return body
 
     async def loop(clients):
         tally = Tally()
         rate = await closed_loop(clients, tally, 10, 5 * scale + 1)
         return {**tally.summary(), "msgs_per_s": round(rate)}
 
-    await scenario("light", 20, light)
+    await scenario("light", 20, paced_scenario(10, 2.0, 2))
     await scenario("closed_loop", 100, loop)
-    await scenario("load", int(1000 * (0.5 if quick else 1)), load)
+    await scenario("load", int(1000 * (0.5 if quick else 1)), paced_scenario(None, 10.0, 5))
 
     n_idle = int(5000 * (0.2 if quick else 1))
     clients = fresh_clients(n_idle)

@@ -64,7 +64,14 @@ class CallDetailApi(RetrieveAPIView):
 
 
 # Refusals that are about the call's state, not the request: 409.
-INVITE_CONFLICTS = ("call_full", "already_in_call", "busy", "call_ended", "not_joined")
+INVITE_CONFLICTS = (
+    "call_full",
+    "already_in_call",
+    "busy",
+    "call_ended",
+    "not_joined",
+    "not_answered",
+)
 
 
 class CallInvitationApi(GenericAPIView):

@@ -382,6 +382,8 @@ def call_invite(*, participant: Participant, invitee) -> Participant:
         call, current = _lock(participant)
         if current.state not in (ParticipantState.JOINED, ParticipantState.RECONNECTING):
             raise CallError("not_joined", "Join the call before you invite anyone.")
+        if call.state == CallState.RINGING:
+            raise CallError("not_answered", "Invite others once the call is answered.")
         existing = Participant.objects.filter(call=call, user=invitee).first()
         if existing is not None and existing.state != ParticipantState.LEFT:
             raise CallError("already_in_call", "That person is in this call already.")

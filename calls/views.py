@@ -107,6 +107,7 @@ def call_detail(request: HttpRequest, call_id) -> HttpResponse:
             "me": me,
             "peer": peer,
             "events": call.events.select_related("user"),
+            "chat": call.chat.select_related("user"),
             "quality": call_quality_for(call=call),
             "blocked": peer is not None
             and request.user.blocks.filter(blocked_id=peer.user_id).exists(),

@@ -209,6 +209,9 @@ SIGNALING_MAX_FRAME_BYTES = 64 * 1024
 # sends its candidates in a burst). Over it, a frame is refused with `rate_limited` and its `ref`.
 SIGNALING_RATE_PER_SECOND = env.float("SIGNALING_RATE_PER_SECOND", default=40.0)
 SIGNALING_RATE_BURST = env.float("SIGNALING_RATE_BURST", default=120.0)
+# Threads (each with its own database connection) that run the signaling consumers' database
+# work in each server process: joins, leaves, state changes. The hot path needs none.
+SIGNALING_DB_THREADS = env.int("SIGNALING_DB_THREADS", default=4)
 # A socket that drops starts a grace window: the device is `reconnecting`, and only when the
 # window runs out does it leave (and a one-to-one call end).
 SIGNALING_GRACE_SECONDS = env.float("SIGNALING_GRACE_SECONDS", default=30.0)

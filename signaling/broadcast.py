@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from contextvars import ContextVar
 
 import redis.exceptions
 from asgiref.sync import async_to_sync
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.conf import settings
+from django.db import connections, transaction
 
 from .groups import user_group
 from .hub import PeerUnreachable, deliver
@@ -111,12 +115,51 @@ def send_to_sessions_on_commit(sessions, frame: str, *, call=None, body=None) ->
     )
 
 
+_db_pool: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _db_pool
+    if _db_pool is None:
+        _db_pool = ThreadPoolExecutor(
+            max_workers=settings.SIGNALING_DB_THREADS, thread_name_prefix="signaling-db"
+        )
+    return _db_pool
+
+
+def db_pool_close_connections() -> None:
+    """Close the database connection of every pool thread (each runs one close: a barrier
+    keeps them from all landing on the same thread). For shutdown and tests."""
+    pool = _pool()
+    n = settings.SIGNALING_DB_THREADS
+    barrier = threading.Barrier(n)
+
+    def close() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(5)
+        connections.close_all()
+
+    futures_wait([pool.submit(close) for _ in range(n)], timeout=30)
+
+
+def in_db_pool(func):
+    """Run sync database code from a consumer in a pool of SIGNALING_DB_THREADS threads, each
+    with its own connection (closing stale ones before and after, as database_sync_to_async
+    does).
+
+    database_sync_to_async runs every consumer's database work in one thread per process: 5,000
+    sockets joining (and 1,000 leaving) queued behind each other there for minutes, and Daphne
+    dropped handshakes that waited more than 5 s. Services lock what they change (they already
+    run side by side in several processes), so threads are as safe as processes."""
+    return DatabaseSyncToAsync(func, thread_sensitive=False, executor=_pool())
+
+
 async def run_and_announce(service, **kwargs):
     """Run a sync service from async code, then send what it announced, from this loop."""
     events: list[tuple[str, list, dict]] = []
     token = _collected.set(events)
     try:
-        result = await database_sync_to_async(service)(**kwargs)
+        result = await in_db_pool(service)(**kwargs)
     finally:
         _collected.reset(token)
     for kind, targets, event in events:

@@ -18,7 +18,6 @@ import uuid
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -43,7 +42,7 @@ from calls.services import (
 )
 from relays.services import ice_servers_issue
 
-from .broadcast import BROADCAST_ERRORS, run_and_announce
+from .broadcast import BROADCAST_ERRORS, in_db_pool, run_and_announce
 from .groups import user_group
 from .hub import PeerUnreachable, deliver, hub_for, process_drain
 from .presence import node_of, presence_for, redis_for_loop
@@ -127,8 +126,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
     async def dispatch(self, message: dict) -> None:
         """As AsyncConsumer.dispatch, without its `aclose_old_connections()` per message: that
         hops to the database thread for every frame (a third of the CPU of a relayed frame,
-        measured in issue 8), and every database call here goes through
-        database_sync_to_async, which closes old connections itself, before and after."""
+        measured in issue 8), and every database call here goes through in_db_pool, which
+        closes old connections itself, before and after."""
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
@@ -174,11 +173,11 @@ class SignalConsumer(AsyncWebsocketConsumer):
         body: dict = {
             "session": self.session,
             "user": user.card(),
-            "ringing": await database_sync_to_async(_ringing_for)(user),
+            "ringing": await in_db_pool(_ringing_for)(user),
         }
         # Pages that only listen (for incoming calls) connect with ?ice=0 and get no credentials.
         if parse_qs(self.scope.get("query_string", b"").decode()).get("ice") != ["0"]:
-            body["ice"] = await database_sync_to_async(ice_servers_issue)(user=user)
+            body["ice"] = await in_db_pool(ice_servers_issue)(user=user)
         await self.emit("welcome", body=body)
 
     async def drain(self) -> None:
@@ -292,7 +291,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
             )
 
     async def _member(self, msg: ClientMessage) -> Participant:
-        me = await database_sync_to_async(participant_for)(call_id=msg.call, user=self.user)
+        me = await in_db_pool(participant_for)(call_id=msg.call, user=self.user)
         if me is None:
             # Same answer whether the call doesn't exist or isn't theirs: ids are not probeable.
             raise ProtocolError("forbidden", "You are not a participant of this call.", msg.id)
@@ -519,9 +518,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
     async def on_invite(self, msg: ClientMessage) -> None:
         me = await self._joined_participant(msg)
         try:
-            invitee = await database_sync_to_async(callee_for)(
-                caller=self.user, username=msg.body["username"]
-            )
+            invitee = await in_db_pool(callee_for)(caller=self.user, username=msg.body["username"])
         except NotCallable as exc:
             raise ProtocolError("bad_callee", str(exc), msg.id) from None
         await run_and_announce(call_invite, participant=me, invitee=invitee)

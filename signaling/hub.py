@@ -100,8 +100,12 @@ class Hub:
             await client.aclose()
 
     async def _dispatch(self, data: bytes) -> None:
-        head, seq, text = data.decode().split("\n", 2)
-        session, frame, call = head.split("|", 2)
+        try:
+            head, seq, text = data.decode().split("\n", 2)
+            session, frame, call = head.split("|", 2)
+        except ValueError:  # not ours: someone else published on our channel
+            logger.warning("signaling hub %s: dropped a malformed message", self.node)
+            return
         consumer = self.local.get(session)
         if consumer is None:
             return  # the socket went or moved: the frame waits in the store for resume

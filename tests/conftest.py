@@ -420,5 +420,8 @@ def _close_connections_of_async_tests(django_db_setup, django_db_blocker):
     from asgiref.sync import sync_to_async
     from django.db import connections
 
+    from signaling.broadcast import db_pool_close_connections
+
     with django_db_blocker.unblock():
         asyncio.run(sync_to_async(connections.close_all)())
+        db_pool_close_connections()

@@ -133,3 +133,15 @@ def test_settings_turn_do_not_disturb_on_and_block_and_unblock(client, alice, bo
     block_create(blocker=bob, blocked=alice)
     client.post(f"/accounts/unblock/{alice.pk}/")
     assert bob.blocks.count() == 1
+
+
+def test_a_calls_details_show_its_chat_escaped(client, alice, bob, charlie, password):
+    from calls.models import ChatMessage
+
+    call = call_start(caller=alice, callee=bob)
+    ChatMessage.objects.create(call=call, user=bob, text="<b>see</b> you")
+    client.login(username="alice", password=password)
+    page = client.get(f"/calls/{call.id}/details/").content.decode()
+    assert "&lt;b&gt;see&lt;/b&gt; you" in page and "<b>see</b>" not in page
+    client.login(username="charlie", password=password)
+    assert client.get(f"/calls/{call.id}/details/").status_code == 404

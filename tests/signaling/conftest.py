@@ -116,6 +116,7 @@ async def stop_loop_services() -> None:
     from channels.db import database_sync_to_async
     from django.db import connections
 
+    from signaling.broadcast import db_pool_close_connections
     from signaling.hub import running_hub
 
     hub = running_hub()
@@ -124,3 +125,4 @@ async def stop_loop_services() -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await hub.task
     await database_sync_to_async(connections.close_all)()
+    await asyncio.to_thread(db_pool_close_connections)

@@ -98,7 +98,11 @@ async def test_when_the_grace_window_runs_out_the_device_leaves_and_the_call_end
     p = await sync_to_async(participant)(call, bob)
     assert p.state == ParticipantState.LEFT and p.left_at == p.left_at and p.left_at is not None
     # A second reaper finds nothing left to do.
-    assert (await sync_to_async(calls_expire)(now=later)) == {"left": 0, "no_answer": 0}
+    assert (await sync_to_async(calls_expire)(now=later)) == {
+        "left": 0,
+        "no_answer": 0,
+        "invites_unanswered": 0,
+    }
 
 
 @pytest.mark.smoke

@@ -87,6 +87,15 @@ async def test_invitations_above_the_cap_are_refused(
     assert (await b.error())["code"] == "bad_callee"
 
 
+async def test_no_invitations_while_the_call_still_rings(connect, alice, bob, charlie, call):
+    a = await connect(alice)
+    await a.send("join", call.id)
+    await a.recv_type("joined")
+    await a.send("invite", call.id, {"username": "charlie"})
+    assert (await a.error())["code"] == "not_answered"
+    assert await sync_to_async(Participant.objects.filter(call=call).count)() == 2
+
+
 async def test_invitations_over_the_api(connect, alice, bob, charlie, dave, call):
     a, b = await in_call(connect, alice, bob, call)
     d = await connect(dave)

@@ -228,7 +228,7 @@ async def test_take_over_moves_the_call_and_tells_the_first_device(connect, alic
         "session": b2.session,
         "resumed": False,
         "username": "bob",
-        "name": "bob",
+        "name": "Bob",
     }
     # The first device is out of the call; the second one signals.
     await b1.send("offer", call.id, OFFER)
