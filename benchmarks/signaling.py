@@ -317,6 +317,17 @@ class Server:
     def rss(self) -> int:
         return sum(proc_cpu_rss(p.pid)[1] for p in self.procs)
 
+    async def settle(self, quiet_pct: float = 3.0, longest: float = 120.0) -> None:
+        """Wait until the server is idle (under `quiet_pct` of a core for a second): a started
+        process reaps dead processes' entries, and sockets that closed are recorded, before
+        anything is measured."""
+        deadline = time.monotonic() + longest
+        while time.monotonic() < deadline:
+            before = self.cpu()
+            await asyncio.sleep(1.0)
+            if (self.cpu() - before) * 100 < quiet_pct:
+                return
+
     def stop(self) -> None:
         for p in self.procs:
             p.terminate()
@@ -365,9 +376,10 @@ async def run_target(target: str, server: Server, idents, quick: bool) -> dict:
         return clients
 
     async def scenario(name: str, n: int, body) -> None:
+        await server.settle()
         clients = fresh_clients(n)
         connect_s = await open_pairs(clients)
-        await asyncio.sleep(1)
+        await server.settle()
         cpu0, r0 = server.cpu(), redis_cpu()
         result = await body(clients)
         result["server_cpu_s"] = round(server.cpu() - cpu0, 3)
@@ -404,10 +416,11 @@ async def run_target(target: str, server: Server, idents, quick: bool) -> dict:
     await scenario("load", int(1000 * (0.5 if quick else 1)), paced_scenario(None, 10.0, 5))
 
     n_idle = int(5000 * (0.2 if quick else 1))
+    await server.settle()
     clients = fresh_clients(n_idle)
     rss0 = server.rss()
     connect_s = await open_pairs(clients)
-    await asyncio.sleep(3)
+    await server.settle()
     cpu0, t0, rss1 = server.cpu(), time.perf_counter(), server.rss()
     await asyncio.sleep(10)
     cpu_pct = (server.cpu() - cpu0) / (time.perf_counter() - t0) * 100
