@@ -193,6 +193,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
         self.session_key = getattr(self.scope.get("session"), "session_key", None)
         self.released = False
         self.resumed = False
+        self.held = None
         self.redis = redis_for_loop()
         self.session: str | None = new_session_id()
         self.delivered = 0
@@ -411,6 +412,18 @@ class SignalConsumer(AsyncWebsocketConsumer):
                 "resume_failed", "Resume first, once, before joining a call.", msg.id
             )
         old = msg.body["session"]
+        # Frames that peers push into the session while it is being resumed wait until the
+        # page has had `resumed` and the replay: sent earlier, they came before `resumed`, and
+        # the page took the session's old frames (a `joined`, a `peer-joined`) as new ones.
+        self.held: list[dict] | None = []
+        try:
+            await self._resume(msg, old)
+        finally:
+            held, self.held = self.held, None
+            for event in held or []:
+                await self.session_frame(event)
+
+    async def _resume(self, msg: ClientMessage, old: str) -> None:
         seq, _, frames = await session_adopt(
             self.redis,
             session=old,
@@ -583,6 +596,9 @@ class SignalConsumer(AsyncWebsocketConsumer):
     # --- channel-layer events -----------------------------------------------------------
     async def session_frame(self, event: dict) -> None:
         """A frame pushed into this device session by someone else (hub.deliver)."""
+        if self.held is not None:
+            self.held.append(event)  # a resume is under way: see on_resume
+            return
         if event["session"] != self.session:
             return  # the session moved to another socket
         call = event.get("call")

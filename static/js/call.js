@@ -347,6 +347,7 @@ export function init(root) {
   function startPeerConnection(peer) {
     closePeerConnection(peer);
     const pc = (peer.pc = new RTCPeerConnection(call.rtcConfig));
+    peer.lastSample = null; // its counters start again from zero
     let counted = false;
     peer.makingOffer = false;
     peer.ignoreOffer = false;
@@ -581,7 +582,7 @@ export function init(root) {
     if (!prev) return;
     const dLost = Math.max(0, lost - prev.lost), dRecv = Math.max(0, received - prev.received);
     const lossPct = dLost + dRecv ? Math.round((1000 * dLost) / (dLost + dRecv)) / 10 : 0;
-    const bitrateKbps = Math.round(((bytes - prev.bytes) * 8) / (now - prev.at));
+    const bitrateKbps = Math.max(0, Math.round(((bytes - prev.bytes) * 8) / (now - prev.at)));
     const q = grade(sel.rttMs, lossPct);
     peer.quality = { grade: q, rttMs: sel.rttMs, lossPct, bitrateKbps, path: sel.connectionType };
     const text = `${q}${sel.rttMs != null ? ` · ${Math.round(sel.rttMs)} ms` : ""}${lossPct ? ` · ${lossPct}% loss` : ""}`;

@@ -7,6 +7,9 @@ export const QUEUE_LIMIT = 200;
 const FINAL_CLOSE_CODES = new Set([4401, 4403]);
 // "Service restart": the server process is stopping and told us to go elsewhere, now.
 const RESTART_CLOSE_CODE = 4012;
+// A connection attempt that neither opens nor fails this long is given up and retried: one that
+// lands in the backlog of a server process that is stopping never hears back.
+const CONNECT_TIMEOUT_MS = 5000;
 
 export class Signal {
   constructor(path = "/ws/signal/") {
@@ -32,20 +35,29 @@ export class Signal {
     return this;
   }
 
+  // A listener that throws must not stop the others, nor the reconnect that follows a close.
   dispatch(type, msg) {
-    for (const fn of this.handlers.get(type) || []) fn(msg);
-    for (const fn of this.handlers.get("*") || []) fn(msg);
+    for (const fn of [...(this.handlers.get(type) || []), ...(this.handlers.get("*") || [])]) {
+      try {
+        fn(msg);
+      } catch (err) {
+        console.error(`signal: a ${type} listener failed`, err);
+      }
+    }
   }
 
   connect() {
     const ws = new WebSocket(this.url);
     this.ws = ws;
+    const opening = setTimeout(() => { if (ws.readyState === WebSocket.CONNECTING) ws.close(); }, CONNECT_TIMEOUT_MS);
+    ws.onopen = () => clearTimeout(opening);
     ws.onmessage = (ev) => {
       let msg;
       try { msg = JSON.parse(ev.data); } catch { return; }
       this.receive(msg);
     };
     ws.onclose = (ev) => {
+      clearTimeout(opening);
       if (this.ws !== ws) return;
       this.ready = false;
       this.resuming = false;
@@ -58,7 +70,7 @@ export class Signal {
       // A process that is being restarted sends its sockets elsewhere at once (with a little
       // jitter, so they don't all land in the same instant); other drops back off.
       const delay = ev.code === RESTART_CLOSE_CODE
-        ? 50 + Math.random() * 250
+        ? 250 + Math.random() * 750
         : Math.min(10000, 500 * 2 ** this.retry++);
       setTimeout(() => this.connect(), delay);
     };

@@ -103,3 +103,36 @@ async def test_resume_only_first(connect, alice, bob, call):
     a, b = await in_call(connect, alice, bob, call)
     await a.send("resume", body={"session": a.welcome["body"]["session"], "lastSeq": 0})
     assert (await a.error())["code"] == "resume_failed"
+
+
+async def test_frames_pushed_during_a_resume_come_after_resumed(connect, alice, bob, call):
+    """Peers keep sending while a session is being resumed: none of it may reach the page
+    before `resumed` (the page would take the replayed session's frames for new ones), and
+    everything comes once, in order, after it."""
+    import asyncio
+
+    a, b = await in_call(connect, alice, bob, call)
+    session = a.session
+    last = await drain(a)
+    await a.close()
+    await b.recv_type("peer-reconnecting")
+
+    a2 = await connect(alice)
+
+    async def keep_sending() -> None:
+        for i in range(40):
+            await b.send("candidate", call.id, {**CANDIDATE, "to": session}, id=f"b{i}")
+            await asyncio.sleep(0.002)
+
+    sender = asyncio.create_task(keep_sending())
+    await a2.send("resume", body={"session": session, "lastSeq": last})
+    first = await a2.recv()
+    assert first["type"] == "resumed", first
+    await sender
+    seqs, candidates = [], 0
+    while not await a2.nothing(0.5):
+        msg = await a2.recv()
+        seqs.append(msg["seq"])
+        candidates += msg["type"] == "candidate"
+    assert candidates == 40
+    assert seqs == list(range(last + 1, last + 1 + len(seqs)))  # no gap, no duplicate
