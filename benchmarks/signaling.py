@@ -688,7 +688,7 @@ def markdown(r: dict) -> str:
         "| closed loop msg/s, 100 sockets, 10 in flight | "
         + " | ".join(cell(n, "closed_loop", "msgs_per_s") for n in names)
         + " |",
-        "| lost / duplicated (all scenarios) | "
+        "| not delivered when the run ended (lost, or still queued) / duplicated | "
         + " | ".join(
             f"{sum(t[n][s]['lost'] for s in ('light', 'load', 'closed_loop'))} / "
             f"{sum(t[n][s]['duplicated'] for s in ('light', 'load', 'closed_loop'))}"
