@@ -179,7 +179,18 @@ def test_signaling_restarted_mid_call_media_never_stops(
     restarted = time.monotonic()
     for page in (a, b):
         wait_until(page, "window.traverseCall.signalingSessions >= 2", timeout=30_000)
-        wait_until(page, connected, timeout=10_000)
+    # Each page is `connected` again once the other one is back too: the other may still be in
+    # its reconnect back-off (up to 10 s between tries), so this waits as long as that.
+    for page in (a, b):
+        try:
+            wait_until(page, connected, timeout=30_000)
+        except TimeoutError:
+            print(
+                page.evaluate(
+                    "JSON.stringify([window.traverseCall.status, window.traverseCall.peerList()])"
+                )
+            )
+            raise
     resumed = time.monotonic() - restarted
     time.sleep(2)
     for page in (a, b):
