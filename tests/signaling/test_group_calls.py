@@ -182,3 +182,20 @@ def test_chat_is_pruned_after_its_retention_and_goes_with_the_call(alice, bob, s
     call.delete()
     assert ChatMessage.objects.count() == 0
     assert Participant.objects.filter(state=ParticipantState.JOINED).count() == 0
+
+
+async def test_an_invitation_nobody_answers_ends_alone(
+    connect, alice, bob, charlie, call, settings
+):
+    a, b = await in_call(connect, alice, bob, call)
+    c = await connect(charlie)
+    await a.send("invite", call.id, {"username": "charlie"})
+    await c.recv_type("incoming")
+    later = timezone.now() + timedelta(seconds=settings.CALL_RING_TIMEOUT + 1)
+    result = await sync_to_async(calls_expire)(now=later)
+    assert result["invites_unanswered"] == 1 and result["no_answer"] == 0
+    for sock in (a, b):
+        ended = await sock.recv_type("invite-ended")
+        assert ended["body"] == {"user": charlie.pk, "reason": "no_answer"}
+    assert (await c.recv_type("hangup"))["body"]["reason"] == "no_answer"  # stops ringing
+    assert (await sync_to_async(Call.objects.get)(pk=call.pk)).state != CallState.ENDED
