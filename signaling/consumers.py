@@ -184,16 +184,13 @@ class SignalConsumer(AsyncWebsocketConsumer):
         # socket joined: what the hot path checks `to` against.
         self.joined: dict[str, dict[int, str]] = {}
         self.ended: set[str] = set()
-        # Membership frames that came while a join of that call was on its way (None: any call,
-        # during a resume), applied on top of what the join read.
-        self.early: dict[str | None, list[tuple[str, str, str]]] = {}
         self.bucket = _TokenBucket(
             settings.SIGNALING_RATE_PER_SECOND, settings.SIGNALING_RATE_BURST
         )
         self.session_key = getattr(self.scope.get("session"), "session_key", None)
         self.released = False
         self.resumed = False
-        self.held = None
+        self.held: list[dict] | None = None  # see _holding_frames
         self.redis = redis_for_loop()
         self.session: str | None = new_session_id()
         self.delivered = 0
@@ -360,22 +357,24 @@ class SignalConsumer(AsyncWebsocketConsumer):
             raise ProtocolError("not_joined", "Join the call on this connection first.", msg.id)
         return me
 
-    async def _joining(self, call: str | None, service, **kwargs):
-        """Run a join-like service; membership frames that come meanwhile are kept (early)."""
-        self.early[call] = []
+    @contextlib.asynccontextmanager
+    async def _holding_frames(self):
+        """While a join or a resume is under way, frames that peers push into this session
+        wait, then go through session_frame once it is done. Sent during a resume they came
+        before `resumed`, and the page took the session's old frames (a `joined`, a
+        `peer-joined`) as new ones; learned during a join they were overwritten by what the
+        join read (every one of them was committed after that read: the join holds the call's
+        lock)."""
+        self.held = []
         try:
-            return await run_and_announce(service, **kwargs)
-        except BaseException:
-            self.early.pop(call, None)
-            raise
+            yield
+        finally:
+            held, self.held = self.held, None
+            for event in held:
+                await self.session_frame(event)
 
     def _hold_call(self, call_id: str, peers: list[Participant]) -> None:
         self.joined[call_id] = {p.user_id: p.session for p in peers if p.session}
-        early = self.early.get(call_id, []) + self.early.get(None, [])
-        self.early.pop(call_id, None)
-        for frame, call, text in early:
-            if call == call_id:
-                self._learn(frame, call, text)
 
     async def _emit_joined(self, msg: ClientMessage, call, me: Participant, peers, resumed: bool):
         self._hold_call(msg.call, peers)  # type: ignore[arg-type]
@@ -411,17 +410,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
             raise ProtocolError(
                 "resume_failed", "Resume first, once, before joining a call.", msg.id
             )
-        old = msg.body["session"]
-        # Frames that peers push into the session while it is being resumed wait until the
-        # page has had `resumed` and the replay: sent earlier, they came before `resumed`, and
-        # the page took the session's old frames (a `joined`, a `peer-joined`) as new ones.
-        self.held: list[dict] | None = []
-        try:
-            await self._resume(msg, old)
-        finally:
-            held, self.held = self.held, None
-            for event in held or []:
-                await self.session_frame(event)
+        async with self._holding_frames():
+            await self._resume(msg, msg.body["session"])
 
     async def _resume(self, msg: ClientMessage, old: str) -> None:
         seq, _, frames = await session_adopt(
@@ -440,8 +430,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
         self.hub.release(self.session, self)
         self.session, self.resumed = old, True
         self.hub.hold(old, self)
-        resumed = await self._joining(
-            None,
+        resumed = await run_and_announce(
             call_resume_session,
             user=self.user,
             session=old,
@@ -449,7 +438,6 @@ class SignalConsumer(AsyncWebsocketConsumer):
         )
         for call_id, peers in resumed:
             self._hold_call(call_id, peers)
-        self.early.pop(None, None)
         calls = [call_id for call_id, _ in resumed]
         # Unnumbered, and before the replay: the page knows that what follows is numbered in the
         # resumed session (frames before it were numbered in the socket's fresh one).
@@ -470,39 +458,39 @@ class SignalConsumer(AsyncWebsocketConsumer):
 
     async def on_join(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
-        call, peers, resumed = await self._joining(
-            msg.call,
-            call_join,
-            participant=me,
-            channel_name=self.channel_name,
-            session=self.session or "",
-            resume=msg.body["resume"],
-            replaces=msg.body["replaces"],
-        )
-        await self._emit_joined(msg, call, me, peers, resumed)
+        async with self._holding_frames():
+            call, peers, resumed = await run_and_announce(
+                call_join,
+                participant=me,
+                channel_name=self.channel_name,
+                session=self.session or "",
+                resume=msg.body["resume"],
+                replaces=msg.body["replaces"],
+            )
+            await self._emit_joined(msg, call, me, peers, resumed)
 
     async def on_accept(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
-        call, peers = await self._joining(
-            msg.call,
-            call_accept,
-            participant=me,
-            channel_name=self.channel_name,
-            session=self.session or "",
-            video=msg.body["video"],
-        )
-        await self._emit_joined(msg, call, me, peers, False)
+        async with self._holding_frames():
+            call, peers = await run_and_announce(
+                call_accept,
+                participant=me,
+                channel_name=self.channel_name,
+                session=self.session or "",
+                video=msg.body["video"],
+            )
+            await self._emit_joined(msg, call, me, peers, False)
 
     async def on_take_over(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
-        call, peers = await self._joining(
-            msg.call,
-            call_take_over,
-            participant=me,
-            channel_name=self.channel_name,
-            session=self.session or "",
-        )
-        await self._emit_joined(msg, call, me, peers, False)
+        async with self._holding_frames():
+            call, peers = await run_and_announce(
+                call_take_over,
+                participant=me,
+                channel_name=self.channel_name,
+                session=self.session or "",
+            )
+            await self._emit_joined(msg, call, me, peers, False)
 
     async def on_decline(self, msg: ClientMessage) -> None:
         await run_and_announce(call_decline, participant=await self._member(msg))
@@ -597,7 +585,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
     async def session_frame(self, event: dict) -> None:
         """A frame pushed into this device session by someone else (hub.deliver)."""
         if self.held is not None:
-            self.held.append(event)  # a resume is under way: see on_resume
+            self.held.append(event)  # a join or resume is under way: see _holding_frames
             return
         if event["session"] != self.session:
             return  # the session moved to another socket
@@ -615,9 +603,6 @@ class SignalConsumer(AsyncWebsocketConsumer):
             return
         peers = self.joined.get(call)
         if peers is None:
-            for key in (call, None):
-                if key in self.early:
-                    self.early[key].append((frame, call, text))
             return
         body = json.loads(text).get("body", {})
         if frame == "peer-joined" and body.get("session"):

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from .presence import node_of, presence_stop
 from .sessions import delivery_header, node_channel, session_push
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,6 @@ class Hub:
         self.node = node
         self.local: dict[str, SessionHolder] = {}
         self.task: asyncio.Task | None = None
-        self.delivered = 0  # frames handed to a consumer from the subscriber
 
     def hold(self, session: str, consumer: SessionHolder) -> None:
         self.local[session] = consumer
@@ -109,7 +109,6 @@ class Hub:
         consumer = self.local.get(session)
         if consumer is None:
             return  # the socket went or moved: the frame waits in the store for resume
-        self.delivered += 1
         try:
             await consumer.session_frame(
                 {
@@ -190,8 +189,6 @@ async def deliver(
         if channel == target.channel_name:
             await target.session_frame(event)
         else:  # the session moved to another socket since this process last held it
-            from .presence import node_of
-
             await redis.publish(node_channel(node_of(channel)), f"{header}\n{seq}\n{text}".encode())
     return seq
 
@@ -207,8 +204,6 @@ async def process_drain_sockets(timeout: float = 5.0) -> int:
         # The close frames are written by the reactor's next turns, and the pages answer them:
         # cut the connections right after, and they were never sent (seen: 1006, not 4012).
         await asyncio.sleep(0.3)
-    from .presence import presence_stop
-
     await presence_stop()
     logger.info("signaling: drained %d socket(s) before stopping", len(holders))
     return len(holders)
