@@ -1,5 +1,6 @@
 """One ASGI app for HTTP (Django, DRF) and WebSocket signaling (Channels)."""
 
+import gc
 import os
 import sys
 
@@ -8,9 +9,9 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from signaling.auth import SocketAuthMiddleware  # noqa: E402
 from signaling.origins import SameOriginValidator  # noqa: E402
 from signaling.routing import websocket_urlpatterns  # noqa: E402
 
@@ -22,6 +23,12 @@ if "daphne.server" in sys.modules:  # served by Daphne: tell sockets to move bef
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginValidator(SocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Everything loaded at start-up lives as long as the process: keep it out of the cyclic garbage
+# collector's way (it walked those objects again and again on the hot path, issue 8), and
+# collect the young generation less often (a relayed frame allocates some dozens of objects).
+gc.freeze()
+gc.set_threshold(int(os.environ.get("GC_YOUNG_THRESHOLD", "10000")), 20, 20)

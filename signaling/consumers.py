@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import time
-import uuid
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
@@ -50,6 +49,7 @@ from .hub import PeerUnreachable, deliver, hub_for, process_drain
 from .presence import node_of, presence_for, redis_for_loop
 from .protocol import ClientMessage, ProtocolError, parse_frame
 from .sessions import (
+    frame_id,
     frame_text,
     frames_after,
     new_session_id,
@@ -179,7 +179,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.close(code=4401)
             return
-        self.user = user
+        self.user = user  # a User, not a lazy proxy (auth.py): the hot path reads user.pk
         # call id -> {peer user id: the device session that holds them}, for each call this
         # socket joined: what the hot path checks `to` against.
         self.joined: dict[str, dict[int, str]] = {}
@@ -445,7 +445,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
             {
                 "v": 1,
                 "type": "resumed",
-                "id": str(uuid.uuid4()),
+                "id": frame_id(),
                 "ref": msg.id,
                 "body": {"session": old, "replayed": len(frames), "calls": calls},
             }
@@ -534,6 +534,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
                 call=msg.call,
                 text=text,
                 limit=PEER_QUEUE_FRAMES,
+                hub=self.hub,
             )
         except PeerUnreachable as exc:
             if exc.code == "peer_queue_full":

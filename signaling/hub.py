@@ -169,12 +169,13 @@ async def deliver(
     call: str | None,
     text: str,
     limit: int = 0,
+    hub: Hub | None = None,
 ) -> int:
     """Number, keep and deliver one frame for a device session; returns its seq.
 
     Raises PeerUnreachable: `peer_not_present` when the session is gone (its grace window ran
     out), `peer_queue_full` when `limit` frames already wait for a device that is away."""
-    hub = running_hub()
+    hub = hub or running_hub()
     target = hub.local.get(session) if hub is not None else None
     header = delivery_header(session, frame, call)
     seq, channel = await session_push(

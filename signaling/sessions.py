@@ -16,10 +16,12 @@ of "<seq>:<frame without seq>", scored by seq).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 import json
 import secrets
-import uuid
+import weakref
 
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -85,9 +87,19 @@ def new_session_id() -> str:
     return "s-" + secrets.token_urlsafe(16)
 
 
+# Server frame ids: unique without a system call each (uuid4 reads os.urandom, which was 7% of
+# the CPU of a relayed frame): a random prefix per process, then a counter.
+_ID_PREFIX = secrets.token_hex(6) + "-"
+_ids = itertools.count(1)
+
+
+def frame_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):x}"
+
+
 def frame_text(mtype: str, *, call=None, body=None, ref=None) -> str:
     """A server frame without its seq (added when it is sent): see protocol.envelope."""
-    out: dict = {"v": 1, "type": mtype, "id": str(uuid.uuid4()), "body": body or {}}
+    out: dict = {"v": 1, "type": mtype, "id": frame_id(), "body": body or {}}
     if call is not None:
         out["call"] = str(call)
     if ref is not None:
@@ -136,15 +148,96 @@ def delivery_header(session: str, frame: str, call: str | None) -> str:
 _shas: dict[str, str] = {}
 
 
-async def _script(redis: aioredis.Redis, source: str, keys: list[str], *args):
-    """EVALSHA, loading the script once per Redis (a restarted Redis has forgotten it)."""
+def _sha(source: str) -> str:
     sha = _shas.get(source)
     if sha is None:
         sha = _shas[source] = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 (Redis's id)
+    return sha
+
+
+async def _script(redis: aioredis.Redis, source: str, keys: list[str], *args):
+    """EVALSHA, loading the script once per Redis (a restarted Redis has forgotten it)."""
     try:
-        return await redis.evalsha(sha, len(keys), *keys, *args)
+        return await redis.evalsha(_sha(source), len(keys), *keys, *args)
     except NoScriptError:
         return await redis.eval(source, len(keys), *keys, *args)
+
+
+class _AutoPipeline:
+    """Script calls made in one turn of the event loop go to Redis together, as one pipeline,
+    while the previous pipeline is under way the next one fills up (as Nagle's algorithm, with
+    no timer): one round trip, one read and one write for many frames. Measured here (issue 8):
+    a push alone costs 102 us of Python and 38 us of Redis CPU; in pipelines of 10, 25 + 12 us.
+
+    Each call still gets its own result or error, in order: a caller awaits its call as before,
+    and calls run in the order they were made (one pipeline at a time, on one connection)."""
+
+    def __init__(self, redis: aioredis.Redis):
+        self.redis = redis
+        self.pending: list[tuple[str, list, tuple, asyncio.Future]] = []
+        self.task: asyncio.Task | None = None
+
+    def call(self, source: str, keys: list[str], args: tuple) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((source, keys, args, future))
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+        return future
+
+    async def _run(self) -> None:
+        batch: list = []
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    results = await self._execute(batch)
+                except Exception as exc:  # Redis unreachable: every call in it fails
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (*_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue  # its caller stopped waiting (a closed socket)
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+                batch = []
+        finally:
+            self.task = None
+            for *_, future in batch + self.pending:  # cancelled: the loop is closing
+                future.cancel()
+            self.pending = []
+
+    async def _execute(self, batch: list) -> list:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for source, keys, args, _ in batch:
+                pipe.evalsha(_sha(source), len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:  # a restarted Redis has forgotten the scripts: load them, run those again
+            for source in {batch[i][0] for i in missing}:
+                await self.redis.script_load(source)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in missing:
+                    source, keys, args, _ = batch[i]
+                    pipe.evalsha(_sha(source), len(keys), *keys, *args)
+                for i, result in zip(
+                    missing, await pipe.execute(raise_on_error=False), strict=True
+                ):
+                    results[i] = result
+        return results
+
+
+_pipelines: weakref.WeakKeyDictionary[aioredis.Redis, _AutoPipeline] = weakref.WeakKeyDictionary()
+
+
+def _pipelined(redis: aioredis.Redis, source: str, keys: list[str], *args) -> asyncio.Future:
+    pipeline = _pipelines.get(redis)
+    if pipeline is None:
+        pipeline = _pipelines[redis] = _AutoPipeline(redis)
+    return pipeline.call(source, keys, args)
 
 
 async def session_push(
@@ -163,7 +256,7 @@ async def session_push(
     `live` (the session's own consumer) refreshes its lifetime. `publish` (a delivery_header)
     also publishes the frame to the process that holds the session's socket, in the same step,
     so frames reach each process in seq order."""
-    seq, channel = await _script(
+    seq, channel = await _pipelined(
         redis,
         _PUSH,
         session_keys(session),
