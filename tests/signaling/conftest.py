@@ -118,11 +118,16 @@ async def stop_loop_services() -> None:
 
     from signaling.broadcast import db_pool_close_connections
     from signaling.hub import running_hub
+    from signaling.presence import _clients
+    from signaling.sessions import close_pipeline
 
     hub = running_hub()
     if hub is not None and hub.task is not None:
         hub.task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await hub.task
+    client = _clients.get(asyncio.get_running_loop())
+    if client is not None:
+        await close_pipeline(client)
     await database_sync_to_async(connections.close_all)()
     await asyncio.to_thread(db_pool_close_connections)

@@ -10,7 +10,9 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from signaling import sessions
 from signaling.sessions import (
+    close_pipeline,
     frames_after,
     session_detach,
     session_forget,
@@ -24,6 +26,7 @@ from tests.conftest import free_port
 async def redis():
     client = aioredis.Redis.from_url(settings.REDIS_URL)
     yield client
+    await close_pipeline(client)
     await client.aclose()
 
 
@@ -59,6 +62,45 @@ async def test_a_redis_that_forgot_the_scripts_still_numbers_every_push(redis):
         *(session_push(redis, session=session, text="{}") for _ in range(10))
     )
     assert [seq for seq, _ in results] == list(range(2, 12))
+
+
+async def test_pushes_made_while_one_is_under_way_share_one_round_trip(redis, monkeypatch):
+    session = "s-test-batched"
+    await session_forget(redis, session=session)
+    await session_open(redis, session=session, user_id=1, channel="node!a")
+    exchanges: list[int] = []
+    real = sessions._AutoPipeline._exchange
+
+    async def counted(self, batch, raw=False):
+        exchanges.append(len(batch))
+        return await real(self, batch, raw)
+
+    monkeypatch.setattr(sessions._AutoPipeline, "_exchange", counted)
+    results = await asyncio.gather(
+        *(session_push(redis, session=session, text="{}") for _ in range(40))
+    )
+    assert [seq for seq, _ in results] == list(range(1, 41))
+    # The first goes alone, at once; the 39 made meanwhile go together when it is back.
+    assert exchanges == [1, 39]
+
+
+async def test_a_cut_connection_fails_what_was_on_it_and_the_next_push_reconnects(redis):
+    session = "s-test-cut"
+    await session_forget(redis, session=session)
+    await session_open(redis, session=session, user_id=1, channel="node!a")
+    assert await session_push(redis, session=session, text="{}") == (1, "node!a")
+    connection = sessions._pipelines[redis].connection
+    host, port = connection._writer.get_extra_info("sockname")[:2]
+    assert await redis.client_kill(f"{host}:{port}")
+    outcome = await asyncio.gather(
+        *(session_push(redis, session=session, text="{}") for _ in range(3)),
+        return_exceptions=True,
+    )
+    failed = [r for r in outcome if isinstance(r, Exception)]
+    assert all(isinstance(r, RedisConnectionError) for r in failed), outcome
+    numbered = [r[0] for r in outcome if not isinstance(r, Exception)]
+    seq, _ = await session_push(redis, session=session, text="{}")
+    assert numbered + [seq] == list(range(2, 2 + len(numbered) + 1))
 
 
 async def test_an_unreachable_redis_fails_each_waiting_push_and_the_next_ones_work():
