@@ -31,7 +31,7 @@ from django.db import connections, transaction
 from .groups import user_group
 from .hub import PeerUnreachable, deliver
 from .presence import redis_client, redis_for_loop
-from .sessions import frame_text
+from .sessions import close_pipeline, frame_text
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def send_to_users_now(user_ids, event: dict) -> None:
 
 
 async def push_to_session(session: str, event: dict, *, redis) -> None:
-    """Number and keep a frame for one device session, then hand it to the session's socket
-    (signaling.hub: in process, or through its process's pub/sub channel).
+    """Hand a frame to one device session (signaling.hub: in process, or through its process's
+    pub/sub channel), whose owner numbers and keeps it; or keep it for a device that is away.
 
     `event` is {"frame": type, "call": id, "body": {...}}. A session that is gone (its grace
     window ran out) drops the frame; a socket that is away gets it when it resumes.
@@ -85,6 +85,7 @@ async def _deliver(kind: str, targets, event: dict, *, loop_client: bool = True)
         logger.warning("could not announce %s: %s", event.get("type") or event.get("frame"), exc)
     finally:
         if own is not None:
+            await close_pipeline(own)
             await own.aclose()
 
 

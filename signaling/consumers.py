@@ -49,15 +49,16 @@ from .hub import PeerUnreachable, deliver, hub_for, process_drain
 from .presence import node_of, presence_for, redis_for_loop
 from .protocol import ClientMessage, ProtocolError, parse_frame
 from .sessions import (
+    LIVE_TTL_SECONDS,
     frame_id,
     frame_text,
-    frames_after,
     new_session_id,
+    parse_forwarded,
     session_adopt,
     session_detach,
     session_forget,
     session_open,
-    session_push,
+    session_store,
     with_seq,
 )
 
@@ -70,8 +71,13 @@ PEER_QUEUE_FRAMES = 128
 # standard code for it, is one that Daphne's autobahn won't send: applications get 1000 and
 # 3000-4999 only.)
 RESTART_CLOSE_CODE = 4012
+# "Your session was resumed on another socket": this one is stale (the page has moved on).
+SESSION_MOVED_CLOSE_CODE = 4409
 # Frames of its own session that change what a consumer knows of a call's devices.
 MEMBERSHIP_FRAMES = frozenset({"peer-joined", "peer-left", "hangup", "taken-over"})
+# A live session's lifetime in Redis is pushed back this often, by the frame that comes then.
+_TTL_REFRESH_SECONDS = 3600
+_store_warned = [0.0]  # when a failed store was last logged: once a minute, not once a frame
 
 
 class _TokenBucket:
@@ -193,7 +199,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
         self.held: list[dict] | None = None  # see _holding_frames
         self.redis = redis_for_loop()
         self.session: str | None = new_session_id()
-        self.delivered = 0
+        self.seq = 0  # the last frame numbered on this session: this consumer owns it
+        self.refreshed = time.monotonic()
         self.hub = hub_for(node_of(self.channel_name))
         await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
         await self.accept()
@@ -236,6 +243,13 @@ class SignalConsumer(AsyncWebsocketConsumer):
         joined, self.joined = (list(self.joined) if record else []), {}
         if self.session:
             self.hub.release(self.session, self)
+            # At once: from here frames for the session are numbered in Redis, after what this
+            # consumer kept (one pipeline, in order), and a frame that still reaches this
+            # process goes there (hub._dispatch).
+            try:
+                await session_detach(self.redis, session=self.session, channel=self.channel_name)
+            except Exception as exc:
+                logger.warning("signaling: session %s not detached: %s", self.session, exc)
         for call_id in joined:
             try:
                 await run_and_announce(
@@ -247,8 +261,6 @@ class SignalConsumer(AsyncWebsocketConsumer):
             except Exception:  # the reaper finds this device through presence instead
                 logger.exception("signaling: could not record the drop of call %s", call_id)
         try:
-            if self.session:
-                await session_detach(self.redis, session=self.session, channel=self.channel_name)
             await presence_for(self.channel_name).remove_socket(self.channel_name)
             await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
         except Exception as exc:
@@ -263,42 +275,56 @@ class SignalConsumer(AsyncWebsocketConsumer):
         body: dict | None = None,
         ref: str | None = None,
     ) -> None:
-        """Send a frame on this device session: numbered and kept (session_push) first."""
-        text = frame_text(mtype, call=call, body=body, ref=ref)
-        seq = None
-        if self.session:
-            try:
-                seq, _ = await session_push(self.redis, session=self.session, text=text, live=True)
-            except BROADCAST_ERRORS as exc:
-                logger.warning("signaling: frame for %s not numbered: %s", self.session, exc)
-        await self._deliver(seq or None, text)
+        """Send a frame on this device session."""
+        await self._out(frame_text(mtype, call=call, body=body, ref=ref), mtype, call)
 
-    async def _deliver(self, seq: int | None, text: str) -> None:
-        """Send frames in seq order, each once: a frame that overtook others pushed before it
-        (by a peer's consumer, a task) brings them along from the session's store."""
-        if seq is None:
+    async def _out(self, text: str, frame: str, call: str | None) -> None:
+        """Number a frame on this device session (this consumer owns it), send it, and keep it
+        for a resume: kept behind the send, in the next pipeline (sessions.py)."""
+        session = self.session
+        if not session:  # no session (Redis was down when the socket opened): unnumbered
             await self.send(text_data=text)
             return
-        if seq <= self.delivered:
+        self.seq += 1
+        seq = self.seq
+        await self.send(text_data=with_seq(seq, text))
+        ttl = 0
+        if time.monotonic() - self.refreshed > _TTL_REFRESH_SECONDS:
+            ttl, self.refreshed = LIVE_TTL_SECONDS, time.monotonic()
+        stored = session_store(
+            self.redis, session=session, channel=self.channel_name, seq=seq, text=text, ttl=ttl
+        )
+        stored.add_done_callback(lambda f: self._stored(f, session, frame, call, text))
+
+    def _stored(self, stored: asyncio.Future, session: str, frame: str, call, text: str) -> None:
+        if stored.cancelled():
             return
-        # Frames come from several tasks (this socket's own, peers' consumers, the hub's
-        # subscriber): each is claimed (delivered = n) before it is sent, so none goes twice.
-        frames = [(seq, with_seq(seq, text))]
-        if seq > self.delivered + 1 and self.session:
-            try:
-                frames = await frames_after(
-                    self.redis, session=self.session, after=self.delivered, upto=seq
-                )
-            except BROADCAST_ERRORS as exc:
-                logger.warning(
-                    "signaling: gap before %s of %s not filled: %s", seq, self.session, exc
-                )
-        for n, frame in frames:
-            if n <= self.delivered:
-                continue
-            self.delivered = n
-            await self.send(text_data=frame)
-        self.delivered = max(self.delivered, seq)
+        exc = stored.exception()
+        if exc is not None:  # Redis unreachable: sent, but a resume won't have it
+            now = time.monotonic()
+            if now - _store_warned[0] > 60:
+                _store_warned[0] = now
+                logger.warning("signaling: frames sent but not kept for resume: %s", exc)
+            return
+        if stored.result() == 0:
+            # The session was resumed on another socket before this frame was kept (and the
+            # page there had not seen it): this consumer no longer owns it; send it on.
+            self.session_moved()
+            asyncio.ensure_future(self._send_on(session, frame, call, text))
+
+    async def _send_on(self, session: str, frame: str, call, text: str) -> None:
+        try:
+            await deliver(self.redis, session=session, frame=frame, call=call, text=text)
+        except Exception as exc:  # the session ended meanwhile, or Redis is down
+            logger.info("signaling: a frame for moved session %s was dropped: %s", session, exc)
+
+    def session_moved(self) -> None:
+        """This socket's session was resumed on another socket: the page has moved on."""
+        if self.session is None:
+            return
+        self.hub.release(self.session, self)
+        self.session = None
+        asyncio.ensure_future(self.close(code=SESSION_MOVED_CLOSE_CODE))
 
     async def send_json(self, data: dict) -> None:
         await self.send(text_data=json.dumps(data, separators=(",", ":")))
@@ -414,7 +440,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
             await self._resume(msg, msg.body["session"])
 
     async def _resume(self, msg: ClientMessage, old: str) -> None:
-        seq, _, frames = await session_adopt(
+        seq, _, frames, inbox = await session_adopt(
             self.redis,
             session=old,
             user_id=self.user.pk,
@@ -428,7 +454,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
         with contextlib.suppress(*BROADCAST_ERRORS):
             await session_forget(self.redis, session=self.session)
         self.hub.release(self.session, self)
-        self.session, self.resumed = old, True
+        self.session, self.resumed, self.seq = old, True, seq
         self.hub.hold(old, self)
         resumed = await run_and_announce(
             call_resume_session,
@@ -450,11 +476,15 @@ class SignalConsumer(AsyncWebsocketConsumer):
                 "body": {"session": old, "replayed": len(frames), "calls": calls},
             }
         )
-        self.delivered = msg.body["lastSeq"]
-        for n, frame in frames:
+        for _, frame in frames:
             await self.send(text_data=frame)
-            self.delivered = n
-        self.delivered = max(self.delivered, seq)
+        # Then what was forwarded while no process listened for the session's old socket
+        # (its process died): before what peers pushed during this resume.
+        waiting = []
+        for data in inbox:
+            session, frame, call, text = parse_forwarded(data)
+            waiting.append({"session": session, "text": text, "frame": frame, "call": call})
+        self.held[:0] = waiting  # type: ignore[index]
 
     async def on_join(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
@@ -589,11 +619,11 @@ class SignalConsumer(AsyncWebsocketConsumer):
             self.held.append(event)  # a join or resume is under way: see _holding_frames
             return
         if event["session"] != self.session:
-            return  # the session moved to another socket
+            return  # for the fresh session this socket gave up for a resumed one
         call = event.get("call")
         if event["frame"] in MEMBERSHIP_FRAMES and call:
             self._learn(event["frame"], call, event["text"])
-        await self._deliver(event["seq"], event["text"])
+        await self._out(event["text"], event["frame"], call)
 
     def _learn(self, frame: str, call: str, text: str) -> None:
         """Keep the devices of each joined call current, from the frames that change them."""

@@ -1,19 +1,18 @@
 """Point-to-point delivery of frames to device sessions, without the channel layer.
 
 channels-redis 4.3 `send` + `receive` alone cost about 1.5 ms of CPU per message here (issue 8),
-more than everything else a relayed frame needs. So a frame for a device session is numbered and
-kept in Redis (sessions.session_push, one Lua step), and then:
-- in process, handed straight to the consumer when the session's socket is on this process;
-- otherwise published, inside that same Lua step, to the Redis pub/sub channel of the process that
-  holds the socket (`traverse:node:<node>`), whose one subscriber hands it to the consumer. Being
-  published in the step that numbers it, frames reach each process in `seq` order.
+more than everything else a relayed frame needs. So a frame for a device session goes:
+- in process, straight to the consumer that holds the session's socket, which numbers, sends
+  and keeps it (sessions.py: the owner numbers);
+- otherwise through one Lua step (sessions.session_push) that forwards it to the Redis pub/sub
+  channel of the process that holds the socket (`traverse:node:<node>`), whose one subscriber
+  hands it to the consumer; or numbers and keeps it while the device is away.
 
 benchmarks/signaling.py measures this against the channel layer's `send` and its pub/sub layer.
 
-A frame lost on the way (a subscriber reconnecting after a Redis restart) is not lost for the
-device: it is stored, and the consumer fills the gap from Redis when the next frame comes, or the
-page gets it on resume. The channel layer stays for fan-out and control (ringing every device of
-a user, sign-out).
+A frame forwarded while nobody listens for the owner's process waits in the session's inbox: the
+subscriber takes its sessions' inboxes each time it (re)subscribes, and a resume takes it too.
+The channel layer stays for fan-out and control (ringing every device of a user, sign-out).
 """
 
 from __future__ import annotations
@@ -26,8 +25,15 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from .presence import node_of, presence_stop
-from .sessions import delivery_header, node_channel, session_push
+from .presence import presence_stop, redis_for_loop
+from .sessions import (
+    MOVED,
+    delivery_header,
+    node_channel,
+    parse_forwarded,
+    session_push,
+    session_take_inbox,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,8 @@ class SessionHolder(Protocol):
     channel_name: str
 
     async def session_frame(self, event: dict) -> None: ...
+
+    def session_moved(self) -> None: ...
 
     async def drain(self) -> None: ...
 
@@ -57,7 +65,10 @@ class Hub:
         self.task: asyncio.Task | None = None
 
     def hold(self, session: str, consumer: SessionHolder) -> None:
+        previous = self.local.get(session)
         self.local[session] = consumer
+        if previous is not None and previous is not consumer:
+            previous.session_moved()  # resumed on another socket of this process
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._subscribe())
 
@@ -79,6 +90,7 @@ class Hub:
                 try:
                     await pubsub.subscribe(node_channel(self.node))
                     backoff = 0.2
+                    await self._take_inboxes()
                     while True:
                         message = await pubsub.get_message(timeout=None)
                         if message is not None:
@@ -99,26 +111,43 @@ class Hub:
         finally:
             await client.aclose()
 
+    async def _take_inboxes(self) -> None:
+        """Frames forwarded while this subscriber was away waited in their sessions' inboxes."""
+        redis = redis_for_loop()
+        for session in list(self.local):
+            try:
+                waiting = await session_take_inbox(redis, session=session)
+            except Exception as exc:
+                logger.warning(
+                    "signaling hub %s: inbox of %s not read: %s", self.node, session, exc
+                )
+                continue
+            for data in waiting:
+                await self._dispatch(data)
+
     async def _dispatch(self, data: bytes) -> None:
         try:
-            head, seq, text = data.decode().split("\n", 2)
-            session, frame, call = head.split("|", 2)
+            session, frame, call, text = parse_forwarded(data)
         except ValueError:  # not ours: someone else published on our channel
             logger.warning("signaling hub %s: dropped a malformed message", self.node)
             return
         consumer = self.local.get(session)
-        if consumer is None:
-            return  # the socket went or moved: the frame waits in the store for resume
+        if frame == MOVED:  # resumed on another socket: `text` is the channel it left
+            if consumer is not None and consumer.channel_name == text:
+                del self.local[session]
+                consumer.session_moved()
+            return
         try:
-            await consumer.session_frame(
-                {
-                    "session": session,
-                    "seq": int(seq),
-                    "text": text,
-                    "frame": frame,
-                    "call": call or None,
-                }
-            )
+            if consumer is not None:
+                await consumer.session_frame(
+                    {"session": session, "text": text, "frame": frame, "call": call}
+                )
+            else:  # the socket went or moved since: on to wherever the session is now
+                await deliver(
+                    redis_for_loop(), session=session, frame=frame, call=call, text=text, hub=self
+                )
+        except PeerUnreachable:
+            pass  # the session ended meanwhile
         except Exception:
             logger.exception("signaling hub %s: a frame for %s failed", self.node, session)
 
@@ -170,28 +199,27 @@ async def deliver(
     text: str,
     limit: int = 0,
     hub: Hub | None = None,
-) -> int:
-    """Number, keep and deliver one frame for a device session; returns its seq.
+) -> None:
+    """Deliver one frame (without its seq) to a device session, wherever its socket is.
 
     Raises PeerUnreachable: `peer_not_present` when the session is gone (its grace window ran
     out), `peer_queue_full` when `limit` frames already wait for a device that is away."""
     hub = hub or running_hub()
     target = hub.local.get(session) if hub is not None else None
-    header = delivery_header(session, frame, call)
-    seq, channel = await session_push(
-        redis, session=session, text=text, publish="" if target else header, limit=limit
+    if target is not None:
+        await target.session_frame({"session": session, "text": text, "frame": frame, "call": call})
+        return
+    code, _ = await session_push(
+        redis,
+        session=session,
+        text=text,
+        publish=delivery_header(session, frame, call),
+        limit=limit,
     )
-    if seq == 0:
+    if code == 0:
         raise PeerUnreachable("peer_not_present")
-    if seq < 0:
+    if code == -1:
         raise PeerUnreachable("peer_queue_full")
-    if target is not None and channel:
-        event = {"session": session, "seq": seq, "text": text, "frame": frame, "call": call}
-        if channel == target.channel_name:
-            await target.session_frame(event)
-        else:  # the session moved to another socket since this process last held it
-            await redis.publish(node_channel(node_of(channel)), f"{header}\n{seq}\n{text}".encode())
-    return seq
 
 
 async def process_drain_sockets(timeout: float = 5.0) -> int:

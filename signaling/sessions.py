@@ -1,17 +1,33 @@
 """Device sessions: the numbered, replayable stream of frames the server sends to one page.
 
-Every socket starts a session (docs/signaling.md, "Device sessions"). Each frame for it is pushed
-into Redis first: one Lua call numbers it (`seq`, per session, across reconnects) and keeps the
-last REPLAY_FRAMES of them, then the frame goes to the session's current channel. A page whose
-socket dropped resumes the session on a new socket and is sent what it missed, in order.
+Every socket starts a session (docs/signaling.md, "Device sessions"). Each frame for it has a
+`seq`, counted per session across reconnects, and the last REPLAY_FRAMES frames are kept in
+Redis. A page whose socket dropped resumes the session on a new socket and is sent what it
+missed, in order.
 
-Anyone can push to a session (the device's own consumer, a peer's consumer, a Celery task), so
-frames can reach the consumer out of order; the consumer delivers in `seq` order by reading the
-gap from Redis (`frames_after`). A session whose socket closed is kept for the grace window
-(SIGNALING_GRACE_SECONDS) and then expires; pushes to an expired session are dropped.
+Who numbers a frame:
+- While a socket holds the session, its consumer does (it owns the session): it numbers each
+  frame, sends it, and keeps it in Redis behind the send (`session_store`, pipelined, not
+  waited for). Frames from peers on the same process reach it directly (hub.py); frames from
+  other processes and from Celery are forwarded to it by `session_push`, unnumbered, through
+  its process's pub/sub channel. No frame waits for a Redis round trip before it is sent: that
+  round trip was the whole gap to a bare relay (issue 8).
+- While no socket holds it (the grace window), `session_push` numbers and keeps frames in
+  Redis, and the next socket to resume it continues from there.
+- A frame for a session whose process no longer listens (it died, or its subscriber is
+  reconnecting) waits in the session's inbox, for the next owner.
 
-Keys: `traverse:sess:<id>` (hash: user, channel, seq) and `traverse:sess:<id>:out` (sorted set
-of "<seq>:<frame without seq>", scored by seq).
+An owner that died had sent frames it never stored: the page reports them in its lastSeq, and
+the resume carries on from there. An owner whose session was resumed elsewhere while its own
+socket stayed open hears so (`!moved`); what it stored too late is refused and sent on to the
+new owner, unless the page already had it.
+
+A session whose socket closed is kept for the grace window (SIGNALING_GRACE_SECONDS) and then
+expires; pushes to an expired session are dropped.
+
+Keys: `traverse:sess:<id>` (hash: user, channel, seq, dseq while away, aseq = the lastSeq of the
+last resume), `traverse:sess:<id>:out` (sorted set of "<seq>:<frame without seq>", scored by seq)
+and `traverse:sess:<id>:in` (list of forwarded frames waiting for an owner).
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ import weakref
 
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -33,55 +50,108 @@ REPLAY_FRAMES = 256
 # when the socket closes.
 LIVE_TTL_SECONDS = 24 * 3600
 
+# Frames from anyone but the session's owner. ARGV: text, replay frames, delivery header, limit.
 _PUSH = r"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ''} end
 local channel = redis.call('HGET', KEYS[1], 'channel') or ''
+local limit = tonumber(ARGV[4])
+if channel ~= '' then
+  local node = string.match(channel, '^([^!]*)!') or channel
+  local message = ARGV[3] .. '\n0\n' .. ARGV[1]
+  if redis.call('PUBLISH', 'traverse:node:' .. node, message) > 0 then return {-2, channel} end
+  local waiting = redis.call('LLEN', KEYS[3])
+  if (limit > 0 and waiting >= limit) or waiting >= tonumber(ARGV[2]) then return {-1, ''} end
+  redis.call('RPUSH', KEYS[3], message)
+  redis.call('EXPIRE', KEYS[3], math.max(redis.call('TTL', KEYS[1]), 1))
+  return {-3, channel}
+end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1
-if channel == '' and tonumber(ARGV[5]) > 0 then
+if limit > 0 then
   local away = tonumber(redis.call('HGET', KEYS[1], 'dseq') or seq)
-  if seq - away > tonumber(ARGV[5]) then return {-1, ''} end
+  if seq - away > limit then return {-1, ''} end
 end
 redis.call('HSET', KEYS[1], 'seq', seq)
 redis.call('ZADD', KEYS[2], seq, seq .. ':' .. ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seq - tonumber(ARGV[2]))
-if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
 redis.call('EXPIRE', KEYS[2], math.max(redis.call('TTL', KEYS[1]), 1))
-if ARGV[4] ~= '' and channel ~= '' then
-  local node = string.match(channel, '^([^!]*)!') or channel
-  redis.call('PUBLISH', 'traverse:node:' .. node, ARGV[4] .. '\n' .. seq .. '\n' .. ARGV[1])
-end
-return {seq, channel}
+return {seq, ''}
 """
 
-_ADOPT = """
+# The owner keeps a frame it numbered and sent. ARGV: its channel, seq, text, replay frames,
+# lifetime (0: leave it). 1 kept; 0 refused (the session moved: send it on); -1 refused, and the
+# page already had it (it resumed elsewhere past it).
+_STORE = r"""
+if redis.call('HGET', KEYS[1], 'channel') ~= ARGV[1] then
+  if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[1], 'aseq') or '0') then return -1 end
+  return 0
+end
+local seq = tonumber(ARGV[2])
+if seq > tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') then
+  redis.call('HSET', KEYS[1], 'seq', seq)
+end
+redis.call('ZADD', KEYS[2], seq, seq .. ':' .. ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seq - tonumber(ARGV[4]))
+if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
+redis.call('EXPIRE', KEYS[2], math.max(redis.call('TTL', KEYS[1]), 1))
+return 1
+"""
+
+# ARGV: user, new channel, lastSeq, lifetime, replay frames, the `!moved` header.
+_ADOPT = r"""
 if redis.call('HGET', KEYS[1], 'user') ~= ARGV[1] then return {-1} end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 local last = tonumber(ARGV[3])
-if last > seq then return {-2} end
+if last > seq then
+  -- sent by an owner that died before it kept them: the page has them, carry on from there
+  if last > seq + tonumber(ARGV[5]) then return {-2} end
+  seq = last
+  redis.call('HSET', KEYS[1], 'seq', seq)
+end
 if last < seq then
   local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
   if #oldest == 0 or tonumber(oldest[2]) > last + 1 then return {-3} end
 end
 local old = redis.call('HGET', KEYS[1], 'channel') or ''
-redis.call('HSET', KEYS[1], 'channel', ARGV[2])
+redis.call('HSET', KEYS[1], 'channel', ARGV[2], 'aseq', last)
 redis.call('HDEL', KEYS[1], 'dseq')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
+if old ~= '' and old ~= ARGV[2] then
+  local node = string.match(old, '^([^!]*)!') or old
+  redis.call('PUBLISH', 'traverse:node:' .. node, ARGV[6] .. '\n0\n' .. old)
+end
 local frames = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. last, '+inf')
-return {seq, old, unpack(frames)}
+local inbox = redis.call('LRANGE', KEYS[3], 0, -1)
+redis.call('DEL', KEYS[3])
+return {seq, old, frames, inbox}
 """
 
-_DETACH = """
+_DETACH = r"""
 if redis.call('HGET', KEYS[1], 'channel') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'channel', '', 'dseq', redis.call('HGET', KEYS[1], 'seq') or '0')
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
 return 1
 """
 
+# The frames that waited while this process's subscriber was away.
+_TAKE_INBOX = r"""
+local inbox = redis.call('LRANGE', KEYS[3], 0, -1)
+redis.call('DEL', KEYS[3])
+return inbox
+"""
+
+
+_SCRIPTS = (_PUSH, _STORE, _ADOPT, _DETACH, _TAKE_INBOX)
+
 
 def session_keys(session: str) -> list[str]:
-    return [f"traverse:sess:{session}", f"traverse:sess:{session}:out"]
+    return [
+        f"traverse:sess:{session}",
+        f"traverse:sess:{session}:out",
+        f"traverse:sess:{session}:in",
+    ]
 
 
 def new_session_id() -> str:
@@ -141,9 +211,21 @@ def node_channel(node: str) -> str:
     return f"traverse:node:{node}"
 
 
+# The frame kind of the notice a process gets when one of its sessions was resumed elsewhere.
+MOVED = "!moved"
+
+
 def delivery_header(session: str, frame: str, call: str | None) -> str:
-    """What a process needs to hand a published frame to its socket (see hub.py)."""
+    """What a process needs to hand a forwarded frame to its socket (see hub.py)."""
     return f"{session}|{frame}|{call or ''}"
+
+
+def parse_forwarded(data: bytes) -> tuple[str, str, str | None, str]:
+    """(session, frame, call, text) of a forwarded frame: "<header>\n<seq>\n<text>". Raises
+    ValueError when it isn't one."""
+    head, _, text = data.decode().split("\n", 2)
+    session, frame, call = head.split("|", 2)
+    return session, frame, call or None, text
 
 
 _shas: dict[str, str] = {}
@@ -156,12 +238,10 @@ def _sha(source: str) -> str:
     return sha
 
 
-async def _script(redis: aioredis.Redis, source: str, keys: list[str], *args):
-    """EVALSHA, loading the script once per Redis (a restarted Redis has forgotten it)."""
-    try:
-        return await redis.evalsha(_sha(source), len(keys), *keys, *args)
-    except NoScriptError:
-        return await redis.eval(source, len(keys), *keys, *args)
+# A stored frame's reply ("kept", or "refused: the session moved") is read with the next
+# exchange, or after this long when none comes: reading it at once woke the process once more
+# for every frame (0.15-0.2 ms of CPU per frame at light load, issue 8).
+LAZY_REPLY_SECONDS = 1.0
 
 
 class _AutoPipeline:
@@ -170,12 +250,15 @@ class _AutoPipeline:
     and one read for many frames. Measured here (issue 8): a push alone costs 102 us of Python
     and 38 us of Redis CPU; in pipelines of 10, 25 + 12 us.
 
-    A call made while nothing is under way goes at once, in its caller's task: at light load a
-    frame costs no more than a plain EVALSHA. Each call gets its own result or error, and calls
-    run in the order they were made (one exchange at a time, on one connection).
+    A call made while nothing is under way goes at once, in its caller's task. Each call gets
+    its own result or error, and calls run in the order they were made (one exchange at a
+    time, on one connection). Calls that nobody waits for (`lazy`: the owner's stores) have
+    their replies read later (LAZY_REPLY_SECONDS), with the next exchange's: until then the
+    connection is not read at all, so those replies don't wake the process.
 
-    The connection is its own, with no per-read timeout (that made redis-py start a task and
-    a timer for every write): the whole exchange has one deadline, REDIS_SOCKET_TIMEOUT."""
+    The connection is its own, with no per-read timeout (that made redis-py start a task and a
+    timer for every write): each exchange has one deadline, REDIS_SOCKET_TIMEOUT. Each new
+    connection loads the scripts first, so a restarted Redis answers no NOSCRIPT."""
 
     def __init__(self, redis: aioredis.Redis):
         pool = redis.connection_pool
@@ -183,19 +266,42 @@ class _AutoPipeline:
             **{**pool.connection_kwargs, "socket_timeout": None}
         )
         self.deadline = float(settings.REDIS_SOCKET_TIMEOUT)
-        self.pending: list[tuple[str, list, tuple, asyncio.Future]] = []
+        self.pending: list[tuple[str, list, tuple, asyncio.Future, bool]] = []
+        self.unread: list[tuple[str, list, tuple, asyncio.Future, bool]] = []
         self.busy = False
+        self.paused = False  # reading, while only lazy replies are due
+        self.overdue = False
+        self.reload = False  # load the scripts before the next exchange
+        self.timer: asyncio.TimerHandle | None = None
+
+    def submit(self, source: str, keys: list[str], args: tuple) -> asyncio.Future:
+        """Queue a call that nobody waits for: it goes with the next pipeline, and its reply
+        is read lazily. Its future still gets the reply (or the error)."""
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((source, keys, args, future, True))
+        self._wake()
+        return future
+
+    def _wake(self) -> None:
+        if not self.busy:
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._drain())
+
+    def _due(self) -> None:
+        self.timer = None
+        self.overdue = True
+        self._wake()
 
     async def call(self, source: str, keys: list[str], args: tuple):
         if self.busy:
             future = asyncio.get_running_loop().create_future()
-            self.pending.append((source, keys, args, future))
+            self.pending.append((source, keys, args, future, False))
             return await future
         self.busy = True
         try:
-            (result,) = await self._execute([(source, keys, args, None)])
+            (result,) = await self._execute([(source, keys, args, None, False)])
         finally:
-            if self.pending:
+            if self.pending or self.overdue:
                 asyncio.get_running_loop().create_task(self._drain())
             else:
                 self.busy = False
@@ -206,86 +312,158 @@ class _AutoPipeline:
     async def _drain(self) -> None:
         batch: list = []
         try:
-            while self.pending:
+            while self.pending or self.overdue:
+                self.overdue = False
                 batch, self.pending = self.pending, []
                 try:
                     results = await self._execute(batch)
                 except Exception as exc:  # Redis unreachable: every call in it fails
-                    for *_, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    _fail(batch, exc)
                     continue
-                for (*_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue  # its caller stopped waiting (a closed socket)
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+                for item, result in zip(batch, results, strict=True):
+                    _resolve(item[3], result)
                 batch = []
         finally:
             self.busy = False
-            for *_, future in batch + self.pending:  # cancelled: the loop is closing
-                future.cancel()
+            for item in batch + self.pending:  # cancelled: the loop is closing
+                item[3].cancel()
             self.pending = []
 
     async def _execute(self, batch: list) -> list:
+        """Run a batch; returns each call's result (an exception for its own error), None
+        for lazy calls whose reply is left for later."""
         try:
             async with asyncio.timeout(self.deadline):
                 results = await self._exchange(batch)
                 missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-                if missing:  # a restarted Redis has forgotten the scripts: load, run again
-                    for source in {batch[i][0] for i in missing}:
-                        await self._exchange([("SCRIPT", "LOAD", source)], raw=True)
-                    again = await self._exchange([batch[i] for i in missing])
+                if missing:  # SCRIPT FLUSH: load them, run those again
+                    await self._load_scripts()
+                    again = await self._exchange([batch[i][:4] + (False,) for i in missing])
                     for i, result in zip(missing, again, strict=True):
                         results[i] = result
                 return results
-        except TimeoutError:
-            await self.connection.disconnect(nowait=True)
-            raise RedisTimeoutError("Redis did not answer a pipeline in time") from None
-        except BaseException:
+        except BaseException as exc:
             # Cut off mid-exchange (an error, a cancelled caller): replies may still be on
-            # the way, so the next exchange starts on a fresh connection.
+            # the way, so the next exchange starts on a fresh connection, and the replies
+            # still owed on this one won't come.
+            failure: Exception = RedisConnectionError("the exchange with Redis was cut off")
+            if isinstance(exc, TimeoutError):
+                failure = RedisTimeoutError("Redis did not answer a pipeline in time")
+            elif isinstance(exc, Exception):
+                failure = exc
+            unread, self.unread, self.paused = self.unread, [], False
+            _fail(unread, failure)
             await self.connection.disconnect(nowait=True)
+            if isinstance(exc, TimeoutError):
+                raise failure from None
             raise
+
+    async def _load_scripts(self) -> None:
+        await self._exchange([("SCRIPT", "LOAD", source) for source in _SCRIPTS], raw=True)
 
     async def _exchange(self, batch: list, raw: bool = False) -> list:
         connection = self.connection
         if not connection.is_connected:
+            self.paused = False
             await connection.connect()
+            self.reload = not raw
+        if self.reload and not raw:
+            self.reload = False
+            await self._load_scripts()
         if raw:
             commands = list(batch)
+            awaited = len(commands)
         else:
             commands = [
                 ("EVALSHA", _sha(source), len(keys), *keys, *args)
-                for source, keys, args, _ in batch
+                for source, keys, args, *_ in batch
             ]
-        await connection.send_packed_command(connection.pack_commands(commands), False)
-        results: list = []
-        for _ in commands:
-            try:
-                results.append(await connection.read_response())
-            except ResponseError as exc:  # this call's own error; the replies after it follow
-                results.append(exc)
+            # Read up to the last call someone waits for; lazy calls after it stay unread.
+            awaited = max((n + 1 for n, item in enumerate(batch) if not item[4]), default=0)
+        if commands:
+            await connection.send_packed_command(connection.pack_commands(commands), False)
+        if self.unread or awaited:
+            if self.paused:
+                _transport(connection).resume_reading()
+                self.paused = False
+            earlier, self.unread = self.unread, []
+            for item in earlier:
+                result = await self._reply(connection)
+                if isinstance(result, NoScriptError):  # SCRIPT FLUSH: again, once loaded
+                    self.pending.append(item)
+                    self.overdue = self.reload = True
+                else:
+                    _resolve(item[3], result)
+        results: list = [await self._reply(connection) for _ in range(awaited)]
+        if not raw:
+            self.unread.extend(batch[awaited:])
+            results += [None] * (len(batch) - awaited)
+            if self.unread and not self.paused:
+                _transport(connection).pause_reading()
+                self.paused = True
+                if self.timer is None:
+                    self.timer = asyncio.get_running_loop().call_later(
+                        LAZY_REPLY_SECONDS, self._due
+                    )
         return results
+
+    @staticmethod
+    async def _reply(connection):
+        try:
+            return await connection.read_response()
+        except ResponseError as exc:  # this call's own error; the replies after it follow
+            return exc
+
+
+def _transport(connection) -> asyncio.Transport:
+    """The socket under a redis-py connection (it has no API for pausing reads)."""
+    return connection._writer.transport  # noqa: SLF001
+
+
+def _resolve(future: asyncio.Future | None, result) -> None:
+    if future is None or future.done() or result is None:
+        return  # a lazy call's reply comes later; or its caller stopped waiting
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _fail(items: list, exc: BaseException) -> None:
+    for item in items:
+        if item[3] is not None and not item[3].done():
+            item[3].set_exception(exc)
 
 
 _pipelines: weakref.WeakKeyDictionary[aioredis.Redis, _AutoPipeline] = weakref.WeakKeyDictionary()
 
 
-async def _pipelined(redis: aioredis.Redis, source: str, keys: list[str], *args):
+def _pipeline(redis: aioredis.Redis) -> _AutoPipeline:
     pipeline = _pipelines.get(redis)
     if pipeline is None:
         pipeline = _pipelines[redis] = _AutoPipeline(redis)
-    return await pipeline.call(source, keys, args)
+    return pipeline
+
+
+async def _pipelined(redis: aioredis.Redis, source: str, keys: list[str], *args):
+    return await _pipeline(redis).call(source, keys, args)
+
+
+def _submit(redis: aioredis.Redis, source: str, keys: list[str], *args) -> asyncio.Future:
+    return _pipeline(redis).submit(source, keys, args)
 
 
 async def close_pipeline(redis: aioredis.Redis) -> None:
     """Close the connection of this client's pipeline (tests, before their event loop ends)."""
     pipeline = _pipelines.pop(redis, None)
     if pipeline is not None:
+        if pipeline.timer is not None:
+            pipeline.timer.cancel()
         await pipeline.connection.disconnect()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def session_push(
@@ -293,58 +471,64 @@ async def session_push(
     *,
     session: str,
     text: str,
-    live: bool = False,
-    publish: str = "",
+    publish: str,
     limit: int = 0,
 ) -> tuple[int, str]:
-    """Number and keep one frame; returns (seq, the session's channel, "" while its socket is
-    away), (0, "") when the session is gone, or (-1, "") when `limit` > 0 and that many frames
-    already wait for a device that is away (the frame is then not kept).
+    """A frame for a session this process doesn't hold (see the module header). Returns
+    (seq, "") when it was numbered and kept for a device that is away; (-2, channel) when it was
+    forwarded to the process that holds the session; (-3, channel) when it waits in the inbox
+    (nobody listens for that process); (0, "") when the session is gone; (-1, "") when `limit`
+    > 0 and that many frames already wait for the device (the frame is not kept).
 
-    `live` (the session's own consumer) refreshes its lifetime. `publish` (a delivery_header)
-    also publishes the frame to the process that holds the session's socket, in the same step,
-    so frames reach each process in seq order."""
-    seq, channel = await _pipelined(
-        redis,
-        _PUSH,
-        session_keys(session),
-        text,
-        REPLAY_FRAMES,
-        LIVE_TTL_SECONDS if live else 0,
-        publish,
-        limit,
+    `publish` is the frame's delivery_header."""
+    code, channel = await _pipelined(
+        redis, _PUSH, session_keys(session), text, REPLAY_FRAMES, publish, limit
     )
-    if isinstance(channel, bytes):
-        channel = channel.decode()
-    return int(seq), channel
+    return int(code), _text(channel)
 
 
-async def frames_after(redis: aioredis.Redis, *, session: str, after: int, upto: int):
-    """The stored frames with after < seq <= upto, in order, as (seq, text)."""
-    entries = await redis.zrangebyscore(session_keys(session)[1], f"({after}", upto)
-    return [stored_frame(e) for e in entries if isinstance(e, bytes | str)]
+def session_store(
+    redis: aioredis.Redis, *, session: str, channel: str, seq: int, text: str, ttl: int = 0
+) -> asyncio.Future:
+    """The owner keeps a frame it sent (not waited for: it goes with the next pipeline). The
+    future's result is 1 (kept), 0 (the session moved: send the frame on) or -1 (moved, and the
+    page already had it)."""
+    return _submit(redis, _STORE, session_keys(session), channel, seq, text, REPLAY_FRAMES, ttl)
 
 
 async def session_adopt(
     redis: aioredis.Redis, *, session: str, user_id: int, channel: str, last_seq: int
-) -> tuple[int, str, list[tuple[int, str]]]:
-    """Move a session to a new socket. Returns (its seq, its old channel, the frames after
-    last_seq), or (a negative code, "", []) when it can't be resumed: -1 not this user's (or
-    gone), -2 lastSeq ahead of the session, -3 too far behind (the frames were dropped)."""
-    result = await _script(
-        redis, _ADOPT, session_keys(session), str(user_id), channel, last_seq, LIVE_TTL_SECONDS
+) -> tuple[int, str, list[tuple[int, str]], list[bytes]]:
+    """Move a session to a new socket. Returns (its seq, its old channel, the stored frames
+    after last_seq, the forwarded frames that wait in its inbox), or (a negative code, "", [],
+    []) when it can't be resumed: -1 not this user's (or gone), -2 lastSeq far ahead of the
+    session, -3 too far behind (the frames were dropped)."""
+    result = await _pipelined(
+        redis,
+        _ADOPT,
+        session_keys(session),
+        str(user_id),
+        channel,
+        last_seq,
+        LIVE_TTL_SECONDS,
+        REPLAY_FRAMES,
+        delivery_header(session, MOVED, None),
     )
     code = int(result[0])
     if code < 0:
-        return code, "", []
-    old = result[1].decode() if isinstance(result[1], bytes) else result[1]
-    return code, old, [stored_frame(e) for e in result[2:]]
+        return code, "", [], []
+    return code, _text(result[1]), [stored_frame(e) for e in result[2]], list(result[3])
+
+
+async def session_take_inbox(redis: aioredis.Redis, *, session: str) -> list[bytes]:
+    return await _pipelined(redis, _TAKE_INBOX, session_keys(session))
 
 
 async def session_detach(redis: aioredis.Redis, *, session: str, channel: str) -> None:
     """The socket closed: the session is kept for the grace window (unless another socket has
-    adopted it meanwhile)."""
-    await _script(redis, _DETACH, session_keys(session), channel, grace_ttl())
+    adopted it meanwhile). It goes after the owner's stores (one pipeline, in order), so the
+    session's seq in Redis is the last one sent."""
+    await _pipelined(redis, _DETACH, session_keys(session), channel, grace_ttl())
 
 
 async def session_forget(redis: aioredis.Redis, *, session: str) -> None:

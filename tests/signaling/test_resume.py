@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from calls.models import Participant, ParticipantState
 from calls.services import call_start
 from signaling.presence import redis_for_loop
-from signaling.sessions import REPLAY_FRAMES, frame_text, session_push
+from signaling.sessions import REPLAY_FRAMES, delivery_header, frame_text, session_push
 
 from .test_signaling import CANDIDATE, in_call
 
@@ -90,7 +90,12 @@ async def test_a_session_too_far_behind_is_not_resumed(connect, alice, bob, call
     await a.close()
     redis = redis_for_loop()
     for _ in range(REPLAY_FRAMES + 5):
-        await session_push(redis, session=session, text=frame_text("pong"))
+        await session_push(
+            redis,
+            session=session,
+            text=frame_text("pong"),
+            publish=delivery_header(session, "pong", None),
+        )
     a2 = await connect(alice)
     await a2.send("resume", body={"session": session, "lastSeq": 1})
     assert (await a2.error())["code"] == "resume_failed"
@@ -136,3 +141,27 @@ async def test_frames_pushed_during_a_resume_come_after_resumed(connect, alice, 
         candidates += msg["type"] == "candidate"
     assert candidates == 40
     assert seqs == list(range(last + 1, last + 1 + len(seqs)))  # no gap, no duplicate
+
+
+async def test_a_session_resumed_while_its_old_socket_is_open_moves_whole(
+    connect, alice, bob, call
+):
+    """The page lost sight of its socket, but the server had not noticed yet: the session moves
+    to the new socket, the old one is closed as stale (4409), and the peer's frames reach the
+    new one, numbered on from what the page had, each once."""
+    a, b = await in_call(connect, alice, bob, call)
+    session = a.session
+    last = await drain(a)
+    a2 = await connect(alice)
+    await a2.send("resume", body={"session": session, "lastSeq": last})
+    resumed = await a2.recv_type("resumed")
+    assert resumed["body"]["calls"] == [str(call.id)]
+    closed = await a.c.receive_output(timeout=3)
+    assert closed == {"type": "websocket.close", "code": 4409}
+
+    for i in range(5):
+        await b.send("candidate", call.id, {**CANDIDATE, "to": session}, id=f"b{i}")
+    got = [await a2.recv_type("candidate") for _ in range(5)]
+    assert [m["seq"] for m in got] == sorted({m["seq"] for m in got})
+    assert got[0]["seq"] > last
+    assert await a2.nothing()

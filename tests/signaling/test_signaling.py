@@ -41,6 +41,9 @@ async def in_call(connect, alice, bob, call):
         "polite"
     ] is True
     assert (await a.recv_type("peer-joined"))["body"]["user"] == bob.pk
+    # The join that brings the second device moves the call on, and both devices hear it (bob's
+    # after his `joined`: frames pushed during a join wait for it).
+    assert (await b.recv_type("state"))["body"]["state"] == "connecting"
     return a, b
 
 
