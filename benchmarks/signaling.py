@@ -22,7 +22,8 @@ Scenarios (messages are ~500 B candidates; the id and send time ride in the fram
 
 Cross-process transports, bare (no server, no JSON), CPU per message in this process and in
 Redis: redis-py pub/sub (the floor), channels-redis `send`/`receive`, channels-redis's pub/sub
-layer, and Traverse's Lua step (number, keep, publish) with a subscriber.
+layer, and Traverse's path (a Lua step forwards the frame to the process that holds the session;
+its subscriber hands it to the owner, which numbers it and keeps it, pipelined).
 
 Results: benchmarks/results/signaling.json and .md.
 """
@@ -476,13 +477,17 @@ async def transports(n: int) -> dict:
     await measure("redis_pubsub_bare", lambda i: pub.publish("bench:floor", payload), recv_ps)
     await ps.aclose()
 
-    # Traverse: the Lua step that numbers, keeps and publishes, and the process's subscriber.
+    # Traverse: the Lua step that forwards a frame to the process holding the session, that
+    # process's subscriber, and its owner numbering and keeping the frame (pipelined).
     from signaling.sessions import (
+        close_pipeline,
         delivery_header,
         node_channel,
+        parse_forwarded,
         session_forget,
         session_open,
         session_push,
+        session_store,
     )
 
     ps = sub.pubsub(ignore_subscribe_messages=True)
@@ -490,13 +495,34 @@ async def transports(n: int) -> dict:
     sessions = [f"s-bench{i}" for i in range(50)]
     for s in sessions:
         await session_open(pub, session=s, user_id=1, channel=f"specific.bench!{s}")
+    owner = aioredis.Redis.from_url(url)
+    numbered: dict[str, int] = dict.fromkeys(sessions, 0)
 
     async def traverse_send(i: int) -> None:
         s = sessions[i % 50]
         await session_push(pub, session=s, text=payload, publish=delivery_header(s, "c", None))
 
-    await measure("traverse_lua_publish", traverse_send, recv_ps)
+    async def traverse_recv(k: int) -> None:
+        seen = 0
+        while seen < k:
+            m = await ps.get_message(timeout=5)
+            if m is None:
+                continue
+            session, _, _, text = parse_forwarded(m["data"])
+            numbered[session] += 1
+            session_store(
+                owner,
+                session=session,
+                channel=f"specific.bench!{session}",
+                seq=numbered[session],
+                text=text,
+            )
+            seen += 1
+
+    await measure("traverse_forward_and_keep", traverse_send, traverse_recv)
     await ps.aclose()
+    await close_pipeline(owner)
+    await owner.aclose()
     for s in sessions:
         await session_forget(pub, session=s)
 

@@ -71,6 +71,8 @@ PEER_QUEUE_FRAMES = 128
 # standard code for it, is one that Daphne's autobahn won't send: applications get 1000 and
 # 3000-4999 only.)
 RESTART_CLOSE_CODE = 4012
+# "Signaling is unavailable for now (Redis is unreachable)": the page tries again, backing off.
+UNAVAILABLE_CLOSE_CODE = 4503
 # "Your session was resumed on another socket": this one is stale (the page has moved on).
 SESSION_MOVED_CLOSE_CODE = 4409
 # Frames of its own session that change what a consumer knows of a call's devices.
@@ -209,9 +211,13 @@ class SignalConsumer(AsyncWebsocketConsumer):
                 self.redis, session=self.session, user_id=user.pk, channel=self.channel_name
             )
             self.hub.hold(self.session, self)
-        except BROADCAST_ERRORS as exc:  # frames then go out unnumbered, and can't be resumed
+        except BROADCAST_ERRORS as exc:
+            # Without a session, peers can't reach this device: the page tries again later
+            # (Redis is restarting, most likely).
             logger.warning("signaling: no device session for %s: %s", self.channel_name, exc)
             self.session = None
+            await self.close(code=UNAVAILABLE_CLOSE_CODE)
+            return
         await presence_for(self.channel_name).add_socket(self.channel_name, user.pk)
         body: dict = {
             "session": self.session,

@@ -41,6 +41,8 @@ import weakref
 
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -135,6 +137,12 @@ redis.call('EXPIRE', KEYS[3], ARGV[2])
 return 1
 """
 
+_OPEN = r"""
+redis.call('HSET', KEYS[1], 'user', ARGV[1], 'channel', ARGV[2], 'seq', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
 # The frames that waited while this process's subscriber was away.
 _TAKE_INBOX = r"""
 local inbox = redis.call('LRANGE', KEYS[3], 0, -1)
@@ -143,7 +151,7 @@ return inbox
 """
 
 
-_SCRIPTS = (_PUSH, _STORE, _ADOPT, _DETACH, _TAKE_INBOX)
+_SCRIPTS = (_OPEN, _PUSH, _STORE, _ADOPT, _DETACH, _TAKE_INBOX)
 
 
 def session_keys(session: str) -> list[str]:
@@ -199,11 +207,17 @@ def grace_ttl() -> int:
 
 
 async def session_open(redis: aioredis.Redis, *, session: str, user_id: int, channel: str) -> None:
-    keys = session_keys(session)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys[0], mapping={"user": str(user_id), "channel": channel, "seq": 0})
-        pipe.expire(keys[0], LIVE_TTL_SECONDS)
-        await pipe.execute()
+    """A new session, held by `channel`. Tried twice: the first try after a Redis restart may
+    find the connection dead (opening is idempotent)."""
+    for attempt in (1, 2):
+        try:
+            await _pipelined(
+                redis, _OPEN, session_keys(session), user_id, channel, LIVE_TTL_SECONDS
+            )
+            return
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            if attempt == 2:
+                raise
 
 
 def node_channel(node: str) -> str:
@@ -242,6 +256,7 @@ def _sha(source: str) -> str:
 # exchange, or after this long when none comes: reading it at once woke the process once more
 # for every frame (0.15-0.2 ms of CPU per frame at light load, issue 8).
 LAZY_REPLY_SECONDS = 1.0
+LAZY_REPLIES_MAX = 1000  # or once this many are owed (a few bytes each, in the socket's buffer)
 
 
 class _AutoPipeline:
@@ -262,8 +277,10 @@ class _AutoPipeline:
 
     def __init__(self, redis: aioredis.Redis):
         pool = redis.connection_pool
+        # No retries of its own either: a failed exchange fails its calls at once, and the
+        # callers know which of them may be tried again.
         self.connection = pool.connection_class(
-            **{**pool.connection_kwargs, "socket_timeout": None}
+            **{**pool.connection_kwargs, "socket_timeout": None, "retry": Retry(NoBackoff(), 0)}
         )
         self.deadline = float(settings.REDIS_SOCKET_TIMEOUT)
         self.pending: list[tuple[str, list, tuple, asyncio.Future, bool]] = []
@@ -313,10 +330,10 @@ class _AutoPipeline:
         batch: list = []
         try:
             while self.pending or self.overdue:
-                self.overdue = False
+                due, self.overdue = self.overdue, False
                 batch, self.pending = self.pending, []
                 try:
-                    results = await self._execute(batch)
+                    results = await self._execute(batch, due)
                 except Exception as exc:  # Redis unreachable: every call in it fails
                     _fail(batch, exc)
                     continue
@@ -329,12 +346,12 @@ class _AutoPipeline:
                 item[3].cancel()
             self.pending = []
 
-    async def _execute(self, batch: list) -> list:
+    async def _execute(self, batch: list, due: bool = False) -> list:
         """Run a batch; returns each call's result (an exception for its own error), None
-        for lazy calls whose reply is left for later."""
+        for lazy calls whose reply is left for later. `due`: read the lazy replies now."""
         try:
             async with asyncio.timeout(self.deadline):
-                results = await self._exchange(batch)
+                results = await self._exchange(batch, due=due)
                 missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
                 if missing:  # SCRIPT FLUSH: load them, run those again
                     await self._load_scripts()
@@ -361,10 +378,12 @@ class _AutoPipeline:
     async def _load_scripts(self) -> None:
         await self._exchange([("SCRIPT", "LOAD", source) for source in _SCRIPTS], raw=True)
 
-    async def _exchange(self, batch: list, raw: bool = False) -> list:
+    async def _exchange(self, batch: list, raw: bool = False, due: bool = False) -> list:
         connection = self.connection
         if not connection.is_connected:
             self.paused = False
+            lost, self.unread = self.unread, []
+            _fail(lost, RedisConnectionError("the connection to Redis was lost"))
             await connection.connect()
             self.reload = not raw
         if self.reload and not raw:
@@ -382,7 +401,7 @@ class _AutoPipeline:
             awaited = max((n + 1 for n, item in enumerate(batch) if not item[4]), default=0)
         if commands:
             await connection.send_packed_command(connection.pack_commands(commands), False)
-        if self.unread or awaited:
+        if awaited or (self.unread and (due or len(self.unread) >= LAZY_REPLIES_MAX)):
             if self.paused:
                 _transport(connection).resume_reading()
                 self.paused = False

@@ -9,7 +9,13 @@ from asgiref.sync import sync_to_async
 from calls.models import Participant, ParticipantState
 from calls.services import call_start
 from signaling.presence import redis_for_loop
-from signaling.sessions import REPLAY_FRAMES, delivery_header, frame_text, session_push
+from signaling.sessions import (
+    REPLAY_FRAMES,
+    close_pipeline,
+    delivery_header,
+    frame_text,
+    session_push,
+)
 
 from .test_signaling import CANDIDATE, in_call
 
@@ -165,3 +171,30 @@ async def test_a_session_resumed_while_its_old_socket_is_open_moves_whole(
     assert [m["seq"] for m in got] == sorted({m["seq"] for m in got})
     assert got[0]["seq"] > last
     assert await a2.nothing()
+
+
+async def test_a_socket_that_cant_start_its_session_is_told_to_come_back_later(connect, alice):
+    """Without a device session nobody can reach the page: while Redis is unreachable the socket
+    is closed with 4503, and the page reconnects with its back-off."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from signaling import presence
+    from tests.conftest import free_port
+
+    loop = asyncio.get_running_loop()
+    dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    real = presence._clients.get(loop)
+    presence._clients[loop] = dead
+    try:
+        assert await connect(alice) is None
+        assert connect.last_close == 4503
+    finally:
+        if real is None:
+            presence._clients.pop(loop, None)
+        else:
+            presence._clients[loop] = real
+        await close_pipeline(dead)
+        await dead.aclose()
+    assert (await connect(alice)).session  # Redis is back: a session, as usual
