@@ -31,4 +31,4 @@ application = ProtocolTypeRouter(
 # collector's way (it walked those objects again and again on the hot path, issue 8), and
 # collect the young generation less often (a relayed frame allocates some dozens of objects).
 gc.freeze()
-gc.set_threshold(int(os.environ.get("GC_YOUNG_THRESHOLD", "10000")), 20, 20)
+gc.set_threshold(10_000, 20, 20)
