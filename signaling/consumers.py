@@ -312,11 +312,19 @@ class SignalConsumer(AsyncWebsocketConsumer):
                 _store_warned[0] = now
                 logger.warning("signaling: frames sent but not kept for resume: %s", exc)
             return
-        if stored.result() == 0:
+        outcome = stored.result()
+        if outcome == 0:
             # The session was resumed on another socket before this frame was kept (and the
             # page there had not seen it): this consumer no longer owns it; send it on.
             self.session_moved()
             asyncio.ensure_future(self._send_on(session, frame, call, text))
+        elif outcome == -2 and self.session == session:
+            # Redis lost the session (it restarted empty): peers can't reach this socket any
+            # more. The page reconnects and joins again, keeping its peer connections.
+            logger.warning("signaling: session %s was lost by Redis; closing its socket", session)
+            self.hub.release(session, self)
+            self.session = None
+            asyncio.ensure_future(self.close(code=UNAVAILABLE_CLOSE_CODE))
 
     async def _send_on(self, session: str, frame: str, call, text: str) -> None:
         try:

@@ -81,8 +81,9 @@ return {seq, ''}
 
 # The owner keeps a frame it numbered and sent. ARGV: its channel, seq, text, replay frames,
 # lifetime (0: leave it). 1 kept; 0 refused (the session moved: send it on); -1 refused, and the
-# page already had it (it resumed elsewhere past it).
+# page already had it (it resumed elsewhere past it); -2 the session is gone (Redis lost it).
 _STORE = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
 if redis.call('HGET', KEYS[1], 'channel') ~= ARGV[1] then
   if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[1], 'aseq') or '0') then return -1 end
   return 0
@@ -510,8 +511,8 @@ def session_store(
     redis: aioredis.Redis, *, session: str, channel: str, seq: int, text: str, ttl: int = 0
 ) -> asyncio.Future:
     """The owner keeps a frame it sent (not waited for: it goes with the next pipeline). The
-    future's result is 1 (kept), 0 (the session moved: send the frame on) or -1 (moved, and the
-    page already had it)."""
+    future's result is 1 (kept), 0 (the session moved: send the frame on), -1 (moved, and the
+    page already had it) or -2 (the session is gone: a restarted Redis lost it)."""
     return _submit(redis, _STORE, session_keys(session), channel, seq, text, REPLAY_FRAMES, ttl)
 
 

@@ -14,6 +14,7 @@ from signaling.sessions import (
     close_pipeline,
     delivery_header,
     frame_text,
+    session_forget,
     session_push,
 )
 
@@ -198,3 +199,14 @@ async def test_a_socket_that_cant_start_its_session_is_told_to_come_back_later(c
         await close_pipeline(dead)
         await dead.aclose()
     assert (await connect(alice)).session  # Redis is back: a session, as usual
+
+
+async def test_a_socket_whose_session_redis_lost_is_told_to_come_back(connect, alice):
+    """A Redis that restarted empty has lost the session: its socket is closed with 4503 at
+    the next frame's store, and the page reconnects and joins again (it can't be reached)."""
+    a = await connect(alice)
+    await session_forget(redis_for_loop(), session=a.session)
+    await a.send("ping")
+    assert (await a.recv_type("pong"))["seq"] == 2  # sent first, kept behind the send
+    closed = await a.c.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": 4503}

@@ -89,6 +89,7 @@ async def test_a_live_session_is_numbered_by_its_owner_not_by_pushes(redis):
     # The owner numbers and keeps what it sends; a socket that doesn't hold it is refused.
     assert await session_store(redis, session=session, channel="nodeX!c1", seq=1, text="{}") == 1
     assert await session_store(redis, session=session, channel="nodeY!c2", seq=2, text="{}") == 0
+    assert await session_store(redis, session="s-test-nope", channel="n!c", seq=1, text="{}") == -2
     seq, old, frames, inbox = await session_adopt(
         redis, session=session, user_id=1, channel="nodeY!c2", last_seq=0
     )
