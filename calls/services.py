@@ -193,8 +193,17 @@ def call_start(*, caller, callee, kind: str = CallKind.VIDEO) -> Call:
     return call
 
 
+def _lock_call(call_id) -> Call:
+    """Lock the call's row. Every transaction that writes a call's participants takes this lock
+    first, and only then the participants' rows: one lock order, so two writers of one call
+    queue instead of deadlocking. (A participant's row written first, and the call's row
+    locked after, as a call event's foreign key does, deadlocks with a writer that went the
+    other way: PostgreSQL then aborts one of them.)"""
+    return Call.objects.select_for_update().get(pk=call_id)
+
+
 def _lock(participant: Participant) -> tuple[Call, Participant]:
-    call = Call.objects.select_for_update().get(pk=participant.call_id)
+    call = _lock_call(participant.call_id)
     if call.state == CallState.ENDED:
         raise CallError("call_ended", "This call has ended.")
     current = Participant.objects.select_for_update().get(pk=participant.pk)
@@ -488,7 +497,7 @@ def _leave_group_call(participant: Participant) -> bool:
     (the hangup then ends the call for everyone)."""
     now = timezone.now()
     with transaction.atomic():
-        call = Call.objects.select_for_update().get(pk=participant.call_id)
+        call = _lock_call(participant.call_id)
         if call.state in (CallState.ENDED, CallState.RINGING):
             return False
         if not _goes_on_without(call.pk, participant.user_id):
@@ -535,7 +544,7 @@ def call_connected(*, participant: Participant) -> None:
     """A device reported its peer connection connected: the call is `connected`."""
     now = timezone.now()
     with transaction.atomic():
-        call = Call.objects.select_for_update().get(pk=participant.call_id)
+        call = _lock_call(participant.call_id)
         if call.state in (CallState.CONNECTING, CallState.RINGING):
             _set_state(call, CallState.CONNECTED, at=now)
 
@@ -546,6 +555,7 @@ def call_disconnected(*, call_id, user, channel_name: str) -> bool:
     not in the call on that socket (it left, or already came back on another one)."""
     now = timezone.now()
     with transaction.atomic():
+        _lock_call(call_id)
         updated = Participant.objects.filter(
             call_id=call_id, user=user, channel_name=channel_name, state=ParticipantState.JOINED
         ).update(state=ParticipantState.RECONNECTING, reconnecting_since=now)
@@ -582,6 +592,7 @@ def call_leave(*, call_id, user, channel_name: str) -> None:
     """This device left the call (it said so); the peer is told."""
     now = timezone.now()
     with transaction.atomic():
+        _lock_call(call_id)
         updated = Participant.objects.filter(
             call_id=call_id,
             user=user,
@@ -597,6 +608,7 @@ def call_leave(*, call_id, user, channel_name: str) -> None:
 def participant_media(*, participant: Participant, audio: bool, video: bool, screen: bool) -> None:
     """The device's microphone, camera and screen share as it signaled them; peers are told."""
     with transaction.atomic():
+        _lock_call(participant.call_id)
         Participant.objects.filter(pk=participant.pk).update(
             audio=audio, video=video, screen=screen
         )
@@ -649,7 +661,7 @@ def call_end(
     `user` is who ended it; None when the platform did (no answer, a connection that was lost).
     `reason_while_ringing` replaces `reason` when the call, once locked, still rings."""
     with transaction.atomic():
-        call = Call.objects.select_for_update().get(pk=call_id)
+        call = _lock_call(call_id)
         if call.state == CallState.ENDED:
             return call
         if call.state == CallState.RINGING and reason_while_ringing:
@@ -681,6 +693,7 @@ def calls_expire(*, now=None) -> dict:
     left = 0
     for p in gone:
         with transaction.atomic():
+            _lock_call(p.call_id)
             claimed = Participant.objects.filter(
                 pk=p.pk,
                 state=ParticipantState.RECONNECTING,

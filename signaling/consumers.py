@@ -21,7 +21,6 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import OperationalError
 
 from calls.models import CallState, Participant, ParticipantRole, ParticipantState
 from calls.selectors import NotCallable, callee_for, calls_ringing_for, participant_for
@@ -471,21 +470,12 @@ class SignalConsumer(AsyncWebsocketConsumer):
         self.hub.release(self.session, self)
         self.session, self.resumed, self.seq = old, True, seq
         self.hub.hold(old, self)
-        for attempt in range(3):
-            try:
-                resumed = await run_and_announce(
-                    call_resume_session,
-                    user=self.user,
-                    session=old,
-                    channel_name=self.channel_name,
-                )
-                break
-            except OperationalError as exc:
-                # A new process reaping a dead one's devices locks the same participants in
-                # another order; PostgreSQL aborts one of the two, rolled back: try again.
-                if attempt == 2 or "deadlock" not in str(exc):
-                    raise
-                await asyncio.sleep(0.1 * (attempt + 1))
+        resumed = await run_and_announce(
+            call_resume_session,
+            user=self.user,
+            session=old,
+            channel_name=self.channel_name,
+        )
         for call_id, peers in resumed:
             self._hold_call(call_id, peers)
         calls = [call_id for call_id, _ in resumed]
