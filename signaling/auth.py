@@ -11,10 +11,19 @@ and frames go straight to the server's `send`.
 from __future__ import annotations
 
 from importlib import import_module
+from types import SimpleNamespace
 
-from channels.auth import get_user
 from channels.sessions import CookieMiddleware
 from django.conf import settings
+from django.contrib import auth
+
+from .broadcast import in_db_pool
+
+
+def _user_for(session):
+    """The session's user (AnonymousUser when signed out or expired), as Django's own request
+    auth finds it: the backend, and the session's hash against the user's password."""
+    return auth.get_user(SimpleNamespace(session=session))
 
 
 class _SocketSession:
@@ -25,7 +34,9 @@ class _SocketSession:
     async def __call__(self, scope, receive, send):
         session_key = scope["cookies"].get(settings.SESSION_COOKIE_NAME)
         scope = dict(scope, session=self.store(session_key))
-        scope["user"] = await get_user(scope)  # AnonymousUser when not signed in, or expired
+        # In the consumers' database pool: Channels' get_user runs in the one shared database
+        # thread, behind whatever else waits there.
+        scope["user"] = await in_db_pool(_user_for)(scope["session"])
         return await self.inner(scope, receive, send)
 
 

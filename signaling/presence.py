@@ -64,6 +64,17 @@ def redis_for_loop() -> aioredis.Redis:
     return client
 
 
+def _reap_dead_nodes(node: str) -> None:
+    from django.db import connections
+
+    from .services import presence_reap_dead_nodes
+
+    try:
+        presence_reap_dead_nodes(exclude=node)
+    finally:
+        connections.close_all()  # this thread's, once: it runs once per process
+
+
 class ProcessPresence:
     """The heartbeat of one server process (one event loop) and the sockets it holds."""
 
@@ -73,10 +84,17 @@ class ProcessPresence:
         self.redis = redis_for_loop()
         self.sockets: dict[str, int] = {}
         self.task: asyncio.Task | None = None
+        self.reaping: asyncio.Future | None = None
 
     def start(self) -> None:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _reap_dead(self) -> None:
+        try:
+            await asyncio.to_thread(_reap_dead_nodes, self.node)
+        except Exception as exc:  # the reaper task finds them later
+            logger.warning("presence: dead processes not reaped at start-up: %s", exc)
 
     async def _run(self) -> None:
         first = True
@@ -85,12 +103,12 @@ class ProcessPresence:
                 await self.beat()
                 if first:
                     first = False
-                    # Start-up: the entries of processes that died before we came up.
-                    from channels.db import database_sync_to_async
-
-                    from .services import presence_reap_dead_nodes
-
-                    await database_sync_to_async(presence_reap_dead_nodes)(exclude=self.node)
+                    # Start-up: the entries of processes that died before we came up. Beside
+                    # the heartbeat, on a thread of its own: a dead process with a thousand
+                    # devices takes seconds, and sockets opening meanwhile must not wait for it
+                    # (they did, on the one database thread, and Daphne dropped their
+                    # handshakes after 5 s), nor may the next beat.
+                    self.reaping = asyncio.ensure_future(self._reap_dead())
             except asyncio.CancelledError:
                 await self._stop_beating()
                 raise

@@ -221,3 +221,54 @@ async def test_a_live_process_beats_and_lists_its_sockets(connect, alice):
         assert alices_sockets() == []
     finally:
         r.close()
+
+
+async def test_sockets_open_while_a_dead_process_is_still_being_reaped(
+    connect, alice, bob, charlie
+):
+    """A process starting after a crash hands the dead one's devices their grace window (the
+    reap), which takes seconds for a thousand devices. Sockets opening meanwhile don't wait for
+    it: here the reap is held up by a row lock, and a socket still opens."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("holds a row lock from a second connection: PostgreSQL")
+    import psycopg
+
+    call = await sync_to_async(call_start)(caller=bob, callee=charlie)
+    await sync_to_async(Participant.objects.filter(call=call, user=bob).update)(
+        state=ParticipantState.JOINED, channel_name="crashed!c1", session="s-crashed"
+    )
+    bob_p = await sync_to_async(Participant.objects.get)(call=call, user=bob)
+    r = redis.Redis.from_url(settings.REDIS_URL)
+    r.sadd(NODES_KEY, "crashed")  # listed, with no heartbeat: it died
+
+    s = connection.settings_dict
+    lock = psycopg.connect(
+        host=s["HOST"] or "127.0.0.1",
+        port=s["PORT"] or 5432,
+        user=s["USER"],
+        password=s["PASSWORD"] or None,
+        dbname=s["NAME"],
+    )
+    lock.execute("SELECT 1 FROM calls_participant WHERE id = %s FOR UPDATE", [bob_p.pk])
+    # Whatever happens, the reap is held up for 8 s at most (a socket that waited for it would
+    # open only then, and find bob already reconnecting).
+    release = asyncio.get_running_loop().call_later(8, lock.rollback)
+    try:
+        a = await connect(alice)  # starts this process's presence, and with it the reap
+        assert a is not None and a.welcome["type"] == "welcome"
+        state = (await sync_to_async(Participant.objects.get)(pk=bob_p.pk)).state
+        assert state == ParticipantState.JOINED  # the reap was still held up
+    finally:
+        release.cancel()
+        lock.rollback()  # the reap goes on
+        lock.close()
+    for _ in range(100):
+        bob_p = await sync_to_async(Participant.objects.get)(pk=bob_p.pk)
+        if bob_p.state == ParticipantState.RECONNECTING:
+            break
+        await asyncio.sleep(0.1)
+    assert bob_p.state == ParticipantState.RECONNECTING
+    assert not r.sismember(NODES_KEY, "crashed")
+    r.close()
