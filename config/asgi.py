@@ -16,9 +16,10 @@ from signaling.origins import SameOriginValidator  # noqa: E402
 from signaling.routing import websocket_urlpatterns  # noqa: E402
 
 if "daphne.server" in sys.modules:  # served by Daphne: tell sockets to move before it stops
-    from signaling.hub import install_daphne_drain  # noqa: E402
+    from signaling.hub import install_daphne_drain, quiet_autobahn_debug_arguments  # noqa: E402
 
     install_daphne_drain()
+    quiet_autobahn_debug_arguments()
 
 application = ProtocolTypeRouter(
     {

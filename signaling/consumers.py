@@ -50,6 +50,7 @@ from .presence import node_of, presence_for, redis_for_loop
 from .protocol import ClientMessage, ProtocolError, parse_frame
 from .sessions import (
     LIVE_TTL_SECONDS,
+    compact_json,
     frame_id,
     frame_text,
     new_session_id,
@@ -341,7 +342,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
         asyncio.ensure_future(self.close(code=SESSION_MOVED_CLOSE_CODE))
 
     async def send_json(self, data: dict) -> None:
-        await self.send(text_data=json.dumps(data, separators=(",", ":")))
+        await self.send(text_data=compact_json(data))
 
     async def emit_error(
         self, code: str, message: str, *, ref: str | None = None, call: str | None = None

@@ -177,6 +177,10 @@ def frame_id() -> str:
     return f"{_ID_PREFIX}{next(_ids):x}"
 
 
+# json.dumps with separators builds an encoder per call: one, shared.
+compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def frame_text(mtype: str, *, call=None, body=None, ref=None) -> str:
     """A server frame without its seq (added when it is sent): see protocol.envelope."""
     out: dict = {"v": 1, "type": mtype, "id": frame_id(), "body": body or {}}
@@ -184,7 +188,7 @@ def frame_text(mtype: str, *, call=None, body=None, ref=None) -> str:
         out["call"] = str(call)
     if ref is not None:
         out["ref"] = ref
-    return json.dumps(out, separators=(",", ":"))
+    return compact_json(out)
 
 
 def with_seq(seq: int | None, text: str) -> str:
@@ -401,7 +405,7 @@ class _AutoPipeline:
             # Read up to the last call someone waits for; lazy calls after it stay unread.
             awaited = max((n + 1 for n, item in enumerate(batch) if not item[4]), default=0)
         if commands:
-            await connection.send_packed_command(connection.pack_commands(commands), False)
+            await connection.send_packed_command(pack_commands(commands), False)
         if awaited or (self.unread and (due or len(self.unread) >= LAZY_REPLIES_MAX)):
             if self.paused:
                 _transport(connection).resume_reading()
@@ -433,6 +437,28 @@ class _AutoPipeline:
             return await connection.read_response()
         except ResponseError as exc:  # this call's own error; the replies after it follow
             return exc
+
+
+def _resp_bulk(arg) -> bytes:
+    if isinstance(arg, str):
+        data = arg.encode()
+    elif isinstance(arg, bytes):
+        data = arg
+    elif isinstance(arg, int) and not isinstance(arg, bool):
+        data = b"%d" % arg
+    else:
+        raise TypeError(f"a Redis argument must be str, bytes or int, not {type(arg).__name__}")
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def pack_commands(commands) -> bytes:
+    """Commands in Redis's wire format (RESP): what redis-py's pack_commands writes for these
+    arguments, without its general-purpose encoder (6% of a relayed frame's CPU, issue 8)."""
+    out = []
+    for command in commands:
+        out.append(b"*%d\r\n" % len(command))
+        out.extend(_resp_bulk(arg) for arg in command)
+    return b"".join(out)
 
 
 def _transport(connection) -> asyncio.Transport:

@@ -64,3 +64,39 @@ def test_ice_url_parsing_never_fails_any_other_way(text):
     except IceUrlError:
         return
     assert url.scheme in ("stun", "stuns", "turn", "turns") and 0 < url.port < 65536
+
+
+@pytest.mark.parametrize(
+    ("call", "canonical"),
+    [
+        ("00000000-0000-4000-8000-00000000000A", "00000000-0000-4000-8000-00000000000a"),
+        ("urn:uuid:00000000-0000-4000-8000-00000000000a", "00000000-0000-4000-8000-00000000000a"),
+        ("{00000000000040008000-00000000000a}", "00000000-0000-4000-8000-00000000000a"),
+        ("0" * 46, None),
+        ("00000000-0000-4000-8000-00000000000a" + " " * 20_000, None),
+        ("not-a-call", None),
+    ],
+)
+def test_a_call_id_is_read_in_its_canonical_form_and_nothing_long_is_kept(call, canonical):
+    from signaling.protocol import _canonical_uuid
+
+    before = _canonical_uuid.cache_info().currsize
+    got = _parse(json.dumps({"v": 1, "type": "join", "call": call}))
+    if canonical is None:
+        assert isinstance(got, ProtocolError) and got.code == "bad_envelope"
+    else:
+        assert isinstance(got, ClientMessage) and got.call == canonical
+    if len(call) > 45:  # the cache only ever holds call-id-sized strings
+        assert _canonical_uuid.cache_info().currsize == before
+
+
+def test_autobahn_debug_arguments_cost_nothing_once_quieted():
+    import autobahn.twisted.websocket as twisted_ws
+    import autobahn.websocket.protocol as ws_protocol
+
+    from signaling.hub import quiet_autobahn_debug_arguments
+
+    quiet_autobahn_debug_arguments()
+    for module in (ws_protocol, twisted_ws):
+        assert module.hltype(module.__dict__.get("WebSocketServerProtocol", object)) == ""
+        assert module.hlval(12345) == ""

@@ -211,3 +211,24 @@ async def test_an_owners_stores_are_kept_even_across_a_script_flush(redis, monke
         redis, session=session, user_id=1, channel="n!d", last_seq=0
     )
     assert seq == 12 and [n for n, _ in frames] == list(range(1, 13))
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("EVALSHA", "0" * 40, 2, "k:1", "k:2", "héllo ☎", 0, -17, 2**40),
+        ("PUBLISH", "traverse:node:n1", b"\x00\r\nbinary\xff"),
+        ("SCRIPT", "LOAD", "return redis.call('GET', KEYS[1])"),
+        ("SET", "big", "x" * 100_000),
+    ],
+)
+def test_commands_are_packed_as_redis_py_packs_them(command):
+    from redis.asyncio.connection import Connection
+
+    assert sessions.pack_commands([command]) == b"".join(Connection().pack_commands([command]))
+
+
+@pytest.mark.parametrize("arg", [None, True, 1.5, ["a"]])
+def test_an_argument_redis_cant_take_is_refused_before_anything_is_written(arg):
+    with pytest.raises(TypeError):
+        sessions.pack_commands([("SET", "k", arg)])
