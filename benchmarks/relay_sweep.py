@@ -165,7 +165,7 @@ def probe_phase_only(*, relay_ids, timeout: float, deep: bool) -> float:
     from django.utils import timezone
 
     from relays.models import Relay
-    from relays.services import _plan, _probe_all
+    from relays.services import probe_plan, relays_probe
 
     qs = Relay.objects.filter(enabled=True)
     if relay_ids is not None:
@@ -174,9 +174,9 @@ def probe_phase_only(*, relay_ids, timeout: float, deep: bool) -> float:
         qs.update(deep_checked_at=None)
     relays = list(qs)
     now = timezone.now()
-    plans = [_plan(r, now=now, timeout=timeout) for r in relays]
+    plans = [probe_plan(r, now=now, timeout=timeout) for r in relays]
     c0 = time.process_time()
-    asyncio.run(_probe_all(relays, plans, None))
+    asyncio.run(relays_probe(relays, plans))
     return round((time.process_time() - c0) * 1000 / len(relays), 3)
 
 

@@ -27,6 +27,7 @@ from .services import (
     relay_update,
     relay_validate,
 )
+from .states import stale_after
 
 BADGE_COLOURS = {
     "up": "#1a7f37",
@@ -255,7 +256,7 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
             rtt_loss_svg(
                 [(p.checked_at, p.rtt_ms, p.loss) for p in history],
                 title=f"{obj.name} RTT and loss",
-                max_gap_s=3 * settings.RELAY_SWEEP_INTERVAL,
+                max_gap_s=stale_after(settings.RELAY_SWEEP_INTERVAL).total_seconds(),
             )
         )
 
@@ -395,7 +396,7 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
                             for p in relay_probe_history(relay=r, hours=1)
                         ],
                         title=f"{r.name} RTT and loss",
-                        max_gap_s=3 * settings.RELAY_SWEEP_INTERVAL,
+                        max_gap_s=stale_after(settings.RELAY_SWEEP_INTERVAL).total_seconds(),
                     )
                 ),
             }

@@ -15,41 +15,50 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .probes import RelayReport
+from .states import Observation, RelayStatus
 
-TARGET = {"ok": "up", "partial": "degraded", "fail": "down"}
-RANK = {"down": 0, "degraded": 1, "up": 2}
+TARGET = {
+    Observation.OK: RelayStatus.UP,
+    Observation.PARTIAL: RelayStatus.DEGRADED,
+    Observation.FAIL: RelayStatus.DOWN,
+}
+# How good each status is: a move to a worse one needs `down_after` worse observations in a
+# row, a move to a better one `up_after` better ones.
+RANK = {RelayStatus.DOWN: 0, RelayStatus.DEGRADED: 1, RelayStatus.UP: 2}
 
 
-def observe(report: RelayReport, *, max_loss: float, max_rtt_ms: float) -> str:
+def observe(report: RelayReport, *, max_loss: float, max_rtt_ms: float) -> Observation:
     """What one probe says about the relay: ok, partial or fail."""
     if not report.results or not report.any_ok:
-        return "fail"
+        return Observation.FAIL
     if not report.ok:
-        return "partial"
+        return Observation.PARTIAL
     if report.deep_timed_out:
-        return "partial"
+        return Observation.PARTIAL
     dp = report.data_plane
     if dp is not None and not dp.not_measurable:
         if not dp.ok:
-            return "partial"
+            return Observation.PARTIAL
         if (dp.loss or 0) > max_loss or (dp.rtt_ms or 0) > max_rtt_ms:
-            return "partial"
+            return Observation.PARTIAL
     creds = report.credentials
     if creds is not None and creds.clock_skew:
-        return "partial"
-    return "ok"
+        return Observation.PARTIAL
+    return Observation.OK
 
 
 @dataclass(frozen=True)
 class Health:
-    status: str
+    status: RelayStatus
     worse_streak: int = 0
     better_streak: int = 0
 
 
-def next_health(current: Health, observation: str, *, down_after: int, up_after: int) -> Health:
-    target = TARGET[observation]
-    if current.status == "unknown":
+def next_health(
+    current: Health, observation: Observation, *, down_after: int, up_after: int
+) -> Health:
+    target = TARGET[Observation(observation)]
+    if current.status == RelayStatus.UNKNOWN:
         return Health(target)
     if RANK[target] < RANK[current.status]:
         worse = current.worse_streak + 1

@@ -13,6 +13,7 @@ from django.db import models
 from django.utils import timezone
 
 from .ice_urls import IceUrl, IceUrlError, parse_ice_url
+from .states import Observation, RelayEventKind, RelayStatus, stale_after
 
 
 def validate_ice_urls(value: object) -> None:
@@ -31,16 +32,28 @@ def validate_ice_urls(value: object) -> None:
 MIN_SECRET_LENGTH = 16
 
 
-class RelayStatus(models.TextChoices):
-    UNKNOWN = "unknown", "Unknown"
-    UP = "up", "Up"
-    DEGRADED = "degraded", "Degraded"
-    DOWN = "down", "Down"
-
-
-# How good each status is, for the hysteresis: a move to a worse one needs RELAY_DOWN_AFTER
-# worse sweeps in a row, a move to a better one RELAY_UP_AFTER better sweeps in a row.
-STATUS_RANK = {RelayStatus.DOWN: 0, RelayStatus.DEGRADED: 1, RelayStatus.UP: 2}
+STATUS_LABELS = {
+    RelayStatus.UNKNOWN: "Unknown",
+    RelayStatus.UP: "Up",
+    RelayStatus.DEGRADED: "Degraded",
+    RelayStatus.DOWN: "Down",
+}
+EVENT_LABELS = {
+    RelayEventKind.UP: "Up",
+    RelayEventKind.DEGRADED: "Degraded",
+    RelayEventKind.DOWN: "Down",
+    RelayEventKind.UNSAFE: "Unsafe",
+    RelayEventKind.SAFE: "Safe again",
+    RelayEventKind.DRAINED: "Drained",
+    RelayEventKind.DISABLED: "Disabled",
+    RelayEventKind.ENABLED: "Enabled",
+    RelayEventKind.SECRET_STAGED: "Next secret staged",
+    RelayEventKind.SECRET_ROTATED: "Secret rotated",
+    RelayEventKind.OVERRIDE: "Unsafe override changed",
+    RelayEventKind.CREATED: "Registered",
+    RelayEventKind.UPDATED: "Settings changed",
+    RelayEventKind.ALLOW_PRIVATE: "Private address allowed",
+}
 
 
 class Relay(models.Model):
@@ -66,7 +79,7 @@ class Relay(models.Model):
     draining = models.BooleanField(default=False)
 
     status = models.CharField(
-        max_length=16, choices=RelayStatus.choices, default=RelayStatus.UNKNOWN
+        max_length=16, choices=list(STATUS_LABELS.items()), default=RelayStatus.UNKNOWN
     )
     transport_status = models.JSONField(
         default=dict, blank=True
@@ -123,7 +136,7 @@ class Relay(models.Model):
         if self.last_checked_at is None:
             return True
         now = now or timezone.now()
-        return (now - self.last_checked_at).total_seconds() > 3 * settings.RELAY_SWEEP_INTERVAL
+        return now - self.last_checked_at > stale_after(settings.RELAY_SWEEP_INTERVAL)
 
     @property
     def has_turn_url(self) -> bool:
@@ -147,7 +160,9 @@ class ProbeResult(models.Model):
     relay = models.ForeignKey(Relay, on_delete=models.CASCADE, related_name="probe_results")
     checked_at = models.DateTimeField(default=timezone.now, db_index=True)
     ok = models.BooleanField()
-    observation = models.CharField(max_length=8, blank=True)  # ok, partial or fail
+    observation = models.CharField(
+        max_length=8, blank=True, choices=[(o.value, o.value) for o in Observation]
+    )
     rtt_ms = models.FloatField(null=True, blank=True)
     loss = models.FloatField(null=True, blank=True)
     jitter_ms = models.FloatField(null=True, blank=True)
@@ -189,29 +204,12 @@ class CredentialGrant(models.Model):
         return self.id
 
 
-class RelayEventKind(models.TextChoices):
-    UP = "up", "Up"
-    DEGRADED = "degraded", "Degraded"
-    DOWN = "down", "Down"
-    UNSAFE = "unsafe", "Unsafe"
-    SAFE = "safe", "Safe again"
-    DRAINED = "drained", "Drained"
-    DISABLED = "disabled", "Disabled"
-    ENABLED = "enabled", "Enabled"
-    SECRET_STAGED = "secret-staged", "Next secret staged"
-    SECRET_ROTATED = "secret-rotated", "Secret rotated"
-    OVERRIDE = "override", "Unsafe override changed"
-    CREATED = "created", "Registered"
-    UPDATED = "updated", "Settings changed"
-    ALLOW_PRIVATE = "allow-private", "Private address allowed"
-
-
 class RelayEvent(models.Model):
     """Something that happened to a relay: a health change, or an admin's action with who did
     it and when. Webhooks (issue 6) deliver these and set `delivered_at`."""
 
     relay = models.ForeignKey(Relay, on_delete=models.CASCADE, related_name="events")
-    kind = models.CharField(max_length=20, choices=RelayEventKind.choices)
+    kind = models.CharField(max_length=20, choices=list(EVENT_LABELS.items()))
     at = models.DateTimeField(default=timezone.now, db_index=True)
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

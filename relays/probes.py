@@ -35,6 +35,7 @@ from aioice import stun
 from aioice.turn import TurnClientTcpProtocol, TurnClientUdpProtocol
 
 from .ice_urls import IceUrl
+from .turn_client import TurnClient
 
 # STUN over UDP: retransmit quickly at first (RFC 8489 starts at 500 ms; a probe wants an answer
 # within its timeout, and healthy relays answer within a few milliseconds).
@@ -266,8 +267,10 @@ async def stun_binding(host: str, port: int) -> float:
 class Allocation:
     """One TURN allocation made with aioice's client protocol, and deleted when done."""
 
-    def __init__(self, protocol, transport: asyncio.BaseTransport, relayed: tuple[str, int]):
-        self.protocol = protocol
+    def __init__(
+        self, client: TurnClient, transport: asyncio.BaseTransport, relayed: tuple[str, int]
+    ):
+        self.client = client
         self.transport = transport
         self.relayed = relayed
 
@@ -333,28 +336,24 @@ class Allocation:
                 ),
                 remote_addr=server,
             )
+        client = TurnClient(protocol)
         try:
-            relayed = await protocol.connect()
+            relayed = await client.allocate()
         except BaseException:
             transport.close()
             raise
-        # A probe's allocation lives for seconds; it never needs aioice's refresh loop.
-        if protocol.refresh_task is not None:
-            protocol.refresh_task.cancel()
-            protocol.refresh_task = None
-        return cls(protocol, transport, relayed)
+        return cls(client, transport, relayed)
 
     async def request(self, method: stun.Method, **attributes) -> stun.Message:
         request = stun.Message(message_method=method, message_class=stun.Class.REQUEST)
         for name, value in attributes.items():
             request.attributes[name.replace("_", "-")] = value
-        response, _ = await self.protocol.request_with_retry(request)
-        return response
+        return await self.client.request(request)
 
     async def close(self, timeout: float) -> None:
         """Refresh with lifetime 0 (delete), then close the socket, whatever happens."""
         try:
-            await asyncio.wait_for(self.protocol.delete(), timeout)
+            await asyncio.wait_for(self.client.delete(), timeout)
         except (TimeoutError, OSError, stun.TransactionError):
             pass  # the relay frees it when its short lifetime runs out
         finally:
@@ -397,7 +396,7 @@ class _Echo(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         if self.allocation is not None:
-            task = asyncio.ensure_future(self.allocation.protocol.send_data(data, addr))
+            task = asyncio.ensure_future(self.allocation.client.send(data, addr))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -457,14 +456,15 @@ async def data_plane_probe(
                 raise x
         assert a is not None and b is not None
         timer, echo = _Timer(), _Echo()
-        a.protocol.receiver, b.protocol.receiver = timer, echo
+        a.client.set_receiver(timer)
+        b.client.set_receiver(echo)
         echo.allocation = b
         try:
             # Each side needs a permission for the other before data flows; ChannelBind makes one.
             await asyncio.wait_for(
                 asyncio.gather(
-                    a.protocol.channel_bind(0x4000, b.relayed),
-                    b.protocol.channel_bind(0x4000, a.relayed),
+                    a.client.bind_channel(0x4000, b.relayed),
+                    b.client.bind_channel(0x4000, a.relayed),
                 ),
                 timeout,
             )
@@ -478,16 +478,13 @@ async def data_plane_probe(
                     detail=f"the relay refuses its own relayed address {a.relayed[0]} as a peer (a safe relay must)",
                 )
             return DataPlaneResult(ok=False, error=error, detail=detail)
-        for p, peer in ((a.protocol, b.relayed), (b.protocol, a.relayed)):
-            p.channel_to_peer[0x4000] = peer
-            p.peer_to_channel[peer] = 0x4000
-            p.channel_refresh_at[0x4000] = time.time() + 500
-            p.channel_number = 0x4001
+        a.client.use_channel(0x4000, b.relayed)
+        b.client.use_channel(0x4000, a.relayed)
         timer.expected = packets
         payload = b"traverse-probe".ljust(60, b".")
         for seq in range(packets):
             timer.sent_at[seq] = time.perf_counter()
-            await a.protocol.send_data(struct.pack("!I", seq) + payload, b.relayed)
+            await a.client.send(struct.pack("!I", seq) + payload, b.relayed)
             await asyncio.sleep(0.005)
         try:
             await asyncio.wait_for(asyncio.shield(timer.all_back), min(1.0, timeout))

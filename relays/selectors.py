@@ -9,6 +9,7 @@ from django.db.models import Case, F, IntegerField, Max, Q, QuerySet, Value, Whe
 from django.utils import timezone
 
 from .models import CredentialGrant, ProbeResult, Relay, RelayStatus
+from .states import stale_after
 
 
 def relays_assignable(*, now=None) -> QuerySet[Relay]:
@@ -19,7 +20,7 @@ def relays_assignable(*, now=None) -> QuerySet[Relay]:
     longer know it works).
     """
     now = now or timezone.now()
-    fresh_after = now - timedelta(seconds=3 * settings.RELAY_SWEEP_INTERVAL)
+    fresh_after = now - stale_after(settings.RELAY_SWEEP_INTERVAL)
     return (
         Relay.objects.filter(
             enabled=True,
