@@ -73,6 +73,7 @@ TYPED_MODULES = [
     "calls/selectors.py",
     "signaling/sessions.py",
     "signaling/hub.py",
+    "signaling/under_daphne.py",
     "accounts/services.py",
 ]
 

@@ -16,10 +16,12 @@ from signaling.origins import SameOriginValidator  # noqa: E402
 from signaling.routing import websocket_urlpatterns  # noqa: E402
 
 if "daphne.server" in sys.modules:  # served by Daphne: tell sockets to move before it stops
-    from signaling.hub import install_daphne_drain, quiet_autobahn_debug_arguments  # noqa: E402
+    from signaling.hub import install_daphne_drain  # noqa: E402
+    from signaling.under_daphne import quiet_autobahn_debug_arguments, thin_daphne_sweeps  # noqa: E402
 
     install_daphne_drain()
     quiet_autobahn_debug_arguments()
+    thin_daphne_sweeps()
 
 application = ProtocolTypeRouter(
     {

@@ -238,26 +238,6 @@ async def process_drain_sockets(timeout: float = 5.0) -> int:
     return len(holders)
 
 
-def _no_highlight(*args, **kwargs) -> str:
-    return ""
-
-
-def quiet_autobahn_debug_arguments() -> None:
-    """autobahn builds the arguments of its debug log lines before it knows they are dropped:
-    for every frame in and out it looks up a qualified name with `inspect` and colours it with
-    click (5% of Daphne's CPU per relayed frame in a profile, issue 8). Traverse logs Daphne
-    at WARNING, so those arguments are never shown: make them free."""
-    import autobahn.twisted.websocket as twisted_ws
-    import autobahn.util
-    import autobahn.websocket.protocol as ws_protocol
-
-    autobahn.util._HAS_CLICK = False  # noqa: SLF001 - whatever else autobahn highlights: plain
-    for module in (ws_protocol, twisted_ws):
-        for name in ("hltype", "hlval", "hlid"):
-            if hasattr(module, name):
-                setattr(module, name, _no_highlight)
-
-
 def install_daphne_drain() -> None:
     """Under Daphne, drain before the reactor stops (SIGTERM, SIGINT). Daphne's own trigger
     cancels every consumer but can fail before it does (daphne 4.2.3 raises KeyError on a

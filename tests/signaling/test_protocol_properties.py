@@ -94,7 +94,7 @@ def test_autobahn_debug_arguments_cost_nothing_once_quieted():
     import autobahn.twisted.websocket as twisted_ws
     import autobahn.websocket.protocol as ws_protocol
 
-    from signaling.hub import quiet_autobahn_debug_arguments
+    from signaling.under_daphne import quiet_autobahn_debug_arguments
 
     quiet_autobahn_debug_arguments()
     for module in (ws_protocol, twisted_ws):

@@ -30,13 +30,14 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 class Daphne:
-    def __init__(self, tmp_path, name: str):
+    def __init__(self, tmp_path, name: str, options: tuple[str, ...] = ()):
         self.port = free_port()
         self.log = tmp_path / f"{name}.log"
         env = {**child_env(), "PRESENCE_TTL_SECONDS": "3"}
         argv = platform_commands(
             python=sys.executable, port=self.port, concurrency=1, beat_schedule=tmp_path / "b"
         )["web"]
+        argv = [*argv[:-1], *options, argv[-1]]  # Daphne's options, then the application
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT
         )
