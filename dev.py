@@ -60,6 +60,8 @@ TYPED_MODULES = [
     "relays/services/",
     "relays/states.py",
     "relays/decisions.py",
+    "relays/scoring.py",
+    "config/client_ip.py",
     "relays/turn_client.py",
     "relays/selectors.py",
     "signaling/protocol.py",

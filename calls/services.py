@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from accounts.models import Block
 from relays.models import Relay
+from relays.services import relay_rtt_observe
 from signaling.broadcast import (
     BROADCAST_ERRORS,
     send_to_sessions_on_commit,
@@ -812,8 +813,10 @@ def participant_report(
     connection_type: str,
     relay_url: str = "",
     rtt_ms: float | None = None,
+    network: str = "",
 ) -> Participant:
-    """Store what the device's getStats() says about its selected candidate pair."""
+    """Store what the device's getStats() says about its selected candidate pair. Relayed, its
+    round trip also feeds that relay's figure for the device's `network` (relays.scoring)."""
     relay = None
     if connection_type == ConnectionType.RELAY and relay_url:
         # Only relays this user was actually given count; a client can't claim another one.
@@ -827,5 +830,7 @@ def participant_report(
     participant.save(
         update_fields=["connection_type", "relay", "relay_url", "rtt_ms", "reported_at"]
     )
+    if relay is not None and rtt_ms is not None:
+        relay_rtt_observe(relay=relay, network=network, rtt_ms=rtt_ms)
     call_connected(participant=participant)
     return participant

@@ -3,10 +3,11 @@
 from django.urls import path
 
 from calls.api import CallDetailApi, CallInvitationApi, CallListCreateApi
-from relays.api import IceServersApi
+from relays.api import IceServersApi, RelayExplainApi
 
 urlpatterns = [
     path("ice-servers/", IceServersApi.as_view(), name="api-ice-servers"),
+    path("relays/explain/", RelayExplainApi.as_view(), name="api-relays-explain"),
     path("calls/", CallListCreateApi.as_view(), name="api-calls"),
     path("calls/<uuid:call_id>/", CallDetailApi.as_view(), name="api-call-detail"),
     path(

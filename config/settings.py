@@ -193,7 +193,21 @@ CREDENTIAL_GRANT_RETENTION_DAYS = env.int("CREDENTIAL_GRANT_RETENTION_DAYS", def
 RELAY_SWEEP_ON_WORKER_START = env.bool("RELAY_SWEEP_ON_WORKER_START", default=True)
 RELAY_SWEEP_CONCURRENCY = env.int("RELAY_SWEEP_CONCURRENCY", default=1000)  # probes in flight
 TURN_CREDENTIAL_TTL = env.int("TURN_CREDENTIAL_TTL", default=3600)  # seconds
-RELAYS_PER_CALLER = env.int("RELAYS_PER_CALLER", default=2)
+RELAYS_PER_CALLER = env.int("RELAYS_PER_CALLER", default=2)  # the best, and a fallback
+# A caller's region: what the client declares, else the admin's table of address ranges
+# (relays.RegionRange), else this.
+DEFAULT_REGION = env.str("DEFAULT_REGION", default="")
+# When no relay is healthy, callers still get STUN (server-reflexive candidates, so two callers
+# behind NATs can still connect directly where the NATs allow it): the STUN URLs of relays whose
+# STUN probe passes, else these, e.g. "stun:stun.example.org:3478".
+FALLBACK_STUN_URLS = env.list("FALLBACK_STUN_URLS", default=[])
+# Clients report the round trip they measured through a relay; per network (/24, /48, or a
+# declared region) it replaces the prober's figure in selection. A sample's weight halves every
+# CLIENT_RTT_HALF_LIFE_HOURS; a network's figure counts while its weight is at least
+# CLIENT_RTT_MIN_WEIGHT, and is deleted CLIENT_RTT_RETENTION_DAYS after its last sample.
+CLIENT_RTT_HALF_LIFE_HOURS = env.float("CLIENT_RTT_HALF_LIFE_HOURS", default=6.0)
+CLIENT_RTT_MIN_WEIGHT = env.float("CLIENT_RTT_MIN_WEIGHT", default=0.5)
+CLIENT_RTT_RETENTION_DAYS = env.int("CLIENT_RTT_RETENTION_DAYS", default=30)
 CELERY_BEAT_SCHEDULE = {
     "relay-sweep": {
         "task": "relays.tasks.sweep_relays",
@@ -268,7 +282,9 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # What a stranger can trigger is rate-limited (django-ratelimit, counters in the Redis cache).
 RATELIMIT_ENABLE = env.bool("RATELIMIT_ENABLE", default=True)
 RATELIMIT_VIEW = "accounts.views.rate_limited"
-RATELIMIT_IP_META_KEY = env.str("RATELIMIT_IP_META_KEY", default="REMOTE_ADDR")
+RATELIMIT_IP_META_KEY = "config.client_ip.ratelimit_client_ip"
+# Peers whose X-Real-IP header names the client (config/client_ip.py): the nginx in front.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=["127.0.0.0/8", "::1/128"])
 CALL_START_RATE = env.str("CALL_START_RATE", default="20/m")  # calls one person may start
 CALL_PAIR_RATE = env.str("CALL_PAIR_RATE", default="5/m")  # calls from one person to another
 

@@ -1,6 +1,8 @@
 """Relays in Django admin: a fleet overview, status badges, charts, write-only secrets, and
 actions (probe, drain, disable, enable) that call services and record who did what."""
 
+import ipaddress
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -14,8 +16,15 @@ from django.utils.safestring import mark_safe
 from config.admin_lookups import RefuseSecretLookups
 
 from .charts import rtt_loss_svg
-from .models import CredentialGrant, ProbeResult, Relay, RelayEvent
-from .selectors import relay_probe_history
+from .models import CredentialGrant, ProbeResult, RegionRange, Relay, RelayEvent
+from .scoring import eligible
+from .selectors import (
+    explain_selection,
+    relay_candidates,
+    relay_live_grants,
+    relay_probe_history,
+    stun_fallback_urls,
+)
 from .services import (
     relay_create,
     relay_disable,
@@ -81,6 +90,15 @@ class RelayAdminForm(forms.ModelForm):
         help_text='A JSON list, e.g. ["stun:relay1.example:3478", "turn:relay1.example:3478?transport=udp"]'
     )
 
+    weight = forms.FloatField(
+        required=False,
+        initial=1.0,
+        min_value=0.1,
+        max_value=10.0,
+        help_text="The admin's preference: 2 makes it look twice as good, 0.5 half as good "
+        "(empty: 1).",
+    )
+
     private_reason = forms.CharField(
         required=False,
         label="Why a private address",
@@ -93,6 +111,9 @@ class RelayAdminForm(forms.ModelForm):
         fields = (
             "name",
             "region",
+            "failure_domain",
+            "capacity",
+            "weight",
             "urls",
             "realm",
             "enabled",
@@ -149,6 +170,7 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
     list_filter = ("status", "enabled", "draining", "unsafe", "region")
     search_fields = ("name", "region", "urls")
     readonly_fields = (
+        "load",
         "status_badges",
         "transports",
         "health_figures",
@@ -163,7 +185,11 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
         "updated_at",
     )
     fieldsets = (
-        (None, {"fields": ("name", "region", "urls", "realm", "enabled")}),
+        (None, {"fields": ("name", "urls", "realm", "enabled")}),
+        (
+            "Placement (who gets this relay)",
+            {"fields": ("region", "failure_domain", "capacity", "weight", "load")},
+        ),
         ("Secrets (write-only)", {"fields": ("secret", "next_secret", "rotation")}),
         (
             "Health",
@@ -184,6 +210,15 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
     actions = ("probe_now", "drain", "disable", "enable")
 
     # --- columns ------------------------------------------------------------------------
+    @admin.display(description="load")
+    def load(self, obj: Relay):
+        if obj.pk is None:
+            return "—"
+        grants = relay_live_grants(relay=obj)
+        if obj.capacity:
+            return f"{grants} of {obj.capacity} ({grants / obj.capacity:.0%}), unexpired grants"
+        return f"{grants} unexpired grants (no capacity set)"
+
     @admin.display(description="status", ordering="status")
     def status_badges(self, obj: Relay):
         return relay_badges(obj)
@@ -309,6 +344,9 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
             "secret": data["secret"],
             "region": data.get("region", ""),
             "realm": data.get("realm", ""),
+            "failure_domain": data.get("failure_domain", ""),
+            "capacity": data.get("capacity"),
+            "weight": data.get("weight") or 1.0,
             "allow_private": bool(data.get("allow_private")),
             "private_reason": data.get("private_reason", ""),
             "actor": request.user,
@@ -374,8 +412,34 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
     def get_urls(self):
         return [
             path("fleet/", self.admin_site.admin_view(self.fleet_view), name="relays_relay_fleet"),
+            path(
+                "explain/",
+                self.admin_site.admin_view(self.explain_view),
+                name="relays_relay_explain",
+            ),
             *super().get_urls(),
         ]
+
+    def explain_view(self, request):
+        """How every relay scores for a sample caller (staff: the admin site's own check)."""
+        ip = request.GET.get("ip", "").strip()
+        region = request.GET.get("region", "").strip()[:64]
+        error = ""
+        if ip:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                error, ip = f"{ip!r} is not an IP address.", ""
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Which relays a caller gets",
+            "opts": self.model._meta,
+            "ip": ip,
+            "region": region,
+            "error": error,
+            "explained": explain_selection(region=region, ip=ip or None),
+        }
+        return render(request, "admin/relays/explain.html", context)
 
     def fleet_view(self, request):
         relays = list(Relay.objects.all())
@@ -402,9 +466,23 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
             }
             for r in relays
         ]
+        fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
+        candidates = relay_candidates(now=now)
+        assignable = {c.id for c in candidates if eligible(c, now=now, stale_after=fresh)}
+        load = {c.id: c for c in candidates}
+        for card in cards:
+            c = load.get(str(card["relay"].pk))
+            card["assignable"] = str(card["relay"].pk) in assignable
+            card["load"] = (
+                (f"{c.allocations} of {c.capacity}" if c and c.capacity else f"{c.allocations}")
+                if c
+                else "—"
+            )
         context = {
             **self.admin_site.each_context(request),
             "title": "Relay fleet",
+            "assignable": len(assignable),
+            "stun_fallback": stun_fallback_urls() if not assignable else [],
             "opts": self.model._meta,
             "cards": cards,
             "counts": sorted(counts.items()),
@@ -448,6 +526,15 @@ class ProbeResultAdmin(RefuseSecretLookups, admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+@admin.register(RegionRange)
+class RegionRangeAdmin(admin.ModelAdmin):
+    """Which caller addresses are in which region: read when a client declares no region."""
+
+    list_display = ("network", "region", "note")
+    list_filter = ("region",)
+    search_fields = ("network", "region", "note")
 
 
 @admin.register(RelayEvent)

@@ -1,10 +1,17 @@
 """REST endpoints of the relays app."""
 
-from drf_spectacular.utils import extend_schema
+import ipaddress
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.client_ip import request_client_ip
+
+from .selectors import explain_selection
 from .serializers import IceServersSerializer
 from .services import ice_servers_issue
 
@@ -13,7 +20,54 @@ class IceServersApi(APIView):
     """ICE servers for the signed-in caller: the best relays up right now, with fresh TURN
     credentials, in the shape `new RTCPeerConnection({iceServers})` takes."""
 
-    @extend_schema(responses=IceServersSerializer)
+    @extend_schema(
+        responses=IceServersSerializer,
+        parameters=[
+            OpenApiParameter(
+                "region",
+                str,
+                description="The caller's region, when the client knows it (e.g. eu-west). "
+                "Otherwise the admin's table of address ranges decides, else the default.",
+            ),
+            OpenApiParameter(
+                "keep",
+                str,
+                description="The grant from an earlier answer: refresh it (same relays while "
+                "they are healthy) instead of adding one.",
+            ),
+        ],
+    )
     def get(self, request: Request) -> Response:
-        payload = ice_servers_issue(user=request.user)
+        payload = ice_servers_issue(
+            user=request.user,
+            region=request.query_params.get("region", "")[:64],
+            ip=request_client_ip(request),
+            keep=request.query_params.get("keep", "")[:32],
+        )
         return Response(payload, headers={"Cache-Control": "no-store"})
+
+
+class RelayExplainApi(APIView):
+    """Staff only: how every relay scores for a sample caller (an IP address and/or a declared
+    region), and which relays that caller would get."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("ip", str, description="The sample caller's address."),
+            OpenApiParameter("region", str, description="A region the client declares."),
+        ],
+        responses={200: dict},
+    )
+    def get(self, request: Request) -> Response:
+        ip = request.query_params.get("ip", "").strip() or None
+        if ip is not None:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise ValidationError({"ip": ["Not an IP address."]}) from None
+        return Response(
+            explain_selection(region=request.query_params.get("region", "")[:64], ip=ip),
+            headers={"Cache-Control": "no-store"},
+        )

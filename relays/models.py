@@ -3,12 +3,13 @@ credentials handed out for them."""
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinLengthValidator
+from django.core.validators import MaxValueValidator, MinLengthValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -59,7 +60,29 @@ EVENT_LABELS = {
 class Relay(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.SlugField(max_length=64, unique=True)
-    region = models.CharField(max_length=64, blank=True)
+    region = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Where the relay is (e.g. eu-west). Callers in the same region prefer it.",
+    )
+    failure_domain = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="What fails together with it (a data centre, a provider). A caller's fallback "
+        "relay is taken from another region, else another failure domain.",
+    )
+    capacity = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Allocations it can carry. At capacity it gets no new callers; below, its "
+        "load counts against it. Empty: no limit.",
+    )
+    weight = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(0.1), MaxValueValidator(10.0)],
+        help_text="The admin's preference: 2 makes it look twice as good, 0.5 half as good.",
+    )
     urls = models.JSONField(
         validators=[validate_ice_urls],
         help_text='ICE URLs, e.g. ["turn:relay1.example:3478?transport=udp", '
@@ -222,3 +245,57 @@ class RelayEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.relay_id} {self.kind} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+def validate_network(value: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValidationError(f"{value!r} is not an IP network (e.g. 203.0.113.0/24).") from exc
+
+
+class RegionRange(models.Model):
+    """A range of caller addresses and the region they are in: the admin's table, read when a
+    client declares no region. The longest matching prefix wins."""
+
+    network = models.CharField(
+        max_length=64,
+        unique=True,
+        validators=[validate_network],
+        help_text="An IPv4 or IPv6 network, e.g. 203.0.113.0/24 or 2001:db8::/32.",
+    )
+    region = models.CharField(max_length=64, help_text="The region, as relays name it.")
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["network"]
+
+    def __str__(self) -> str:
+        return f"{self.network} → {self.region}"
+
+    def clean(self) -> None:
+        if self.network:
+            validate_network(self.network)
+            self.network = str(ipaddress.ip_network(self.network, strict=False))
+
+
+class ClientRelayRtt(models.Model):
+    """What clients on one network measured to one relay: a mean of the selected candidate
+    pair's round trip, each sample's weight halving every CLIENT_RTT_HALF_LIFE_HOURS. Selection
+    prefers it to the prober's figure for callers on that network."""
+
+    # "198.51.100.0/24", "2001:db8:1::/48", or "region:<name>" for a client that declared one.
+    network = models.CharField(max_length=64)
+    relay = models.ForeignKey(Relay, on_delete=models.CASCADE, related_name="client_rtts")
+    rtt_ms = models.FloatField()
+    weight = models.FloatField()  # the decayed number of samples, as of updated_at
+    samples = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["network", "relay"], name="one_rtt_per_network_relay")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.network} → {self.relay_id}: {self.rtt_ms:.1f} ms"

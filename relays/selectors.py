@@ -2,58 +2,245 @@
 
 from __future__ import annotations
 
+import ipaddress
+import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Case, F, IntegerField, Max, Q, QuerySet, Value, When
+from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
-from .models import CredentialGrant, ProbeResult, Relay, RelayStatus
+from .ice_urls import IceUrlError, parse_ice_url
+from .models import (
+    ClientRelayRtt,
+    CredentialGrant,
+    ProbeResult,
+    RegionRange,
+    Relay,
+    RelayStatus,
+)
+from .scoring import (
+    Caller,
+    Candidate,
+    choose,
+    decayed_weight,
+    eligible,
+    network_key,
+    rank,
+    why_not,
+)
 from .states import stale_after
 
 
-def relays_assignable(*, now=None) -> QuerySet[Relay]:
-    """Relays that may be handed out, best first: up before degraded, then lowest recent RTT.
+def caller_region(*, declared: str = "", ip: str | None = None) -> str:
+    """The caller's region: what the client declared, else the admin's table of address ranges
+    (the longest matching prefix), else DEFAULT_REGION ("" : unknown)."""
+    declared = (declared or "").strip()[:64]
+    if declared:
+        return declared
+    if ip:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            address = None
+        if address is not None:
+            best: tuple[int, str] | None = None
+            for network, region in RegionRange.objects.values_list("network", "region"):
+                net = ipaddress.ip_network(network, strict=False)
+                if address.version == net.version and address in net:
+                    if best is None or net.prefixlen > best[0]:
+                        best = (net.prefixlen, region)
+            if best is not None:
+                return best[1]
+    return settings.DEFAULT_REGION
 
-    Never handed out: down, unknown, disabled, draining, not audited yet or unsafe (unless an
-    admin overrode the audit), or stale (no probe newer than three sweep intervals, so we no
-    longer know it works).
-    """
+
+def client_rtt_half_life() -> timedelta:
+    return timedelta(hours=settings.CLIENT_RTT_HALF_LIFE_HOURS)
+
+
+def client_rtts_for(*, network: str, now=None) -> dict[str, float]:
+    """relay id -> what clients on `network` measured, where that still weighs enough."""
+    if not network:
+        return {}
     now = now or timezone.now()
-    fresh_after = now - stale_after(settings.RELAY_SWEEP_INTERVAL)
-    return (
-        Relay.objects.filter(
-            enabled=True,
-            draining=False,
-            status__in=[RelayStatus.UP, RelayStatus.DEGRADED],
-            last_checked_at__gte=fresh_after,
+    out = {}
+    for relay_id, rtt, weight, updated_at in ClientRelayRtt.objects.filter(
+        network=network
+    ).values_list("relay_id", "rtt_ms", "weight", "updated_at"):
+        if decayed_weight(weight, age=now - updated_at, half_life=client_rtt_half_life()) >= (
+            settings.CLIENT_RTT_MIN_WEIGHT
+        ):
+            out[str(relay_id)] = rtt
+    return out
+
+
+def relay_candidates(*, now=None, network: str = "") -> list[Candidate]:
+    """Every enabled relay as selection sees it (relays.scoring), in one query: its health, its
+    safety, and its load (unexpired grants: what it carries, until live allocation counts come
+    in); with what clients on `network` measured to it, in a second."""
+    now = now or timezone.now()
+    measured = client_rtts_for(network=network, now=now)
+    rows = (
+        Relay.objects.filter(enabled=True)
+        .annotate(live_grants=Count("grants", filter=Q(grants__expires_at__gt=now)))
+        .values(
+            "id",
+            "name",
+            "urls",
+            "enabled",
+            "draining",
+            "unsafe",
+            "unsafe_override",
+            "audited_at",
+            "status",
+            "last_checked_at",
+            "last_rtt_ms",
+            "region",
+            "failure_domain",
+            "capacity",
+            "weight",
+            "live_grants",
         )
-        .filter(Q(unsafe=False, audited_at__isnull=False) | Q(unsafe_override=True))
-        .annotate(
-            health_rank=Case(
-                When(status=RelayStatus.UP, then=Value(0)),
-                default=Value(1),
-                output_field=IntegerField(),
+    )
+    out = []
+    for r in rows:
+        try:
+            has_turn = any(parse_ice_url(u).is_turn for u in r["urls"])
+        except IceUrlError:
+            has_turn = False
+        out.append(
+            Candidate(
+                id=str(r["id"]),
+                name=r["name"],
+                enabled=r["enabled"],
+                draining=r["draining"],
+                safe=r["unsafe_override"] or (not r["unsafe"] and r["audited_at"] is not None),
+                has_turn=has_turn,
+                checked_at=r["last_checked_at"],
+                region=r["region"],
+                failure_domain=r["failure_domain"],
+                status=RelayStatus(r["status"]),
+                prober_rtt_ms=r["last_rtt_ms"],
+                client_rtt_ms=measured.get(str(r["id"])),
+                allocations=r["live_grants"],
+                capacity=r["capacity"],
+                weight=r["weight"],
             )
         )
-        .order_by("health_rank", F("last_rtt_ms").asc(nulls_last=True), "name")
-    )
+    return out
 
 
-def select_relays_for(*, user, limit: int | None = None) -> list[Relay]:
-    """The best relays for this caller: healthy first, then lowest recent RTT.
-
-    `user` is here for the later steps of selection (region, load); for now every caller
-    gets the same ranking.
-    """
+def select_relays_for(
+    *,
+    user,
+    region: str = "",
+    ip: str | None = None,
+    limit: int | None = None,
+    keep: Sequence[str] = (),
+) -> list[Relay]:
+    """The relays to hand this caller (relays.scoring): eligible ones only, scored by health,
+    region, RTT, load and the admin's weight; the best (two random choices among near-equals)
+    and a fallback in another region or failure domain. Relays in `keep` (ids: what the device
+    has now) stay while they are eligible, so a refresh doesn't move a call's relay."""
     limit = limit or settings.RELAYS_PER_CALLER
-    chosen: list[Relay] = []
-    for relay in relays_assignable().iterator(chunk_size=50):
-        if relay.has_turn_url:  # a STUN-only entry relays nothing
-            chosen.append(relay)
-            if len(chosen) == limit:
-                break
-    return chosen
+    now = timezone.now()
+    caller = Caller(region=caller_region(declared=region, ip=ip))
+    fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
+    network = network_key(ip=ip, region=region)
+    candidates = relay_candidates(now=now, network=network)
+    ok = [c for c in candidates if eligible(c, now=now, stale_after=fresh)]
+    by_id = {c.id: c for c in ok}
+    kept = [i for i in dict.fromkeys(str(k) for k in keep) if i in by_id][:limit]
+    others = [c for c in ok if c.id not in kept]
+    chosen = kept + [s.candidate.id for s in choose(others, caller, limit=limit - len(kept))]
+    relays = Relay.objects.in_bulk(chosen)
+    return [relays[uuid.UUID(i)] for i in chosen]
+
+
+def explain_selection(*, region: str = "", ip: str | None = None) -> dict:
+    """How every relay scores for a sample caller (staff only: the admin page and the API):
+    the caller's region and where it came from, each relay's score and what made it, or why it
+    may not be handed out, and which relays such a caller would get."""
+    now = timezone.now()
+    declared = (region or "").strip()[:64]
+    resolved = caller_region(declared=declared, ip=ip)
+    if declared:
+        source = "declared by the client"
+    elif resolved and resolved != settings.DEFAULT_REGION:
+        source = "the admin's address ranges"
+    else:
+        source = "DEFAULT_REGION" if resolved else "unknown"
+    caller = Caller(region=resolved)
+    fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
+    network = network_key(ip=ip, region=declared)
+    candidates = relay_candidates(now=now, network=network)
+    ok = [c for c in candidates if eligible(c, now=now, stale_after=fresh)]
+    ranked = {s.candidate.id: s for s in rank(ok, caller)}
+    chosen = [s.candidate.id for s in choose(ok, caller, limit=settings.RELAYS_PER_CALLER)]
+    rows = []
+    for c in candidates:
+        s = ranked.get(c.id)
+        rows.append(
+            {
+                "id": c.id,
+                "name": c.name,
+                "region": c.region,
+                "status": str(c.status),
+                "eligible": s is not None,
+                "not_eligible_because": why_not(c, now=now, stale_after=fresh),
+                "score": round(s.score, 2) if s else None,
+                "parts": {k: round(v, 2) for k, v in s.parts.items()} if s else {},
+                "load": f"{c.allocations}/{c.capacity}" if c.capacity else str(c.allocations),
+                "chosen": chosen.index(c.id) + 1 if c.id in chosen else None,
+            }
+        )
+    rows.sort(key=lambda r: (r["score"] is None, r["score"] or 0, r["name"]))
+    return {
+        "caller": {"ip": ip, "region": resolved, "region_from": source, "network": network},
+        "relays": rows,
+        "chosen": [next(r["name"] for r in rows if r["id"] == i) for i in chosen],
+    }
+
+
+def stun_fallback_urls() -> list[str]:
+    """STUN for when no relay can be handed out: the STUN of relays whose STUN probe passes
+    (fresh, enabled, not flagged unsafe), else FALLBACK_STUN_URLS."""
+    now = timezone.now()
+    urls: list[str] = []
+    rows = (
+        Relay.objects.filter(
+            enabled=True, last_checked_at__gte=now - stale_after(settings.RELAY_SWEEP_INTERVAL)
+        )
+        # STUN can't reach a peer for anyone, so the audit needn't have run (it can't, on a
+        # relay whose TURN refuses us); a relay flagged unsafe is still left out.
+        .filter(Q(unsafe=False) | Q(unsafe_override=True))
+        .order_by(F("last_rtt_ms").asc(nulls_last=True), "name")
+        .values_list("urls", "transport_status")
+    )
+    for relay_urls, transports in rows:
+        if (transports or {}).get("stun") != "up":
+            continue
+        for text in relay_urls:
+            try:
+                u = parse_ice_url(text)
+            except IceUrlError:
+                continue
+            # A stun: URL as it is; a TURN server answers STUN on its UDP port too (the probe's
+            # Binding went there).
+            if u.scheme == "stun" or (u.scheme == "turn" and u.transport == "udp"):
+                host = f"[{u.host}]" if ":" in u.host else u.host
+                stun = text if u.scheme == "stun" else f"stun:{host}:{u.port}"
+                if stun not in urls:
+                    urls.append(stun)
+    return urls or list(settings.FALLBACK_STUN_URLS)
+
+
+def relay_live_grants(*, relay: Relay, now=None) -> int:
+    """Credential grants for this relay that have not expired: its load, until live allocation
+    counts come in."""
+    return relay.grants.filter(expires_at__gt=now or timezone.now()).count()
 
 
 def relay_latest_grant_expiry(*, relay: Relay):

@@ -3,8 +3,9 @@ from rest_framework import serializers
 
 class IceServerSerializer(serializers.Serializer):
     urls = serializers.ListField(child=serializers.CharField())
-    username = serializers.CharField()
-    credential = serializers.CharField()
+    # Absent on a STUN-only entry (no relay could be handed out).
+    username = serializers.CharField(required=False)
+    credential = serializers.CharField(required=False)
 
 
 class AssignedRelaySerializer(serializers.Serializer):
@@ -20,3 +21,11 @@ class IceServersSerializer(serializers.Serializer):
     refreshAt = serializers.DateTimeField()  # noqa: N815
     relays = AssignedRelaySerializer(many=True)
     status = serializers.ChoiceField(choices=["ok", "no-healthy-relay"])
+    grant = serializers.CharField(
+        required=False,
+        help_text="The credential grant: pass it back as ?keep= to refresh (same relays while "
+        "they are healthy, and no new grant).",
+    )
+    reason = serializers.CharField(
+        required=False, help_text="With no-healthy-relay: what that means for calls."
+    )

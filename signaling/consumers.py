@@ -41,6 +41,8 @@ from calls.services import (
     participant_report,
     participant_stats,
 )
+from config.client_ip import scope_client_ip
+from relays.scoring import network_key
 from relays.services import ice_servers_issue
 
 from .broadcast import BROADCAST_ERRORS, in_db_pool, run_and_announce
@@ -200,6 +202,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
         self.released = False
         self.resumed = False
         self.held: list[dict] | None = None  # see _holding_frames
+        self.network = ""  # whose relay measurements this device shares (set below)
         self.redis = redis_for_loop()
         self.session: str | None = new_session_id()
         self.seq = 0  # the last frame numbered on this session: this consumer owns it
@@ -226,8 +229,14 @@ class SignalConsumer(AsyncWebsocketConsumer):
             "ringing": await in_db_pool(_ringing_for)(user),
         }
         # Pages that only listen (for incoming calls) connect with ?ice=0 and get no credentials.
-        if parse_qs(self.scope.get("query_string", b"").decode()).get("ice") != ["0"]:
-            body["ice"] = await in_db_pool(ice_servers_issue)(user=user)
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        region, ip = (query.get("region") or [""])[0][:64], scope_client_ip(self.scope)
+        # Whose relay measurements this device shares (its reports feed them).
+        self.network = network_key(ip=ip, region=region)
+        if query.get("ice") != ["0"]:
+            body["ice"] = await in_db_pool(ice_servers_issue)(
+                user=user, region=region, ip=ip, keep=(query.get("keep") or [""])[0][:32]
+            )
         await self.emit("welcome", body=body)
 
     async def drain(self) -> None:
@@ -624,6 +633,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
             connection_type=msg.body["connectionType"],
             relay_url=msg.body["relayUrl"],
             rtt_ms=msg.body["rttMs"],
+            network=self.network,
         )
         await self.emit("reported", call=msg.call, ref=msg.id)
 

@@ -6,7 +6,8 @@
 - issuing: the best relays for a caller, with credentials.
 """
 
-from .issuing import ice_servers_issue
+from .issuing import NO_RELAY_REASON, ice_servers_issue
+from .measurements import relay_rtt_observe
 from .pruning import relay_prune_history
 from .registry import (
     relay_config_changed,
@@ -32,6 +33,7 @@ from .sweep import (
 )
 
 __all__ = [
+    "NO_RELAY_REASON",
     "PROBE_CREDENTIAL_TTL",
     "SweepOutcome",
     "ice_servers_issue",
@@ -45,6 +47,7 @@ __all__ = [
     "relay_prune_history",
     "relay_record_probes",
     "relay_remove",
+    "relay_rtt_observe",
     "relay_set_unsafe_override",
     "relay_stage_next_secret",
     "relay_sweep",

@@ -11,17 +11,31 @@ from django.utils import timezone
 
 from ..credentials import turn_rest_pair
 from ..models import CredentialGrant
-from ..selectors import select_relays_for
+from ..selectors import select_relays_for, stun_fallback_urls
 
 logger = logging.getLogger("relays.services")
 
 
-def ice_servers_issue(*, user) -> dict:
-    """Choose the best relays for this user and issue TURN REST credentials for them.
+NO_RELAY_REASON = (
+    "No relay can be handed out right now (none is healthy, safe and under capacity). Calls "
+    "still connect directly where both networks allow it, but may fail behind strict NATs or "
+    "firewalls."
+)
+
+
+def ice_servers_issue(*, user, region: str = "", ip: str | None = None, keep: str = "") -> dict:
+    """Choose the best relays for this caller (relays.scoring: `region` as the client declared
+    it, `ip` for the admin's region table) and issue TURN REST credentials for them.
 
     Returns the shape that `new RTCPeerConnection({iceServers})` takes, plus ttl, expiry, refresh
-    time and the relays chosen. With no healthy relay, iceServers is empty and `status` says so:
-    the caller can still connect directly where the network allows it.
+    time and the relays chosen. With no relay to hand out, `status` is "no-healthy-relay" with a
+    `reason`, and iceServers still carries STUN (relays.selectors.stun_fallback_urls), so the
+    browser gathers server-reflexive candidates and two callers behind NATs can still connect
+    directly where their NATs allow it.
+
+    `keep` is the grant the device holds (its `grant`, from an earlier answer): a refresh, a
+    reconnect or a resume extends that grant instead of adding one, and keeps its relays while
+    they are eligible (a call doesn't move relay under way); others replace those that aren't.
     """
     ttl = settings.TURN_CREDENTIAL_TTL
     now = timezone.now()
@@ -37,13 +51,31 @@ def ice_servers_issue(*, user) -> dict:
     # One transaction: the relays as chosen (and their secrets as read) are the ones the grant
     # names, and a grant is never stored without its relays.
     with transaction.atomic():
-        relays = select_relays_for(user=user)
+        held = (
+            CredentialGrant.objects.select_for_update()
+            .filter(pk=keep, user=user, expires_at__gt=now - timedelta(seconds=ttl))
+            .first()
+            if keep
+            else None
+        )
+        kept = list(held.relays.values_list("pk", flat=True)) if held is not None else []
+        relays = select_relays_for(user=user, region=region, ip=ip, keep=[str(k) for k in kept])
         if not relays:
-            payload["status"] = "no-healthy-relay"
-            logger.warning("no healthy relay to assign to user %s", user.pk)
+            stun = stun_fallback_urls()
+            payload.update(status="no-healthy-relay", reason=NO_RELAY_REASON)
+            if stun:
+                payload["iceServers"].append({"urls": stun})
+            logger.warning(
+                "no relay to assign to user %s; STUN only: %s", user.pk, ", ".join(stun) or "none"
+            )
             return payload
-        grant = CredentialGrant.objects.create(user=user, expires_at=expires_at)
+        if held is not None:
+            grant = held
+            CredentialGrant.objects.filter(pk=grant.pk).update(expires_at=expires_at)
+        else:
+            grant = CredentialGrant.objects.create(user=user, expires_at=expires_at)
         grant.relays.set(relays)
+        payload["grant"] = grant.id
     expiry = int(expires_at.timestamp())
     for relay in relays:
         username, credential = turn_rest_pair(

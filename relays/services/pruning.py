@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from ..models import CredentialGrant, ProbeResult, Relay
+from ..models import ClientRelayRtt, CredentialGrant, ProbeResult, Relay
 
 
 def relay_prune_history(*, now=None) -> dict:
@@ -25,7 +25,11 @@ def relay_prune_history(*, now=None) -> dict:
         .exclude(previous_secret="")
         .update(previous_secret="", previous_secret_until=None)
     )
+    rtts, _ = ClientRelayRtt.objects.filter(
+        updated_at__lt=now - timedelta(days=settings.CLIENT_RTT_RETENTION_DAYS)
+    ).delete()
     return {
+        "client_rtts_deleted": rtts,
         "probe_results_deleted": deleted,
         "old_secrets_forgotten": forgotten,
         "grants_deleted": grants,

@@ -16,6 +16,13 @@ from ..models import MIN_SECRET_LENGTH, Relay, RelayEvent, RelayEventKind, Relay
 logger = logging.getLogger("relays.services")
 
 
+class Keep:
+    """relay_update's `capacity=KEEP`: leave it as it is (None means no limit)."""
+
+
+KEEP = Keep()
+
+
 def _check_location(
     *, urls: list[str], allow_private: bool, private_reason: str
 ) -> list[AddressFinding]:
@@ -70,6 +77,9 @@ def relay_create(
     secret: str,
     region: str = "",
     realm: str = "",
+    failure_domain: str = "",
+    capacity: int | None = None,
+    weight: float = 1.0,
     enabled: bool = True,
     unsafe_override: bool = False,
     allow_private: bool = False,
@@ -88,6 +98,9 @@ def relay_create(
         secret=secret,
         region=region,
         realm=realm,
+        failure_domain=failure_domain,
+        capacity=capacity,
+        weight=weight,
         enabled=enabled,
         unsafe_override=unsafe_override,
         allow_private=allow_private,
@@ -111,12 +124,16 @@ def relay_update(
     region: str = "",
     realm: str = "",
     name: str | None = None,
+    failure_domain: str | None = None,
+    capacity: int | None | Keep = KEEP,
+    weight: float | None = None,
     allow_private: bool | None = None,
     private_reason: str = "",
     actor=None,
 ) -> Relay:
-    """Change a relay's URLs, secret, region and realm at once (provisioning scripts, admin). A
-    new secret takes effect immediately; to change it without breaking calls, stage a next
+    """Change a relay's URLs, secret, region and realm at once (provisioning scripts, admin), and
+    its failure domain, capacity and weight when given (None, or KEEP for capacity: as they
+    are). A new secret takes effect immediately; to change it without breaking calls, stage a next
     secret. The deep checks (and the safety audit) run again at the next sweep. Every change is
     recorded as an event. Raises ValidationError as relay_create does."""
     allow_private = relay.allow_private if allow_private is None else allow_private
@@ -127,6 +144,9 @@ def relay_update(
         private_reason=private_reason or ("allowed before" if relay.allow_private else ""),
     )
     changed = relay.urls != urls or relay.secret != secret
+    failure_domain = relay.failure_domain if failure_domain is None else failure_domain
+    capacity = relay.capacity if isinstance(capacity, Keep) else capacity
+    weight = relay.weight if weight is None else weight
     what = [
         label
         for label, before, after in (
@@ -135,6 +155,9 @@ def relay_update(
             ("secret", relay.secret, secret),
             ("region", relay.region, region),
             ("realm", relay.realm, realm),
+            ("failure domain", relay.failure_domain, failure_domain),
+            ("capacity", relay.capacity, capacity),
+            ("weight", relay.weight, weight),
             ("allow_private", relay.allow_private, allow_private),
         )
         if before != after
@@ -143,6 +166,7 @@ def relay_update(
     if name is not None:
         relay.name = name
     relay.urls, relay.secret, relay.region, relay.realm = urls, secret, region, realm
+    relay.failure_domain, relay.capacity, relay.weight = failure_domain, capacity, weight
     relay.allow_private = allow_private
     relay.full_clean()
     with transaction.atomic():
@@ -153,6 +177,9 @@ def relay_update(
                 "secret",
                 "region",
                 "realm",
+                "failure_domain",
+                "capacity",
+                "weight",
                 "allow_private",
                 "updated_at",
             ]

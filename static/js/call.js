@@ -138,6 +138,8 @@ export function init(root) {
   if (data.state === "ended") { finish(data.endReason || "hangup"); return call; }
 
   const signal = (call.signal = new Signal(data.wsPath));
+  // A reconnect keeps this device's relays and credential grant (the server extends it).
+  signal.params = () => ({ keep: call.ice && call.ice.grant });
   initRinger({ signal, exceptCall: call.id });
   const timers = { stats: null, clock: null };
 
@@ -637,13 +639,27 @@ export function init(root) {
   // or a new relay candidate late in the call still authenticates.
   let refreshTimer = null;
   async function refreshIce() {
-    const res = await fetch(data.iceUrl, { credentials: "same-origin" });
+    const url = new URL(data.iceUrl, location.href);
+    if (call.ice && call.ice.grant) url.searchParams.set("keep", call.ice.grant);
+    const res = await fetch(url, { credentials: "same-origin" });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const fresh = await res.json();
     call.ice = fresh;
+    showRelayWarning(fresh);
     call.rtcConfig = { ...call.rtcConfig, iceServers: fresh.iceServers };
     for (const peer of call.peers.values()) if (peer.pc) peer.pc.setConfiguration(call.rtcConfig);
     scheduleIceRefresh(fresh);
+  }
+  // No relay could be handed out: the call may still connect directly (the server still gives
+  // STUN), but not behind strict NATs or firewalls. Say so, with the server's reason.
+  function showRelayWarning(ice) {
+    const warning = $("relay-warning");
+    if (ice.status === "ok") { warning.hidden = true; return; }
+    if (!call.mediaFlowingAt) ui.conn.textContent = call.forceRelay ? "no relay" : "no relay: direct only";
+    warning.textContent = call.forceRelay
+      ? "No relay is available right now, and this device uses relays only (Settings): the call can't connect until one is back."
+      : ice.reason || "No relay is available right now: this call may fail behind strict NATs or firewalls.";
+    warning.hidden = false;
   }
   function scheduleIceRefresh(ice) {
     clearTimeout(refreshTimer);
@@ -748,7 +764,7 @@ export function init(root) {
       call.ice = msg.body.ice;
       call.rtcConfig = { iceServers: msg.body.ice.iceServers, iceTransportPolicy: call.forceRelay ? "relay" : "all" };
       scheduleIceRefresh(msg.body.ice);
-      if (msg.body.ice.status !== "ok") ui.conn.textContent = "no relay available: direct only";
+      showRelayWarning(msg.body.ice);
       for (const peer of call.peers.values()) if (pcAlive(peer)) peer.pc.setConfiguration(call.rtcConfig);
       enter();
     })

@@ -15,6 +15,8 @@ export class Signal {
   constructor(path = "/ws/signal/") {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     this.url = `${scheme}://${location.host}${path}`;
+    // Query parameters to add on every (re)connect, e.g. the credential grant to keep.
+    this.params = () => ({});
     this.handlers = new Map();
     this.retry = 0;
     this.closedByUs = false;
@@ -47,7 +49,9 @@ export class Signal {
   }
 
   connect() {
-    const ws = new WebSocket(this.url);
+    const url = new URL(this.url);
+    for (const [key, value] of Object.entries(this.params())) if (value) url.searchParams.set(key, value);
+    const ws = new WebSocket(url.href);
     this.ws = ws;
     const opening = setTimeout(() => { if (ws.readyState === WebSocket.CONNECTING) ws.close(); }, CONNECT_TIMEOUT_MS);
     ws.onopen = () => clearTimeout(opening);

@@ -43,7 +43,15 @@ def test_shape_and_credentials(client, alice, password, settings):
     before = int(time.time())
     body = client.get(URL).json()
 
-    assert set(body) == {"iceServers", "ttl", "expiresAt", "refreshAt", "relays", "status"}
+    assert set(body) == {
+        "iceServers",
+        "ttl",
+        "expiresAt",
+        "refreshAt",
+        "relays",
+        "status",
+        "grant",
+    }
     assert body["ttl"] == 600 and body["status"] == "ok"
     assert body["relays"] == [{"id": str(relay.id), "name": "r1", "region": "eu"}]
     (server,) = body["iceServers"]
@@ -130,8 +138,9 @@ def test_issuing_ice_servers_takes_a_fixed_number_of_queries(
             audited_at=timezone.now(),
         )
     client.login(username="alice", password=password)
-    # session, user, relays, then in one transaction (a savepoint inside the test's own):
-    # grant insert, grant-relay links (read, insert)
-    with django_assert_num_queries(8):
+    # session, user; then in one transaction (a savepoint inside the test's own): the caller's
+    # region (address ranges), what clients on its network measured, the relays with their
+    # load, the chosen relays' rows, grant insert, grant-relay links (read, insert)
+    with django_assert_num_queries(11):
         body = client.get(URL).json()
     assert len(body["iceServers"]) == 3

@@ -226,6 +226,44 @@ async def test_reports_are_stored_for_the_history(connect, alice, bob, call):
     assert p.connection_type == "relay" and p.relay_id is None and p.rtt_ms == 12.5
 
 
+async def test_a_relayed_round_trip_feeds_the_relays_figure_for_the_devices_network(
+    connect, alice, bob, call
+):
+    """A device that declared region eu reports 42 ms through a relay it was given: selection
+    for callers in eu now knows that relay's round trip from there."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from relays.models import ClientRelayRtt, CredentialGrant, Relay
+
+    def given_a_relay():
+        relay = Relay.objects.create(
+            name="measured", urls=["turn:m.example:3478?transport=udp"], secret="s" * 16
+        )
+        grant = CredentialGrant.objects.create(
+            user=alice, expires_at=timezone.now() + timedelta(minutes=5)
+        )
+        grant.relays.set([relay])
+        return relay
+
+    relay = await sync_to_async(given_a_relay)()
+    a = await connect(alice, path="/ws/signal/?region=eu")
+    b = await connect(bob)
+    await a.send("join", call.id)
+    await a.recv_type("joined")
+    await b.send("join", call.id)
+    await b.recv_type("joined")
+    await a.send(
+        "report",
+        call.id,
+        {"connectionType": "relay", "relayUrl": "turn:m.example:3478?transport=udp", "rttMs": 42},
+    )
+    await a.recv_type("reported")
+    (row,) = await sync_to_async(list)(ClientRelayRtt.objects.filter(relay=relay))
+    assert (row.network, row.rtt_ms, row.samples) == ("region:eu", 42.0, 1)
+
+
 async def test_floods_are_rate_limited_and_the_socket_survives(connect, alice):
     a = await connect(alice)
     for _ in range(300):

@@ -1,0 +1,219 @@
+"""Which relays a caller gets, with no Django in it: score every eligible relay for this caller,
+then pick the best and a fallback.
+
+Lower scores are better. A score adds up, in milliseconds-like points:
+- the round trip: what clients on the caller's network measured to the relay, else the prober's,
+  else UNKNOWN_RTT_POINTS;
+- health: a degraded relay pays DEGRADED_POINTS;
+- region: a relay outside the caller's region pays OTHER_REGION_POINTS (nothing when the
+  caller's region is unknown);
+- load: live allocations over the capacity the admin set, times LOAD_POINTS (a full relay is not
+  eligible at all);
+and is then divided by the admin's weight (2 makes a relay look twice as good).
+
+Among relays whose scores are within NEAR_EQUAL of the best, the pick is by two random choices:
+two of them at random, and the less loaded wins. A crowd of callers arriving at once then spreads
+over equally good relays instead of all landing on the first. The fallback is the best of the
+rest in another region, else another failure domain, else the next best: ICE gets a second path
+that doesn't fail with the first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from .states import RelayStatus
+
+UNKNOWN_RTT_POINTS = 150.0
+RTT_CAP_POINTS = 1000.0
+DEGRADED_POINTS = 100.0
+OTHER_REGION_POINTS = 80.0
+LOAD_POINTS = 100.0
+NEAR_EQUAL = 0.15  # within 15 % of the best score (and NEAR_EQUAL_POINTS) counts as equal
+NEAR_EQUAL_POINTS = 10.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A relay, as selection sees it: what makes it eligible, and what scores it."""
+
+    id: str
+    name: str
+    enabled: bool = True
+    draining: bool = False
+    safe: bool = True  # audited and safe, or an admin's override
+    has_turn: bool = True  # a STUN-only entry relays nothing
+    checked_at: datetime | None = None  # the last probe
+    region: str = ""
+    failure_domain: str = ""  # "" : a domain of its own
+    status: RelayStatus = RelayStatus.UP
+    prober_rtt_ms: float | None = None
+    client_rtt_ms: float | None = None  # measured by clients on the caller's network
+    allocations: int = 0  # live allocations (or unexpired grants, where it doesn't publish)
+    capacity: int | None = None  # None: no limit set
+    weight: float = 1.0
+
+    @property
+    def domain(self) -> str:
+        return self.failure_domain or f"relay:{self.id}"
+
+    @property
+    def load(self) -> float | None:
+        if not self.capacity:
+            return None
+        return self.allocations / self.capacity
+
+    @property
+    def full(self) -> bool:
+        return self.capacity is not None and self.allocations >= self.capacity
+
+
+@dataclass(frozen=True)
+class Caller:
+    region: str = ""  # "" : unknown
+
+
+@dataclass(frozen=True)
+class Scored:
+    candidate: Candidate
+    score: float
+    parts: dict[str, float] = field(default_factory=dict)  # what made the score, for "explain"
+
+
+def score(candidate: Candidate, caller: Caller) -> Scored:
+    parts: dict[str, float] = {}
+    rtt, source = candidate.client_rtt_ms, "client"
+    if rtt is None:
+        rtt, source = candidate.prober_rtt_ms, "prober"
+    parts[f"rtt ({source})" if rtt is not None else "rtt (unknown)"] = (
+        min(max(rtt, 0.0), RTT_CAP_POINTS) if rtt is not None else UNKNOWN_RTT_POINTS
+    )
+    if candidate.status == RelayStatus.DEGRADED:
+        parts["degraded"] = DEGRADED_POINTS
+    if caller.region and candidate.region != caller.region:
+        parts["other region"] = OTHER_REGION_POINTS
+    load = candidate.load
+    if load is not None:
+        parts["load"] = LOAD_POINTS * min(load, 1.0)
+    total = sum(parts.values()) / max(candidate.weight, 0.01)
+    if candidate.weight != 1.0:
+        parts["÷ weight"] = candidate.weight
+    return Scored(candidate, total, parts)
+
+
+def why_not(candidate: Candidate, *, now: datetime, stale_after: timedelta) -> list[str]:
+    """Why this relay may not be handed out ([] : it may)."""
+    reasons = []
+    if not candidate.enabled:
+        reasons.append("disabled")
+    if candidate.draining:
+        reasons.append("draining")
+    if candidate.status not in (RelayStatus.UP, RelayStatus.DEGRADED):
+        reasons.append(str(candidate.status))
+    if candidate.checked_at is None:
+        reasons.append("never probed")
+    elif now - candidate.checked_at > stale_after:
+        reasons.append("stale")
+    if not candidate.safe:
+        reasons.append("unsafe or not audited yet")
+    if not candidate.has_turn:
+        reasons.append("no TURN URL")
+    if candidate.full:
+        reasons.append("at capacity")
+    return reasons
+
+
+def eligible(candidate: Candidate, *, now: datetime, stale_after: timedelta) -> bool:
+    """May be handed out: enabled, not draining, up or degraded, probed recently (not stale),
+    safe, able to relay, and under capacity."""
+    return not why_not(candidate, now=now, stale_after=stale_after)
+
+
+def rank(candidates: Sequence[Candidate], caller: Caller) -> list[Scored]:
+    """Every candidate that isn't full, best first (ties: by name, for a stable order). The
+    candidates are eligible ones (see `eligible`)."""
+    scored = [score(c, caller) for c in candidates if not c.full]
+    scored.sort(key=lambda s: (s.score, s.candidate.name))
+    return scored
+
+
+def _near(best: float, other: float) -> bool:
+    return other <= best + max(best * NEAR_EQUAL, NEAR_EQUAL_POINTS)
+
+
+def _two_choices(pool: list[Scored], rng: random.Random) -> Scored:
+    if len(pool) == 1:
+        return pool[0]
+    a, b = rng.sample(pool, 2)
+
+    def key(s: Scored):
+        load = s.candidate.load
+        return (load if load is not None else s.candidate.allocations, s.score, s.candidate.name)
+
+    return min((a, b), key=key)
+
+
+def choose(
+    candidates: Sequence[Candidate],
+    caller: Caller,
+    *,
+    limit: int = 2,
+    rng: random.Random | None = None,
+) -> list[Scored]:
+    """The relays to hand this caller: the best (by two random choices among near-equals), then
+    a fallback in another region or failure domain where one exists, then the next best, up to
+    `limit`."""
+    ranked = rank(candidates, caller)
+    if not ranked or limit <= 0:
+        return []
+    rng = rng or random.Random()
+    pool = [s for s in ranked if _near(ranked[0].score, s.score)]
+    first = _two_choices(pool, rng)
+    chosen = [first]
+    rest = [s for s in ranked if s is not first]
+    for differs in (
+        lambda s: s.candidate.region != first.candidate.region,
+        lambda s: s.candidate.domain != first.candidate.domain,
+        lambda s: True,
+    ):
+        if len(chosen) >= limit:
+            break
+        pick = next((s for s in rest if differs(s)), None)
+        if pick is not None:
+            chosen.append(pick)
+            rest.remove(pick)
+    while len(chosen) < limit and rest:
+        chosen.append(rest.pop(0))
+    return chosen[:limit]
+
+
+def network_key(*, ip: str | None, region: str = "") -> str:
+    """Whose measurements a caller shares: its declared region, else its /24 (IPv4) or /48
+    (IPv6), else "" (none)."""
+    if region:
+        return f"region:{region[:56]}"
+    if not ip:
+        return ""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ""
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+def decayed_weight(weight: float, *, age: timedelta, half_life: timedelta) -> float:
+    """A weight `age` later: it halves every `half_life`."""
+    if age.total_seconds() <= 0:
+        return weight
+    return weight * 0.5 ** (age / half_life)
+
+
+def blend(mean: float, weight: float, sample: float) -> tuple[float, float]:
+    """A new sample into a weighted mean: (mean, weight) after it."""
+    total = weight + 1.0
+    return (mean * weight + sample) / total, total

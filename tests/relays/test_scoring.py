@@ -1,0 +1,156 @@
+"""Selection properties (relays/scoring.py): whatever the fleet, a caller is never handed a relay
+that is down, draining, unsafe, stale or full; the fallback is in another region (or failure
+domain) when one exists; a crowd spreads over equally good relays."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relays.scoring import Caller, Candidate, choose, eligible, rank, score
+from relays.states import RelayStatus
+
+pytestmark = pytest.mark.smoke
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+STALE = timedelta(seconds=45)
+
+candidates = st.builds(
+    Candidate,
+    id=st.uuids().map(str),
+    name=st.text("abcdefgh", min_size=1, max_size=6),
+    enabled=st.booleans(),
+    draining=st.booleans(),
+    safe=st.booleans(),
+    has_turn=st.booleans(),
+    checked_at=st.none() | st.integers(0, 90).map(lambda s: NOW - timedelta(seconds=s)),
+    region=st.sampled_from(["", "eu", "us", "ap"]),
+    failure_domain=st.sampled_from(["", "dc1", "dc2"]),
+    status=st.sampled_from(list(RelayStatus)),
+    prober_rtt_ms=st.none() | st.floats(0, 2000),
+    client_rtt_ms=st.none() | st.floats(0, 2000),
+    allocations=st.integers(0, 60),
+    capacity=st.none() | st.integers(1, 50),
+    weight=st.floats(0.1, 5),
+)
+fleets = st.lists(candidates, max_size=12, unique_by=lambda c: c.id)
+callers = st.builds(Caller, region=st.sampled_from(["", "eu", "us", "ap"]))
+
+
+def select(fleet, caller, limit, seed):
+    ok = [c for c in fleet if eligible(c, now=NOW, stale_after=STALE)]
+    return ok, choose(ok, caller, limit=limit, rng=random.Random(seed))
+
+
+@settings(max_examples=500, deadline=None)
+@given(fleets, callers, st.integers(1, 4), st.integers())
+def test_never_down_draining_unsafe_stale_or_full(fleet, caller, limit, seed):
+    ok, chosen = select(fleet, caller, limit, seed)
+    for s in chosen:
+        c = s.candidate
+        assert c.status in (RelayStatus.UP, RelayStatus.DEGRADED)
+        assert c.enabled and not c.draining and c.safe and c.has_turn
+        assert c.checked_at is not None and NOW - c.checked_at <= STALE
+        assert not c.full
+    assert len({s.candidate.id for s in chosen}) == len(chosen) == min(limit, len(ok))
+
+
+@settings(max_examples=500, deadline=None)
+@given(fleets, callers, st.integers())
+def test_the_fallback_is_elsewhere_when_elsewhere_exists(fleet, caller, seed):
+    ok, chosen = select(fleet, caller, 2, seed)
+    if len(chosen) < 2:
+        return
+    first, second = (s.candidate for s in chosen)
+    if any(c.region != first.region for c in ok):
+        assert second.region != first.region
+    elif any(c.domain != first.domain for c in ok):
+        assert second.domain != first.domain
+
+
+@settings(max_examples=300, deadline=None)
+@given(fleets, callers, st.integers())
+def test_the_first_is_among_the_best(fleet, caller, seed):
+    ok, chosen = select(fleet, caller, 1, seed)
+    if not chosen:
+        return
+    best = rank(ok, caller)[0].score
+    assert chosen[0].score <= best + max(best * 0.15, 10.0) + 1e-9
+
+
+def test_a_crowd_spreads_over_equally_good_relays():
+    """1,000 callers arrive at once on 5 equally good relays; each assignment adds to its
+    relay's load. Two random choices keep every relay near its fifth."""
+    fleet = {
+        f"r{i}": Candidate(id=f"r{i}", name=f"r{i}", region="eu", prober_rtt_ms=5, capacity=2000)
+        for i in range(5)
+    }
+    rng = random.Random(7)
+    counts: Counter[str] = Counter()
+    for _ in range(1000):
+        (best,) = choose(list(fleet.values()), Caller("eu"), limit=1, rng=rng)
+        counts[best.candidate.id] += 1
+        c = fleet[best.candidate.id]
+        fleet[c.id] = replace(c, allocations=c.allocations + 1)
+    assert max(counts.values()) <= 200 * 1.1, counts
+    assert min(counts.values()) >= 200 * 0.9, counts
+
+
+def test_without_load_figures_a_crowd_still_spreads_by_count():
+    fleet = [Candidate(id=f"r{i}", name=f"r{i}", prober_rtt_ms=5) for i in range(4)]
+    counts: Counter[str] = Counter()
+    rng = random.Random(3)
+    for _ in range(400):
+        (best,) = choose(fleet, Caller(), limit=1, rng=rng)
+        counts[best.candidate.id] += 1
+        fleet = [replace(c, allocations=counts[c.id]) for c in fleet]
+    assert max(counts.values()) <= 110, counts
+
+
+def test_what_a_score_is_made_of():
+    caller = Caller("eu")
+    near = Candidate(id="a", name="a", region="eu", prober_rtt_ms=20)
+    assert score(near, caller).score == 20
+    far = replace(near, region="us")
+    assert score(far, caller).score == 20 + 80
+    measured = replace(near, client_rtt_ms=7)  # what clients on this network saw wins
+    assert score(measured, caller).parts == {"rtt (client)": 7}
+    degraded = replace(near, status=RelayStatus.DEGRADED)
+    assert score(degraded, caller).score == 120
+    half_full = replace(near, allocations=5, capacity=10)
+    assert score(half_full, caller).score == 70
+    weighted = replace(near, weight=2.0)
+    assert score(weighted, caller).score == 10
+    unknown = Candidate(id="u", name="u")
+    assert score(unknown, Caller()).parts == {"rtt (unknown)": 150}
+
+
+def test_a_nearer_relay_wins_and_the_fallback_is_the_other_region():
+    caller = Caller("eu")
+    fleet = [
+        Candidate(id="eu1", name="eu1", region="eu", prober_rtt_ms=30),
+        Candidate(id="eu2", name="eu2", region="eu", prober_rtt_ms=200),
+        Candidate(id="us1", name="us1", region="us", prober_rtt_ms=90),
+    ]
+    chosen = [s.candidate.id for s in choose(fleet, caller, limit=2, rng=random.Random(1))]
+    assert chosen == ["eu1", "us1"]
+
+
+def test_network_keys_decay_and_blending():
+    from relays.scoring import blend, decayed_weight, network_key
+
+    assert network_key(ip="198.51.100.77") == "198.51.100.0/24"
+    assert network_key(ip="2001:db8:1:2::5") == "2001:db8:1::/48"
+    assert network_key(ip="198.51.100.77", region="eu") == "region:eu"
+    assert network_key(ip=None) == network_key(ip="garbage") == ""
+    hour = timedelta(hours=1)
+    assert decayed_weight(4.0, age=hour, half_life=hour) == 2.0
+    assert decayed_weight(4.0, age=3 * hour, half_life=hour) == 0.5
+    assert decayed_weight(4.0, age=-hour, half_life=hour) == 4.0  # a clock step back: as is
+    assert blend(100.0, 1.0, 40.0) == (70.0, 2.0)
