@@ -205,6 +205,11 @@ FALLBACK_STUN_URLS = env.list("FALLBACK_STUN_URLS", default=[])
 # declared region) it replaces the prober's figure in selection. A sample's weight halves every
 # CLIENT_RTT_HALF_LIFE_HOURS; a network's figure counts while its weight is at least
 # CLIENT_RTT_MIN_WEIGHT, and is deleted CLIENT_RTT_RETENTION_DAYS after its last sample.
+# Per user: how often credentials may be issued (refreshes and reconnects included), and how
+# many unexpired grants one user may hold; past that cap a new page reuses (extends) the user's
+# newest grant instead of adding one, so reloading is never refused.
+ICE_ISSUE_RATE = env.str("ICE_ISSUE_RATE", default="60/m")
+ICE_GRANTS_PER_USER = env.int("ICE_GRANTS_PER_USER", default=20)
 CLIENT_RTT_HALF_LIFE_HOURS = env.float("CLIENT_RTT_HALF_LIFE_HOURS", default=6.0)
 CLIENT_RTT_MIN_WEIGHT = env.float("CLIENT_RTT_MIN_WEIGHT", default=0.5)
 CLIENT_RTT_RETENTION_DAYS = env.int("CLIENT_RTT_RETENTION_DAYS", default=30)

@@ -9,11 +9,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.api_errors import RateLimited
 from config.client_ip import request_client_ip
 
 from .selectors import explain_selection
 from .serializers import IceServersSerializer
-from .services import ice_servers_issue
+from .services import IceLimited, ice_issue_check, ice_servers_issue
+
+
+class IceRateLimited(RateLimited):
+    default_code = "ice_limited"
 
 
 class IceServersApi(APIView):
@@ -38,6 +43,10 @@ class IceServersApi(APIView):
         ],
     )
     def get(self, request: Request) -> Response:
+        try:
+            ice_issue_check(user=request.user)
+        except IceLimited as exc:
+            raise IceRateLimited(str(exc), retry_after=exc.retry_after) from exc
         payload = ice_servers_issue(
             user=request.user,
             region=request.query_params.get("region", "")[:64],

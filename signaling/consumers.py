@@ -43,7 +43,7 @@ from calls.services import (
 )
 from config.client_ip import scope_client_ip
 from relays.scoring import network_key
-from relays.services import ice_servers_issue
+from relays.services import IceLimited, ice_issue_check, ice_servers_issue
 
 from .broadcast import BROADCAST_ERRORS, in_db_pool, run_and_announce
 from .groups import user_group
@@ -234,9 +234,18 @@ class SignalConsumer(AsyncWebsocketConsumer):
         # Whose relay measurements this device shares (its reports feed them).
         self.network = network_key(ip=ip, region=region)
         if query.get("ice") != ["0"]:
-            body["ice"] = await in_db_pool(ice_servers_issue)(
-                user=user, region=region, ip=ip, keep=(query.get("keep") or [""])[0][:32]
-            )
+            try:
+                await in_db_pool(ice_issue_check)(user=user)
+                body["ice"] = await in_db_pool(ice_servers_issue)(
+                    user=user, region=region, ip=ip, keep=(query.get("keep") or [""])[0][:32]
+                )
+            except IceLimited as exc:
+                # The page keeps what it has, and asks again after retryAfter.
+                body["iceError"] = {
+                    "code": exc.code,
+                    "message": str(exc),
+                    "retryAfter": exc.retry_after,
+                }
         await self.emit("welcome", body=body)
 
     async def drain(self) -> None:

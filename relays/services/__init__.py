@@ -6,7 +6,7 @@
 - issuing: the best relays for a caller, with credentials.
 """
 
-from .issuing import NO_RELAY_REASON, ice_servers_issue
+from .issuing import NO_RELAY_REASON, IceLimited, ice_issue_check, ice_servers_issue
 from .measurements import relay_rtt_observe
 from .pruning import relay_prune_history
 from .registry import (
@@ -34,6 +34,8 @@ from .sweep import (
 
 __all__ = [
     "NO_RELAY_REASON",
+    "IceLimited",
+    "ice_issue_check",
     "PROBE_CREDENTIAL_TTL",
     "SweepOutcome",
     "ice_servers_issue",

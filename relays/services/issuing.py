@@ -8,6 +8,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django_ratelimit.core import get_usage
 
 from ..credentials import turn_rest_pair
 from ..models import CredentialGrant
@@ -21,6 +22,32 @@ NO_RELAY_REASON = (
     "still connect directly where both networks allow it, but may fail behind strict NATs or "
     "firewalls."
 )
+
+
+class IceLimited(Exception):
+    """This user asked for credentials more often than ICE_ISSUE_RATE allows."""
+
+    code = "ice_limited"
+
+    def __init__(self, retry_after: int):
+        self.retry_after = max(1, int(retry_after))
+        super().__init__(
+            f"Too many requests for relay credentials; try again in {self.retry_after} s."
+        )
+
+
+def ice_issue_check(*, user) -> None:
+    """Count one issue for `user`; IceLimited when over ICE_ISSUE_RATE (django-ratelimit's fixed
+    windows, in the Redis cache)."""
+    usage = get_usage(
+        None,
+        group="relays.issue",
+        key=lambda _group, _request: f"user:{user.pk}",
+        rate=settings.ICE_ISSUE_RATE,
+        increment=True,
+    )
+    if usage and usage["should_limit"]:
+        raise IceLimited(usage["time_left"])
 
 
 def ice_servers_issue(*, user, region: str = "", ip: str | None = None, keep: str = "") -> dict:
@@ -58,6 +85,11 @@ def ice_servers_issue(*, user, region: str = "", ip: str | None = None, keep: st
             if keep
             else None
         )
+        if held is None:
+            live = CredentialGrant.objects.filter(user=user, expires_at__gt=now)
+            if live.count() >= settings.ICE_GRANTS_PER_USER:
+                # At the cap (many pages, or many reloads): the newest grant serves this one too.
+                held = live.select_for_update().order_by("-created_at").first()
         kept = list(held.relays.values_list("pk", flat=True)) if held is not None else []
         relays = select_relays_for(user=user, region=region, ip=ip, keep=[str(k) for k in kept])
         if not relays:

@@ -642,6 +642,12 @@ export function init(root) {
     const url = new URL(data.iceUrl, location.href);
     if (call.ice && call.ice.grant) url.searchParams.set("keep", call.ice.grant);
     const res = await fetch(url, { credentials: "same-origin" });
+    if (res.status === 429) { // ice_limited: the credentials this page has still hold for now
+      const wait = Math.max(1, Number(res.headers.get("Retry-After")) || 30);
+      clearTimeout(refreshTimer);
+      refreshTimer = setTimeout(() => refreshIce().catch((err) => showError(`Could not refresh relay credentials: ${err.message}`)), wait * 1000);
+      return;
+    }
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const fresh = await res.json();
     call.ice = fresh;
@@ -761,10 +767,17 @@ export function init(root) {
       call.signalingSessions += 1;
       call.me = msg.body.user.id;
       for (const peer of call.peers.values()) peer.polite = call.me > peer.user;
-      call.ice = msg.body.ice;
-      call.rtcConfig = { iceServers: msg.body.ice.iceServers, iceTransportPolicy: call.forceRelay ? "relay" : "all" };
-      scheduleIceRefresh(msg.body.ice);
-      showRelayWarning(msg.body.ice);
+      if (msg.body.ice) {
+        call.ice = msg.body.ice;
+        scheduleIceRefresh(msg.body.ice);
+        showRelayWarning(msg.body.ice);
+      } else if (msg.body.iceError) {
+        // Asked for credentials too often (ice_limited): keep what this page has, ask again later.
+        showError(msg.body.iceError.message);
+        clearTimeout(refreshTimer);
+        refreshTimer = setTimeout(() => refreshIce().catch((err) => showError(`Could not refresh relay credentials: ${err.message}`)), msg.body.iceError.retryAfter * 1000);
+      }
+      call.rtcConfig = { iceServers: call.ice ? call.ice.iceServers : [], iceTransportPolicy: call.forceRelay ? "relay" : "all" };
       for (const peer of call.peers.values()) if (pcAlive(peer)) peer.pc.setConfiguration(call.rtcConfig);
       enter();
     })

@@ -311,3 +311,30 @@ def test_a_refresh_keeps_the_devices_relays_and_grant_while_they_are_healthy(
     bobs = client.get(URL, {"keep": first["grant"]}).json()
     assert bobs["grant"] != first["grant"]
     assert CredentialGrant.objects.get(pk=first["grant"]).user_id == alice.pk
+
+
+@pytest.mark.ratelimit
+def test_issuing_is_rate_limited_per_user_with_a_retry_after(
+    client, alice, bob, password, settings
+):
+    settings.ICE_ISSUE_RATE = "3/m"
+    _relay("r", rtt=5)
+    client.login(username="alice", password=password)
+    assert [client.get(URL).status_code for _ in range(3)] == [200, 200, 200]
+    limited = client.get(URL)
+    assert limited.status_code == 429 and int(limited["Retry-After"]) >= 1
+    assert limited.json()["error"]["code"] == "ice_limited"
+    client.logout()
+    client.login(username="bob", password=password)
+    assert client.get(URL).status_code == 200  # per user: bob is not alice
+
+
+@pytest.mark.smoke
+def test_past_the_grant_cap_a_new_page_reuses_the_newest_grant(client, alice, password, settings):
+    settings.ICE_GRANTS_PER_USER = 3
+    _relay("r", rtt=5)
+    client.login(username="alice", password=password)
+    grants = [client.get(URL).json()["grant"] for _ in range(6)]  # six reloads, no keep
+    assert len(set(grants[:3])) == 3
+    assert grants[3] == grants[4] == grants[5] == grants[2]  # never refused, never a fourth
+    assert CredentialGrant.objects.filter(user=alice).count() == 3

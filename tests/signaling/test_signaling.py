@@ -273,3 +273,19 @@ async def test_floods_are_rate_limited_and_the_socket_survives(connect, alice):
         msg = await a.recv()
         codes.append(msg["type"] if msg["type"] != "error" else msg["body"]["code"])
     assert "rate_limited" in codes and "pong" in codes
+
+
+@pytest.mark.ratelimit
+async def test_a_socket_over_the_issue_rate_gets_ice_limited_in_its_welcome(
+    connect, alice, settings
+):
+    settings.ICE_ISSUE_RATE = "1/m"
+    first = await connect(alice)
+    assert "ice" in first.welcome["body"]
+    second = await connect(alice)
+    body = second.welcome["body"]
+    assert "ice" not in body
+    assert body["iceError"]["code"] == "ice_limited" and body["iceError"]["retryAfter"] >= 1
+    # Listening pages ask for no credentials and are not counted.
+    listener = await connect(alice, path="/ws/signal/?ice=0")
+    assert "iceError" not in listener.welcome["body"]
