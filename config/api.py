@@ -3,11 +3,12 @@
 from django.urls import path
 
 from calls.api import CallDetailApi, CallInvitationApi, CallListCreateApi
-from relays.api import IceServersApi, RelayExplainApi
+from relays.api import IceServersApi, RelayExplainApi, RelayFailureApi
 
 urlpatterns = [
     path("ice-servers/", IceServersApi.as_view(), name="api-ice-servers"),
     path("relays/explain/", RelayExplainApi.as_view(), name="api-relays-explain"),
+    path("relays/failures/", RelayFailureApi.as_view(), name="api-relay-failures"),
     path("calls/", CallListCreateApi.as_view(), name="api-calls"),
     path("calls/<uuid:call_id>/", CallDetailApi.as_view(), name="api-call-detail"),
     path(

@@ -210,6 +210,11 @@ FALLBACK_STUN_URLS = env.list("FALLBACK_STUN_URLS", default=[])
 # newest grant instead of adding one, so reloading is never refused.
 ICE_ISSUE_RATE = env.str("ICE_ISSUE_RATE", default="60/m")
 ICE_GRANTS_PER_USER = env.int("ICE_GRANTS_PER_USER", default=20)
+# A client whose allocation fails (or whose ICE fails on a relay) reports it: the relay is probed
+# again at once (probes, not reports, decide its health). Reports per user, and at most one
+# re-probe of a relay per RELAY_REPROBE_SECONDS.
+RELAY_REPORT_RATE = env.str("RELAY_REPORT_RATE", default="6/m")
+RELAY_REPROBE_SECONDS = env.float("RELAY_REPROBE_SECONDS", default=10.0)
 CLIENT_RTT_HALF_LIFE_HOURS = env.float("CLIENT_RTT_HALF_LIFE_HOURS", default=6.0)
 CLIENT_RTT_MIN_WEIGHT = env.float("CLIENT_RTT_MIN_WEIGHT", default=0.5)
 CLIENT_RTT_RETENTION_DAYS = env.int("CLIENT_RTT_RETENTION_DAYS", default=30)

@@ -13,8 +13,15 @@ from config.api_errors import RateLimited
 from config.client_ip import request_client_ip
 
 from .selectors import explain_selection
-from .serializers import IceServersSerializer
-from .services import IceLimited, ice_issue_check, ice_servers_issue
+from .serializers import IceServersSerializer, RelayFailureSerializer
+from .services import (
+    IceLimited,
+    ReportLimited,
+    ice_issue_check,
+    ice_servers_issue,
+    relay_failure_report,
+)
+from .tasks import reprobe_relay
 
 
 class IceRateLimited(RateLimited):
@@ -80,3 +87,28 @@ class RelayExplainApi(APIView):
             explain_selection(region=request.query_params.get("region", "")[:64], ip=ip),
             headers={"Cache-Control": "no-store"},
         )
+
+
+class ReportRateLimited(RateLimited):
+    default_code = "report_limited"
+
+
+class RelayFailureApi(APIView):
+    """A device could not use a relay it was given: the relay is probed again at once (the
+    probe, not the report, decides its health)."""
+
+    @extend_schema(request=RelayFailureSerializer, responses={202: dict})
+    def post(self, request: Request) -> Response:
+        ser = RelayFailureSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        try:
+            relay = relay_failure_report(
+                user=request.user,
+                relay_url=ser.validated_data["relayUrl"],
+                problem=ser.validated_data["problem"],
+            )
+        except ReportLimited as exc:
+            raise ReportRateLimited(str(exc), retry_after=exc.retry_after) from exc
+        if relay is not None:
+            reprobe_relay.delay(str(relay.pk))
+        return Response({"reprobing": relay is not None}, status=202)

@@ -54,6 +54,7 @@ EVENT_LABELS = {
     RelayEventKind.CREATED: "Registered",
     RelayEventKind.UPDATED: "Settings changed",
     RelayEventKind.ALLOW_PRIVATE: "Private address allowed",
+    RelayEventKind.REPORTED: "Reported failing by a client",
 }
 
 

@@ -29,3 +29,12 @@ class IceServersSerializer(serializers.Serializer):
     reason = serializers.CharField(
         required=False, help_text="With no-healthy-relay: what that means for calls."
     )
+
+
+class RelayFailureSerializer(serializers.Serializer):
+    relayUrl = serializers.CharField(max_length=300)  # noqa: N815 - the client's spelling
+    problem = serializers.ChoiceField(
+        choices=["allocation", "ice"],
+        help_text="allocation: the relay refused or never answered an Allocate; ice: ICE failed "
+        "on the relay's candidates.",
+    )

@@ -37,6 +37,7 @@ class RelayEventKind(StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     ALLOW_PRIVATE = "allow-private"
+    REPORTED = "reported"
 
 
 # The event a move into each status records (a relay never moves back to unknown on a probe).

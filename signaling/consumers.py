@@ -43,7 +43,14 @@ from calls.services import (
 )
 from config.client_ip import scope_client_ip
 from relays.scoring import network_key
-from relays.services import IceLimited, ice_issue_check, ice_servers_issue
+from relays.services import (
+    IceLimited,
+    ReportLimited,
+    ice_issue_check,
+    ice_servers_issue,
+    relay_failure_report,
+)
+from relays.tasks import reprobe_relay
 
 from .broadcast import BROADCAST_ERRORS, in_db_pool, run_and_announce
 from .groups import user_group
@@ -633,6 +640,18 @@ class SignalConsumer(AsyncWebsocketConsumer):
     async def on_hangup(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
         await run_and_announce(call_hangup, participant=me, reason=msg.body["reason"])
+
+    async def on_relay_failure(self, msg: ClientMessage) -> None:
+        """This device could not use a relay it was given: it is probed again now."""
+        try:
+            relay = await in_db_pool(relay_failure_report)(
+                user=self.user, relay_url=msg.body["relayUrl"], problem=msg.body["problem"]
+            )
+        except ReportLimited as exc:
+            raise ProtocolError(exc.code, str(exc), msg.id) from None
+        if relay is not None:
+            await in_db_pool(reprobe_relay.delay)(str(relay.pk))
+        await self.emit("relay-failure-noted", ref=msg.id)
 
     async def on_report(self, msg: ClientMessage) -> None:
         me = await self._joined_participant(msg)

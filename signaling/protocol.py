@@ -37,7 +37,9 @@ CLIENT_TYPES: dict[str, bool] = {
     "stats": True,
     "invite": True,
     "chat": True,
+    "relay-failure": False,
 }
+RELAY_PROBLEMS = ("allocation", "ice")
 HANGUP_REASONS = ("hangup", "failed")
 MAX_SESSION_CHARS = 64
 MAX_CHAT_CHARS = 2000
@@ -162,6 +164,15 @@ def _validate_type_body(msg: ClientMessage) -> None:
             if key in cand and (cand[key] is None or isinstance(cand[key], str | int)):
                 clean[key] = cand[key]
         msg.body = {"candidate": clean}
+    elif msg.type == "relay-failure":
+        relay_url, problem = b.get("relayUrl"), b.get("problem")
+        if not isinstance(relay_url, str) or not 0 < len(relay_url) <= 300:
+            raise ProtocolError("bad_body", "`relayUrl` must be the relay's URL.", msg.id)
+        if problem not in RELAY_PROBLEMS:
+            raise ProtocolError(
+                "bad_body", f"`problem` must be one of {', '.join(RELAY_PROBLEMS)}.", msg.id
+            )
+        msg.body = {"relayUrl": relay_url, "problem": problem}
     elif msg.type == "report":
         ctype, relay_url = _path(b, "connectionType", msg)
         msg.body = {

@@ -7,7 +7,12 @@
 """
 
 from .issuing import NO_RELAY_REASON, IceLimited, ice_issue_check, ice_servers_issue
-from .measurements import relay_rtt_observe
+from .measurements import (
+    FAILURE_PROBLEMS,
+    ReportLimited,
+    relay_failure_report,
+    relay_rtt_observe,
+)
 from .pruning import relay_prune_history
 from .registry import (
     relay_config_changed,
@@ -33,6 +38,9 @@ from .sweep import (
 )
 
 __all__ = [
+    "FAILURE_PROBLEMS",
+    "ReportLimited",
+    "relay_failure_report",
     "NO_RELAY_REASON",
     "IceLimited",
     "ice_issue_check",

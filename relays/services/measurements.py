@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django_ratelimit.core import get_usage
 
-from ..models import ClientRelayRtt, Relay
+from ..models import ClientRelayRtt, Relay, RelayEventKind
 from ..scoring import blend, decayed_weight
 from ..selectors import client_rtt_half_life
+from .registry import relay_event
 
 MAX_CLIENT_RTT_MS = 10_000.0  # a report beyond this is a stalled page, not a network
 
@@ -50,3 +56,44 @@ def relay_rtt_observe(
             row.save(update_fields=["rtt_ms", "weight", "samples", "updated_at"])
             return row
     return None
+
+
+FAILURE_PROBLEMS = ("allocation", "ice")
+
+
+class ReportLimited(Exception):
+    """This user reported failing relays more often than RELAY_REPORT_RATE allows."""
+
+    code = "report_limited"
+
+    def __init__(self, retry_after: int):
+        self.retry_after = max(1, int(retry_after))
+        super().__init__(f"Too many relay reports; try again in {self.retry_after} s.")
+
+
+def relay_failure_report(*, user, relay_url: str, problem: str) -> Relay | None:
+    """`user`'s device could not use `relay_url` (`problem`: its allocation failed, or ICE failed
+    on it). Only a relay this user was handed counts. Returns the relay to probe again now, or
+    None: none of theirs, or it is being probed again already (one re-probe per relay per
+    RELAY_REPROBE_SECONDS, however many callers report it). The report is an event; it never
+    changes the relay's health by itself: the probe does. Raises ReportLimited."""
+    usage = get_usage(
+        None,
+        group="relays.report",
+        key=lambda _group, _request: f"user:{user.pk}",
+        rate=settings.RELAY_REPORT_RATE,
+        increment=True,
+    )
+    if usage and usage["should_limit"]:
+        raise ReportLimited(usage["time_left"])
+    now = timezone.now()
+    granted = Relay.objects.filter(
+        grants__user=user, grants__expires_at__gt=now - timedelta(hours=1)
+    ).distinct()
+    relay = next((r for r in granted if relay_url in r.urls), None)
+    if relay is None:
+        return None
+    fresh = cache.add(f"relays:reprobe:{relay.pk}", 1, timeout=settings.RELAY_REPROBE_SECONDS)
+    detail = f"{problem} failed on {relay_url[:200]}" + ("" if fresh else " (re-probe under way)")
+    relay_event(relay, RelayEventKind.REPORTED, actor=user, detail=detail).save()
+    return relay if fresh else None

@@ -364,7 +364,10 @@ export function init(root) {
       video.srcObject = streams[0] || new MediaStream([track]);
       watchFirstFrame(peer);
     };
-    pc.onicecandidateerror = (ev) => { (peer.candidateErrors = peer.candidateErrors || []).push(`${ev.errorCode} ${ev.errorText} ${ev.url}`); };
+    pc.onicecandidateerror = (ev) => {
+      (peer.candidateErrors = peer.candidateErrors || []).push(`${ev.errorCode} ${ev.errorText} ${ev.url}`);
+      reportRelayFailure(ev.url);
+    };
     pc.onicecandidate = ({ candidate }) => {
       peer.sentCandidates = (peer.sentCandidates || 0) + 1;
       send("candidate", { candidate: candidate ? candidate.toJSON() : null });
@@ -656,6 +659,19 @@ export function init(root) {
     for (const peer of call.peers.values()) if (peer.pc) peer.pc.setConfiguration(call.rtcConfig);
     scheduleIceRefresh(fresh);
   }
+  // A TURN server we were given refused or never answered an allocation: tell the server once
+  // per relay URL per page, and it probes that relay again at once (a broken relay is withdrawn
+  // within seconds for everyone, instead of at the next sweep).
+  const reportedRelays = new Set();
+  function reportRelayFailure(url) {
+    if (!url || !/^turns?:/.test(url) || reportedRelays.has(url)) return;
+    const given = call.ice && call.ice.iceServers.some((s) => [].concat(s.urls).includes(url));
+    if (!given) return;
+    reportedRelays.add(url);
+    call.relayFailuresReported = reportedRelays.size;
+    signal.send("relay-failure", null, { relayUrl: url, problem: "allocation" });
+  }
+
   // No relay could be handed out: the call may still connect directly (the server still gives
   // STUN), but not behind strict NATs or firewalls. Say so, with the server's reason.
   function showRelayWarning(ice) {

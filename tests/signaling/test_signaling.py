@@ -289,3 +289,13 @@ async def test_a_socket_over_the_issue_rate_gets_ice_limited_in_its_welcome(
     # Listening pages ask for no credentials and are not counted.
     listener = await connect(alice, path="/ws/signal/?ice=0")
     assert "iceError" not in listener.welcome["body"]
+
+
+async def test_a_relay_failure_report_is_acknowledged_and_bad_ones_refused(connect, alice):
+    a = await connect(alice)
+    await a.send("relay-failure", body={"relayUrl": "turn:nobody.example:3478", "problem": "ice"})
+    await a.recv_type("relay-failure-noted")
+    await a.send("relay-failure", body={"relayUrl": "", "problem": "ice"})
+    assert (await a.error())["code"] == "bad_body"
+    await a.send("relay-failure", body={"relayUrl": "turn:x:1", "problem": "gremlins"})
+    assert (await a.error())["code"] == "bad_body"
