@@ -61,6 +61,7 @@ TYPED_MODULES = [
     "relays/states.py",
     "relays/decisions.py",
     "relays/scoring.py",
+    "relays/snapshot.py",
     "config/client_ip.py",
     "relays/turn_client.py",
     "relays/selectors.py",

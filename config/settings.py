@@ -194,6 +194,9 @@ RELAY_SWEEP_ON_WORKER_START = env.bool("RELAY_SWEEP_ON_WORKER_START", default=Tr
 RELAY_SWEEP_CONCURRENCY = env.int("RELAY_SWEEP_CONCURRENCY", default=1000)  # probes in flight
 TURN_CREDENTIAL_TTL = env.int("TURN_CREDENTIAL_TTL", default=3600)  # seconds
 RELAYS_PER_CALLER = env.int("RELAYS_PER_CALLER", default=2)  # the best, and a fallback
+# Each process keeps the fleet (relays, their load, the address ranges) for selection this long
+# (relays/snapshot.py); 0 reads the database on every request.
+RELAY_SNAPSHOT_SECONDS = env.float("RELAY_SNAPSHOT_SECONDS", default=2.0)
 # A caller's region: what the client declares, else the admin's table of address ranges
 # (relays.RegionRange), else this.
 DEFAULT_REGION = env.str("DEFAULT_REGION", default="")

@@ -84,6 +84,31 @@ class Scored:
     parts: dict[str, float] = field(default_factory=dict)  # what made the score, for "explain"
 
 
+def value(candidate: Candidate, region: str) -> float:
+    """score(candidate, Caller(region)).score, without saying what made it (the hot path)."""
+    rtt = candidate.client_rtt_ms
+    if rtt is None:
+        rtt = candidate.prober_rtt_ms
+    if rtt is None:
+        points = UNKNOWN_RTT_POINTS
+    elif rtt <= 0.0:
+        points = 0.0
+    elif rtt >= RTT_CAP_POINTS:
+        points = RTT_CAP_POINTS
+    else:
+        points = rtt
+    if candidate.status == RelayStatus.DEGRADED:
+        points += DEGRADED_POINTS
+    if region and candidate.region != region:
+        points += OTHER_REGION_POINTS
+    capacity = candidate.capacity
+    if capacity:
+        allocations = candidate.allocations
+        points += LOAD_POINTS if allocations >= capacity else LOAD_POINTS * allocations / capacity
+    weight = candidate.weight
+    return points / (weight if weight > 0.01 else 0.01)
+
+
 def score(candidate: Candidate, caller: Caller) -> Scored:
     parts: dict[str, float] = {}
     rtt, source = candidate.client_rtt_ms, "client"
@@ -103,6 +128,24 @@ def score(candidate: Candidate, caller: Caller) -> Scored:
     if candidate.weight != 1.0:
         parts["÷ weight"] = candidate.weight
     return Scored(candidate, total, parts)
+
+
+def eligible_but_for_time(candidate: Candidate) -> bool:
+    """What doesn't change between sweeps: enabled, not draining, up or degraded, safe, able to
+    relay (a snapshot keeps the relays that pass; `eligible` adds freshness and capacity)."""
+    return (
+        candidate.enabled
+        and not candidate.draining
+        and candidate.status in (RelayStatus.UP, RelayStatus.DEGRADED)
+        and candidate.safe
+        and candidate.has_turn
+    )
+
+
+def eligible_now(candidate: Candidate, *, now: datetime, stale_after: timedelta) -> bool:
+    """Probed recently (not stale) and under capacity."""
+    checked = candidate.checked_at
+    return checked is not None and now - checked <= stale_after and not candidate.full
 
 
 def why_not(candidate: Candidate, *, now: datetime, stale_after: timedelta) -> list[str]:
@@ -129,8 +172,10 @@ def why_not(candidate: Candidate, *, now: datetime, stale_after: timedelta) -> l
 
 def eligible(candidate: Candidate, *, now: datetime, stale_after: timedelta) -> bool:
     """May be handed out: enabled, not draining, up or degraded, probed recently (not stale),
-    safe, able to relay, and under capacity."""
-    return not why_not(candidate, now=now, stale_after=stale_after)
+    safe, able to relay, and under capacity (`why_not` says which of these fail)."""
+    return eligible_but_for_time(candidate) and eligible_now(
+        candidate, now=now, stale_after=stale_after
+    )
 
 
 def rank(candidates: Sequence[Candidate], caller: Caller) -> list[Scored]:
@@ -145,14 +190,15 @@ def _near(best: float, other: float) -> bool:
     return other <= best + max(best * NEAR_EQUAL, NEAR_EQUAL_POINTS)
 
 
-def _two_choices(pool: list[Scored], rng: random.Random) -> Scored:
+def _two_choices(pool: list[tuple[float, str, Candidate]], rng: random.Random):
     if len(pool) == 1:
         return pool[0]
     a, b = rng.sample(pool, 2)
 
-    def key(s: Scored):
-        load = s.candidate.load
-        return (load if load is not None else s.candidate.allocations, s.score, s.candidate.name)
+    def key(entry):
+        points, name, c = entry
+        load = c.load
+        return (load if load is not None else c.allocations, points, name)
 
     return min((a, b), key=key)
 
@@ -166,29 +212,34 @@ def choose(
 ) -> list[Scored]:
     """The relays to hand this caller: the best (by two random choices among near-equals), then
     a fallback in another region or failure domain where one exists, then the next best, up to
-    `limit`."""
-    ranked = rank(candidates, caller)
+    `limit`. Only the chosen ones are scored in full (with what made their score)."""
+    region = caller.region
+    ranked = [(value(c, region), c.name, c) for c in candidates if not c.full]
     if not ranked or limit <= 0:
         return []
+    ranked.sort(key=lambda entry: (entry[0], entry[1]))
     rng = rng or random.Random()
-    pool = [s for s in ranked if _near(ranked[0].score, s.score)]
+    best = ranked[0][0]
+    near = best + max(best * NEAR_EQUAL, NEAR_EQUAL_POINTS)  # as _near
+    pool = [entry for entry in ranked if entry[0] <= near]
     first = _two_choices(pool, rng)
     chosen = [first]
-    rest = [s for s in ranked if s is not first]
+    rest = [entry for entry in ranked if entry is not first]
+    lead = first[2]
     for differs in (
-        lambda s: s.candidate.region != first.candidate.region,
-        lambda s: s.candidate.domain != first.candidate.domain,
-        lambda s: True,
+        lambda c: c.region != lead.region,
+        lambda c: c.domain != lead.domain,
+        lambda c: True,
     ):
         if len(chosen) >= limit:
             break
-        pick = next((s for s in rest if differs(s)), None)
+        pick = next((entry for entry in rest if differs(entry[2])), None)
         if pick is not None:
             chosen.append(pick)
             rest.remove(pick)
     while len(chosen) < limit and rest:
         chosen.append(rest.pop(0))
-    return chosen[:limit]
+    return [score(entry[2], caller) for entry in chosen[:limit]]
 
 
 def network_key(*, ip: str | None, region: str = "") -> str:

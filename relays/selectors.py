@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 
 from django.conf import settings
@@ -16,7 +16,6 @@ from .models import (
     ClientRelayRtt,
     CredentialGrant,
     ProbeResult,
-    RegionRange,
     Relay,
     RelayStatus,
 )
@@ -26,14 +25,18 @@ from .scoring import (
     choose,
     decayed_weight,
     eligible,
+    eligible_now,
     network_key,
     rank,
     why_not,
 )
+from .snapshot import Fleet, fleet
 from .states import stale_after
 
 
-def caller_region(*, declared: str = "", ip: str | None = None) -> str:
+def caller_region(
+    *, declared: str = "", ip: str | None = None, current: Fleet | None = None
+) -> str:
     """The caller's region: what the client declared, else the admin's table of address ranges
     (the longest matching prefix), else DEFAULT_REGION ("" : unknown)."""
     declared = (declared or "").strip()[:64]
@@ -45,14 +48,9 @@ def caller_region(*, declared: str = "", ip: str | None = None) -> str:
         except ValueError:
             address = None
         if address is not None:
-            best: tuple[int, str] | None = None
-            for network, region in RegionRange.objects.values_list("network", "region"):
-                net = ipaddress.ip_network(network, strict=False)
-                if address.version == net.version and address in net:
-                    if best is None or net.prefixlen > best[0]:
-                        best = (net.prefixlen, region)
-            if best is not None:
-                return best[1]
+            region = (current or fleet()).region_of(address)
+            if region is not None:
+                return region
     return settings.DEFAULT_REGION
 
 
@@ -146,17 +144,26 @@ def select_relays_for(
     has now) stay while they are eligible, so a refresh doesn't move a call's relay."""
     limit = limit or settings.RELAYS_PER_CALLER
     now = timezone.now()
-    caller = Caller(region=caller_region(declared=region, ip=ip))
+    current = fleet()
+    caller = Caller(region=caller_region(declared=region, ip=ip, current=current))
     fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
-    network = network_key(ip=ip, region=region)
-    candidates = relay_candidates(now=now, network=network)
-    ok = [c for c in candidates if eligible(c, now=now, stale_after=fresh)]
+    measured = current.client_rtts(
+        network_key(ip=ip, region=region),
+        lambda network: client_rtts_for(network=network, now=now),
+    )
+    ok = []
+    candidates = current.candidates
+    for relay_id in current.assignable:
+        c = candidates[relay_id]
+        if eligible_now(c, now=now, stale_after=fresh):
+            rtt = measured.get(relay_id)
+            ok.append(c if rtt is None else replace(c, client_rtt_ms=rtt))
     by_id = {c.id: c for c in ok}
     kept = [i for i in dict.fromkeys(str(k) for k in keep) if i in by_id][:limit]
     others = [c for c in ok if c.id not in kept]
     chosen = kept + [s.candidate.id for s in choose(others, caller, limit=limit - len(kept))]
-    relays = Relay.objects.in_bulk(chosen)
-    return [relays[uuid.UUID(i)] for i in chosen]
+    current.issued(chosen)
+    return [current.relay(i) for i in chosen]
 
 
 def explain_selection(*, region: str = "", ip: str | None = None) -> dict:

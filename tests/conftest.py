@@ -255,6 +255,19 @@ def coturn(tmp_path, request):
 
 
 @pytest.fixture(autouse=True)
+def _selection_reads_the_database(settings, request):
+    """Tests change relays with queryset updates (no signals): selection reads the database on
+    every request here. tests/relays/test_snapshot.py tests the snapshot itself."""
+    from relays import snapshot
+
+    if "snapshot" not in request.keywords:
+        settings.RELAY_SNAPSHOT_SECONDS = 0
+    snapshot._drop()  # no test sees another's fleet
+    yield
+    snapshot._drop()
+
+
+@pytest.fixture(autouse=True)
 def _no_rate_limits_unless_asked(settings, request):
     """Rate-limit counters live in the shared Redis; only tests marked `ratelimit` count them,
     each under a cache prefix of its own (the test database, and so user ids, start afresh every

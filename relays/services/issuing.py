@@ -104,9 +104,16 @@ def ice_servers_issue(*, user, region: str = "", ip: str | None = None, keep: st
         if held is not None:
             grant = held
             CredentialGrant.objects.filter(pk=grant.pk).update(expires_at=expires_at)
+            links = CredentialGrant.relays.through.objects
+            links.filter(credentialgrant=grant).delete()
+            links.bulk_create(
+                [CredentialGrant.relays.through(credentialgrant=grant, relay=r) for r in relays]
+            )
         else:
             grant = CredentialGrant.objects.create(user=user, expires_at=expires_at)
-        grant.relays.set(relays)
+            CredentialGrant.relays.through.objects.bulk_create(
+                [CredentialGrant.relays.through(credentialgrant=grant, relay=r) for r in relays]
+            )
         payload["grant"] = grant.id
     expiry = int(expires_at.timestamp())
     for relay in relays:

@@ -12,6 +12,7 @@ from django.utils import timezone
 from ..addresses import AddressFinding, describe, non_public_addresses
 from ..ice_urls import IceUrlError
 from ..models import MIN_SECRET_LENGTH, Relay, RelayEvent, RelayEventKind, RelayStatus
+from ..snapshot import fleet_changed
 
 logger = logging.getLogger("relays.services")
 
@@ -271,4 +272,5 @@ def relay_config_changed(*, relay: Relay) -> None:
     """URLs or secret changed: run the deep checks at the next sweep, not an interval later, and
     audit again before the relay is handed out."""
     Relay.objects.filter(pk=relay.pk).update(deep_checked_at=None, audited_at=None)
+    fleet_changed()  # not handed out again before the audit
     relay.deep_checked_at = relay.audited_at = None

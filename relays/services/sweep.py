@@ -27,6 +27,7 @@ from ..decisions import Checks, RelaySnapshot, Thresholds, decide
 from ..models import ProbeResult, Relay, RelayEvent, RelayStatus
 from ..probes import ProbePlan, RelayReport, probe_relay
 from ..selectors import relay_latest_grant_expiry
+from ..snapshot import fleet_changed
 from ..states import Observation
 from .registry import relay_event
 
@@ -266,4 +267,5 @@ def relay_record_probes(
         ProbeResult.objects.bulk_create(results)
         _update_relays(relays, _RELAY_FIELDS)
         RelayEvent.objects.bulk_create(events)
+    fleet_changed()  # a forced probe (admin, a client's report) shows in this process at once
     return outcomes

@@ -138,9 +138,35 @@ def test_issuing_ice_servers_takes_a_fixed_number_of_queries(
             audited_at=timezone.now(),
         )
     client.login(username="alice", password=password)
-    # session, user; then in one transaction (a savepoint inside the test's own): the caller's
-    # region (address ranges), what clients on its network measured, the relays with their
-    # load, the chosen relays' rows, grant insert, grant-relay links (read, insert)
-    with django_assert_num_queries(11):
+    # session, user; then in one transaction (a savepoint inside the test's own, and its
+    # release): the user's unexpired grants (the cap), the fleet (relays with their load,
+    # address ranges: read afresh here, kept by each process for RELAY_SNAPSHOT_SECONDS
+    # otherwise), what clients on the caller's network measured, the grant, its relay links
+    with django_assert_num_queries(10):
         body = client.get(URL).json()
     assert len(body["iceServers"]) == 3
+
+
+@pytest.mark.snapshot
+def test_with_the_fleet_snapshot_warm_issuing_takes_three_queries_beyond_authentication(
+    client, alice, password, settings, django_assert_num_queries
+):
+    """benchmarks/assignment.py's goal, here as a count: the user's grant cap, the grant, its
+    relay links (the fleet and the network's measurements come from the snapshot)."""
+    settings.RELAY_SNAPSHOT_SECONDS = 60
+    for i in range(6):
+        Relay.objects.create(
+            name=f"r{i}",
+            urls=[f"turn:r{i}.example:3478?transport=udp"],
+            secret="s",
+            status=RelayStatus.UP,
+            last_rtt_ms=i,
+            last_checked_at=timezone.now(),
+            audited_at=timezone.now(),
+        )
+    client.login(username="alice", password=password)
+    client.get(URL)  # builds the snapshot
+    # session, user, savepoint, grant cap, grant, links, savepoint release
+    with django_assert_num_queries(7):
+        body = client.get(URL).json()
+    assert len(body["relays"]) == 2

@@ -1,0 +1,175 @@
+"""The fleet as selection reads it, kept in each process for RELAY_SNAPSHOT_SECONDS.
+
+Loading 1,000 relays (with their load) took ~45 ms a request (benchmarks/assignment.py), so
+each process keeps one snapshot of every enabled relay (what relays.scoring needs, and what
+issuing needs of the chosen ones) and the admin's address ranges, and builds it again when it
+is older than RELAY_SNAPSHOT_SECONDS (2 s). A relay's health comes from the sweep, which runs
+every RELAY_SWEEP_INTERVAL anyway; an admin's change in this process drops the snapshot at
+once (`fleet_changed`), in other processes it shows within the snapshot's age. Freshness
+(staleness of a relay's last probe) is judged per request against the clock, not the
+snapshot's age.
+
+Load: the snapshot counts each relay's unexpired grants when it is built, and this process adds
+the ones it issues meanwhile, so a crowd arriving within one snapshot still spreads.
+RELAY_SNAPSHOT_SECONDS = 0 reads the database on every request (the in-process tests do).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from .ice_urls import IceUrlError, parse_ice_url
+from .models import RegionRange, Relay
+from .scoring import Candidate, eligible_but_for_time
+from .states import RelayStatus
+
+_FIELDS = (
+    "id",
+    "name",
+    "urls",
+    "secret",
+    "enabled",
+    "draining",
+    "unsafe",
+    "unsafe_override",
+    "audited_at",
+    "status",
+    "last_checked_at",
+    "last_rtt_ms",
+    "region",
+    "failure_domain",
+    "capacity",
+    "weight",
+)
+
+
+@dataclass
+class Fleet:
+    candidates: dict[str, Candidate]
+    rows: dict[str, dict]
+    # Those that pass everything but freshness and capacity (judged per request).
+    assignable: list[str]  # what issuing needs of a relay: name, urls, secret, region
+    ranges: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]
+    built: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    measured: dict[str, dict[str, float]] = field(default_factory=dict)  # network -> relay -> ms
+
+    def client_rtts(self, network: str, read) -> dict[str, float]:
+        """What clients on `network` measured (read once per snapshot and network)."""
+        if not network:
+            return {}
+        found = self.measured.get(network)
+        if found is None:
+            found = self.measured[network] = read(network)
+        return found
+
+    def relay(self, relay_id: str) -> Relay:
+        """An unsaved-looking Relay with its id and the fields issuing reads (no query)."""
+        row = self.rows[relay_id]
+        relay = Relay(**row)
+        relay._state.adding = False  # a stored row, as far as Django is concerned
+        relay._state.db = DEFAULT_DB_ALIAS
+        return relay
+
+    def region_of(self, address) -> str | None:
+        """The longest matching range's region (ranges are kept longest prefix first)."""
+        for network, region in self.ranges:
+            if address.version == network.version and address in network:
+                return region
+        return None
+
+    def issued(self, relay_ids) -> None:
+        """This process handed these relays out: their load goes up until the next build."""
+        with self.lock:
+            for relay_id in relay_ids:
+                c = self.candidates.get(str(relay_id))
+                if c is not None:
+                    self.candidates[c.id] = replace(c, allocations=c.allocations + 1)
+
+
+def build() -> Fleet:
+    now = timezone.now()
+    candidates: dict[str, Candidate] = {}
+    rows: dict[str, dict] = {}
+    for r in (
+        Relay.objects.filter(enabled=True)
+        .annotate(live_grants=Count("grants", filter=Q(grants__expires_at__gt=now)))
+        .values(*_FIELDS, "live_grants")
+    ):
+        try:
+            has_turn = any(parse_ice_url(u).is_turn for u in r["urls"])
+        except IceUrlError:
+            has_turn = False
+        relay_id = str(r["id"])
+        candidates[relay_id] = Candidate(
+            id=relay_id,
+            name=r["name"],
+            enabled=r["enabled"],
+            draining=r["draining"],
+            safe=r["unsafe_override"] or (not r["unsafe"] and r["audited_at"] is not None),
+            has_turn=has_turn,
+            checked_at=r["last_checked_at"],
+            region=r["region"],
+            failure_domain=r["failure_domain"],
+            status=RelayStatus(r["status"]),
+            prober_rtt_ms=r["last_rtt_ms"],
+            allocations=r["live_grants"],
+            capacity=r["capacity"],
+            weight=r["weight"],
+        )
+        rows[relay_id] = {
+            "id": r["id"],
+            "name": r["name"],
+            "urls": r["urls"],
+            "secret": r["secret"],
+            "region": r["region"],
+        }
+    ranges = []
+    for network, region in RegionRange.objects.values_list("network", "region"):
+        try:
+            ranges.append((ipaddress.ip_network(network, strict=False), region))
+        except ValueError:
+            continue
+    ranges.sort(key=lambda nr: -nr[0].prefixlen)
+    assignable = [i for i, c in candidates.items() if eligible_but_for_time(c)]
+    return Fleet(candidates=candidates, rows=rows, ranges=ranges, assignable=assignable)
+
+
+_current: Fleet | None = None
+_building = threading.Lock()
+
+
+def fleet() -> Fleet:
+    """This process's snapshot, built again when older than RELAY_SNAPSHOT_SECONDS."""
+    global _current
+    ttl = settings.RELAY_SNAPSHOT_SECONDS
+    if ttl <= 0:
+        return build()
+    current = _current
+    if current is not None and time.monotonic() - current.built < ttl:
+        return current
+    with _building:  # one build at a time; the others take what it built
+        current = _current
+        if current is not None and time.monotonic() - current.built < ttl:
+            return current
+        current = _current = build()
+        return current
+
+
+def fleet_changed(**_kwargs) -> None:
+    """A relay or an address range changed here: the next request builds a new snapshot (once
+    the change is committed: a snapshot built before that would hold the old rows)."""
+    transaction.on_commit(_drop)
+
+
+def _drop() -> None:
+    global _current
+    _current = None

@@ -1,0 +1,65 @@
+"""The fleet snapshot each process keeps for selection (relays/snapshot.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.utils import timezone
+
+from relays.models import Relay, RelayStatus
+from relays.selectors import select_relays_for
+from relays.services import relay_drain
+
+pytestmark = [pytest.mark.django_db, pytest.mark.snapshot]
+
+
+def _relay(name, rtt=5.0):
+    return Relay.objects.create(
+        name=name,
+        urls=[f"turn:{name}.example:3478?transport=udp"],
+        secret="s" * 16,
+        status=RelayStatus.UP,
+        last_rtt_ms=rtt,
+        last_checked_at=timezone.now(),
+        audited_at=timezone.now(),
+    )
+
+
+def names(relays):
+    return [r.name for r in relays]
+
+
+def test_a_change_behind_the_snapshots_back_shows_once_it_is_old(alice, settings):
+    settings.RELAY_SNAPSHOT_SECONDS = 0.5
+    settings.RELAYS_PER_CALLER = 1
+    _relay("only")
+    assert names(select_relays_for(user=alice)) == ["only"]
+    Relay.objects.filter(name="only").update(status=RelayStatus.DOWN)  # no signal: a raw write
+    assert names(select_relays_for(user=alice)) == ["only"]  # the snapshot still holds it
+    time.sleep(0.6)
+    assert select_relays_for(user=alice) == []
+
+
+def test_a_change_made_here_shows_at_once(
+    alice, django_user_model, settings, django_capture_on_commit_callbacks
+):
+    settings.RELAY_SNAPSHOT_SECONDS = 60
+    relay = _relay("only")
+    assert names(select_relays_for(user=alice)) == ["only"]
+    admin = django_user_model.objects.create_user("ops", is_staff=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        relay_drain(relay=relay, actor=admin)
+    assert select_relays_for(user=alice) == []
+
+
+def test_a_crowd_within_one_snapshot_still_spreads(alice, settings):
+    settings.RELAY_SNAPSHOT_SECONDS = 60
+    settings.RELAYS_PER_CALLER = 1
+    for i in range(3):
+        _relay(f"r{i}")
+    counts: dict[str, int] = {}
+    for _ in range(60):  # no grant is stored: only this process's own count moves
+        (relay,) = select_relays_for(user=alice)
+        counts[relay.name] = counts.get(relay.name, 0) + 1
+    assert sorted(counts) == ["r0", "r1", "r2"] and max(counts.values()) <= 24, counts
