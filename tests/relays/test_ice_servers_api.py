@@ -98,11 +98,8 @@ def test_no_healthy_relay_says_so(client, alice, password):
     )
 
 
-def test_issued_credentials_allocate_on_the_real_relay(client, alice, password, registered):
-    relay, server = registered("real")
-    relay_sweep()
-    client.login(username="alice", password=password)
-    (ice,) = client.get(URL).json()["iceServers"]
+def _allocates(ice) -> str:
+    """"" when the credentials allocate on every URL of the real relay, else the error."""
     plan = ProbePlan(
         urls=[parse_ice_url(u) for u in ice["urls"]],
         credentials=lambda _exp: (ice["username"], ice["credential"]),
@@ -112,7 +109,37 @@ def test_issued_credentials_allocate_on_the_real_relay(client, alice, password, 
         check_credentials=False,
     )
     report = asyncio.run(probe_relay(plan))
-    assert report.ok, report.error
+    return "" if report.ok else report.error or "failed"
+
+
+def test_issued_credentials_allocate_on_the_real_relay(client, alice, password, registered):
+    relay, server = registered("real")
+    relay_sweep()
+    client.login(username="alice", password=password)
+    (ice,) = client.get(URL).json()["iceServers"]
+    assert _allocates(ice) == ""
+
+
+def test_a_refreshed_credential_allocates_and_an_expired_one_is_refused(
+    client, alice, password, registered, settings
+):
+    """The refresh a long call makes (?keep=): same grant, a new expiry, and coturn takes it; a
+    credential past its expiry is refused by the same relay."""
+    relay, server = registered("real")
+    relay_sweep()
+    client.login(username="alice", password=password)
+    first = client.get(URL).json()
+    refreshed = client.get(URL, {"keep": first["grant"]}).json()
+    assert refreshed["grant"] == first["grant"]
+    (ice,) = refreshed["iceServers"]
+    assert _allocates(ice) == ""
+    from relays.credentials import turn_rest_pair
+
+    username, credential = turn_rest_pair(
+        secret=server.secret, expires_at=int(time.time()) - 60, opaque_id=first["grant"]
+    )
+    expired = {"urls": ice["urls"], "username": username, "credential": credential}
+    assert "401" in _allocates(expired)
 
 
 def test_schema_documents_the_endpoint(client, alice, password):
