@@ -99,7 +99,7 @@ def test_no_healthy_relay_says_so(client, alice, password):
 
 
 def _allocates(ice) -> str:
-    """"" when the credentials allocate on every URL of the real relay, else the error."""
+    """ "" when the credentials allocate on every URL of the real relay, else the error."""
     plan = ProbePlan(
         urls=[parse_ice_url(u) for u in ice["urls"]],
         credentials=lambda _exp: (ice["username"], ice["credential"]),
