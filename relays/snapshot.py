@@ -170,6 +170,10 @@ def fleet_changed(**_kwargs) -> None:
     transaction.on_commit(_drop)
 
 
-def _drop() -> None:
+def drop_snapshot() -> None:
+    """Build afresh on the next request (now, not on commit)."""
     global _current
     _current = None
+
+
+_drop = drop_snapshot

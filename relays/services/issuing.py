@@ -6,13 +6,14 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_ratelimit.core import get_usage
 
 from ..credentials import turn_rest_pair
 from ..models import CredentialGrant
 from ..selectors import select_relays_for, stun_fallback_urls
+from ..snapshot import drop_snapshot
 
 logger = logging.getLogger("relays.services")
 
@@ -50,6 +51,52 @@ def ice_issue_check(*, user) -> None:
         raise IceLimited(usage["time_left"])
 
 
+def _choose_and_grant(
+    *, user, region, ip, keep, now, payload
+) -> tuple[list, CredentialGrant | None]:
+    """The relays for this caller and the grant that names them, in one transaction: the relays
+    as chosen (and their secrets as read) are the ones the grant names, and a grant is never
+    stored without its relays. (relays, None) when none could be chosen (payload says so)."""
+    ttl = settings.TURN_CREDENTIAL_TTL
+    expires_at = now + timedelta(seconds=ttl)
+    with transaction.atomic():
+        held = (
+            CredentialGrant.objects.select_for_update()
+            .filter(pk=keep, user=user, expires_at__gt=now - timedelta(seconds=ttl))
+            .first()
+            if keep
+            else None
+        )
+        if held is None:
+            live = CredentialGrant.objects.filter(user=user, expires_at__gt=now)
+            if live.count() >= settings.ICE_GRANTS_PER_USER:
+                # At the cap (many pages, or many reloads): the newest grant serves this one too.
+                held = live.select_for_update().order_by("-created_at").first()
+        kept = list(held.relays.values_list("pk", flat=True)) if held is not None else []
+        relays = select_relays_for(user=user, region=region, ip=ip, keep=[str(k) for k in kept])
+        if not relays:
+            stun = stun_fallback_urls()
+            payload.update(status="no-healthy-relay", reason=NO_RELAY_REASON)
+            if stun:
+                payload["iceServers"].append({"urls": stun})
+            logger.warning(
+                "no relay to assign to user %s; STUN only: %s", user.pk, ", ".join(stun) or "none"
+            )
+            return relays, None
+        links = CredentialGrant.relays.through.objects
+        if held is not None:
+            grant = held
+            CredentialGrant.objects.filter(pk=grant.pk).update(expires_at=expires_at)
+            links.filter(credentialgrant=grant).delete()
+        else:
+            grant = CredentialGrant.objects.create(user=user, expires_at=expires_at)
+        links.bulk_create(
+            [CredentialGrant.relays.through(credentialgrant=grant, relay=r) for r in relays]
+        )
+        payload["grant"] = grant.id
+    return relays, grant
+
+
 def ice_servers_issue(*, user, region: str = "", ip: str | None = None, keep: str = "") -> dict:
     """Choose the best relays for this caller (relays.scoring: `region` as the client declared
     it, `ip` for the admin's region table) and issue TURN REST credentials for them.
@@ -75,46 +122,20 @@ def ice_servers_issue(*, user, region: str = "", ip: str | None = None, keep: st
         "relays": [],
         "status": "ok",
     }
-    # One transaction: the relays as chosen (and their secrets as read) are the ones the grant
-    # names, and a grant is never stored without its relays.
-    with transaction.atomic():
-        held = (
-            CredentialGrant.objects.select_for_update()
-            .filter(pk=keep, user=user, expires_at__gt=now - timedelta(seconds=ttl))
-            .first()
-            if keep
-            else None
-        )
-        if held is None:
-            live = CredentialGrant.objects.filter(user=user, expires_at__gt=now)
-            if live.count() >= settings.ICE_GRANTS_PER_USER:
-                # At the cap (many pages, or many reloads): the newest grant serves this one too.
-                held = live.select_for_update().order_by("-created_at").first()
-        kept = list(held.relays.values_list("pk", flat=True)) if held is not None else []
-        relays = select_relays_for(user=user, region=region, ip=ip, keep=[str(k) for k in kept])
-        if not relays:
-            stun = stun_fallback_urls()
-            payload.update(status="no-healthy-relay", reason=NO_RELAY_REASON)
-            if stun:
-                payload["iceServers"].append({"urls": stun})
-            logger.warning(
-                "no relay to assign to user %s; STUN only: %s", user.pk, ", ".join(stun) or "none"
+    # A relay deleted in another process can still be in this process's fleet snapshot for a
+    # moment: its grant link then fails (at commit). Once more, with the fleet read afresh.
+    for attempt in (1, 2):
+        try:
+            relays, grant = _choose_and_grant(
+                user=user, region=region, ip=ip, keep=keep, now=now, payload=payload
             )
-            return payload
-        if held is not None:
-            grant = held
-            CredentialGrant.objects.filter(pk=grant.pk).update(expires_at=expires_at)
-            links = CredentialGrant.relays.through.objects
-            links.filter(credentialgrant=grant).delete()
-            links.bulk_create(
-                [CredentialGrant.relays.through(credentialgrant=grant, relay=r) for r in relays]
-            )
-        else:
-            grant = CredentialGrant.objects.create(user=user, expires_at=expires_at)
-            CredentialGrant.relays.through.objects.bulk_create(
-                [CredentialGrant.relays.through(credentialgrant=grant, relay=r) for r in relays]
-            )
-        payload["grant"] = grant.id
+            break
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            drop_snapshot()
+    if grant is None:
+        return payload
     expiry = int(expires_at.timestamp())
     for relay in relays:
         username, credential = turn_rest_pair(

@@ -56,6 +56,10 @@ def child_env() -> dict:
     env["PYTHONUNBUFFERED"] = "1"
     # The tests queue each sweep themselves; a sweep at worker start would race them for the claims.
     env["RELAY_SWEEP_ON_WORKER_START"] = "false"
+    # Each test makes its own relays (and the database is emptied between tests) while these
+    # processes live on: their selection reads the fleet afresh (tests/relays/test_snapshot.py
+    # tests the snapshot itself).
+    env["RELAY_SNAPSHOT_SECONDS"] = "0"
     env.pop("DJANGO_SETTINGS_MODULE", None)
     return env
 

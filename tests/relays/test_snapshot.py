@@ -63,3 +63,25 @@ def test_a_crowd_within_one_snapshot_still_spreads(alice, settings):
         (relay,) = select_relays_for(user=alice)
         counts[relay.name] = counts.get(relay.name, 0) + 1
     assert sorted(counts) == ["r0", "r1", "r2"] and max(counts.values()) <= 24, counts
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_relay_deleted_by_another_process_is_not_handed_out_from_a_stale_snapshot(
+    alice, settings
+):
+    """Another process deletes a relay (here: raw SQL, no signal reaches this process) while
+    this one's snapshot still holds it: the grant's link fails at commit, and the issue is made
+    again from a fresh read."""
+    from django.db import connection
+
+    from relays.services import ice_servers_issue
+
+    settings.RELAY_SNAPSHOT_SECONDS = 60
+    settings.RELAYS_PER_CALLER = 1
+    gone = _relay("gone", rtt=1)
+    _relay("stays", rtt=50)
+    assert names(select_relays_for(user=alice)) == ["gone"]  # the snapshot now holds both
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM relays_relay WHERE id = %s", [gone.pk])
+    body = ice_servers_issue(user=alice)
+    assert [r["name"] for r in body["relays"]] == ["stays"]
