@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Block
-from relays.models import Relay
+from relays.selectors import relay_given_to
 from relays.services import relay_rtt_observe
 from signaling.broadcast import (
     BROADCAST_ERRORS,
@@ -820,8 +820,7 @@ def participant_report(
     relay = None
     if connection_type == ConnectionType.RELAY and relay_url:
         # Only relays this user was actually given count; a client can't claim another one.
-        granted = Relay.objects.filter(grants__user_id=participant.user_id).distinct()
-        relay = next((r for r in granted if relay_url in r.urls), None)
+        relay = relay_given_to(user_id=participant.user_id, url=relay_url)
     participant.connection_type = connection_type
     participant.relay = relay
     participant.relay_url = relay_url[:300] if connection_type == ConnectionType.RELAY else ""

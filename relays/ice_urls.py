@@ -37,6 +37,17 @@ class IceUrl:
         return self.scheme in ("stuns", "turns")
 
     @property
+    def stun_url(self) -> str | None:
+        """The STUN server here: a stun: URL itself, or a TURN server's plain UDP port (which
+        answers STUN Binding too); None for the others."""
+        if self.scheme == "stun":
+            return self.url
+        if self.scheme == "turn" and self.transport == "udp":
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"stun:{host}:{self.port}"
+        return None
+
+    @property
     def label(self) -> str:
         """The transport as admins think of it: udp, tcp or tls."""
         return "tls" if self.tls else self.transport

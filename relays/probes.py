@@ -611,7 +611,7 @@ async def probe_relay(plan: ProbePlan) -> RelayReport:
         _timed(
             "stun",
             u,
-            u.url if u.scheme == "stun" else f"stun:{_host(u.host)}:{u.port}",
+            u.stun_url or u.url,
             stun_binding(u.host, u.port),
             plan.timeout,
         )

@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, F, Max, Q
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from .ice_urls import IceUrlError, parse_ice_url
@@ -17,7 +17,6 @@ from .models import (
     CredentialGrant,
     ProbeResult,
     Relay,
-    RelayStatus,
 )
 from .scoring import (
     Caller,
@@ -31,6 +30,7 @@ from .scoring import (
     why_not,
 )
 from .snapshot import Fleet, fleet
+from .snapshot import build as build_fleet
 from .states import stale_after
 
 
@@ -74,60 +74,16 @@ def client_rtts_for(*, network: str, now=None) -> dict[str, float]:
     return out
 
 
+def _measured(c: Candidate, measured: dict[str, float]) -> Candidate:
+    rtt = measured.get(c.id)
+    return c if rtt is None else replace(c, client_rtt_ms=rtt)
+
+
 def relay_candidates(*, now=None, network: str = "") -> list[Candidate]:
-    """Every enabled relay as selection sees it (relays.scoring), in one query: its health, its
-    safety, and its load (unexpired grants: what it carries, until live allocation counts come
-    in); with what clients on `network` measured to it, in a second."""
-    now = now or timezone.now()
+    """Every enabled relay as selection sees it (relays.scoring), read afresh (staff pages:
+    selection itself reads the process's snapshot), with what clients on `network` measured."""
     measured = client_rtts_for(network=network, now=now)
-    rows = (
-        Relay.objects.filter(enabled=True)
-        .annotate(live_grants=Count("grants", filter=Q(grants__expires_at__gt=now)))
-        .values(
-            "id",
-            "name",
-            "urls",
-            "enabled",
-            "draining",
-            "unsafe",
-            "unsafe_override",
-            "audited_at",
-            "status",
-            "last_checked_at",
-            "last_rtt_ms",
-            "region",
-            "failure_domain",
-            "capacity",
-            "weight",
-            "live_grants",
-        )
-    )
-    out = []
-    for r in rows:
-        try:
-            has_turn = any(parse_ice_url(u).is_turn for u in r["urls"])
-        except IceUrlError:
-            has_turn = False
-        out.append(
-            Candidate(
-                id=str(r["id"]),
-                name=r["name"],
-                enabled=r["enabled"],
-                draining=r["draining"],
-                safe=r["unsafe_override"] or (not r["unsafe"] and r["audited_at"] is not None),
-                has_turn=has_turn,
-                checked_at=r["last_checked_at"],
-                region=r["region"],
-                failure_domain=r["failure_domain"],
-                status=RelayStatus(r["status"]),
-                prober_rtt_ms=r["last_rtt_ms"],
-                client_rtt_ms=measured.get(str(r["id"])),
-                allocations=r["live_grants"],
-                capacity=r["capacity"],
-                weight=r["weight"],
-            )
-        )
-    return out
+    return [_measured(c, measured) for c in build_fleet().candidates.values()]
 
 
 def select_relays_for(
@@ -156,8 +112,7 @@ def select_relays_for(
     for relay_id in current.assignable:
         c = candidates[relay_id]
         if eligible_now(c, now=now, stale_after=fresh):
-            rtt = measured.get(relay_id)
-            ok.append(c if rtt is None else replace(c, client_rtt_ms=rtt))
+            ok.append(_measured(c, measured))
     by_id = {c.id: c for c in ok}
     kept = [i for i in dict.fromkeys(str(k) for k in keep) if i in by_id][:limit]
     others = [c for c in ok if c.id not in kept]
@@ -231,17 +186,21 @@ def stun_fallback_urls() -> list[str]:
             continue
         for text in relay_urls:
             try:
-                u = parse_ice_url(text)
+                stun = parse_ice_url(text).stun_url  # where the probe's Binding went
             except IceUrlError:
                 continue
-            # A stun: URL as it is; a TURN server answers STUN on its UDP port too (the probe's
-            # Binding went there).
-            if u.scheme == "stun" or (u.scheme == "turn" and u.transport == "udp"):
-                host = f"[{u.host}]" if ":" in u.host else u.host
-                stun = text if u.scheme == "stun" else f"stun:{host}:{u.port}"
-                if stun not in urls:
-                    urls.append(stun)
+            if stun is not None and stun not in urls:
+                urls.append(stun)
     return urls or list(settings.FALLBACK_STUN_URLS)
+
+
+def relay_given_to(*, user_id: int, url: str, expiring_after=None) -> Relay | None:
+    """The relay with this URL that this user was handed (by a grant expiring after
+    `expiring_after`, when given), None when none: a client can't name another's relay."""
+    granted = Relay.objects.filter(grants__user_id=user_id)
+    if expiring_after is not None:
+        granted = granted.filter(grants__expires_at__gt=expiring_after)
+    return next((r for r in granted.distinct() if url in r.urls), None)
 
 
 def relay_live_grants(*, relay: Relay, now=None) -> int:

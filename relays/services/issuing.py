@@ -8,12 +8,12 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from django_ratelimit.core import get_usage
 
 from ..credentials import turn_rest_pair
 from ..models import CredentialGrant
 from ..selectors import select_relays_for, stun_fallback_urls
 from ..snapshot import drop_snapshot
+from .limits import per_user_retry_after
 
 logger = logging.getLogger("relays.services")
 
@@ -40,15 +40,9 @@ class IceLimited(Exception):
 def ice_issue_check(*, user) -> None:
     """Count one issue for `user`; IceLimited when over ICE_ISSUE_RATE (django-ratelimit's fixed
     windows, in the Redis cache)."""
-    usage = get_usage(
-        None,
-        group="relays.issue",
-        key=lambda _group, _request: f"user:{user.pk}",
-        rate=settings.ICE_ISSUE_RATE,
-        increment=True,
-    )
-    if usage and usage["should_limit"]:
-        raise IceLimited(usage["time_left"])
+    wait = per_user_retry_after(user=user, group="relays.issue", rate=settings.ICE_ISSUE_RATE)
+    if wait is not None:
+        raise IceLimited(wait)
 
 
 def _choose_and_grant(

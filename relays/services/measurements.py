@@ -8,11 +8,11 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from django_ratelimit.core import get_usage
 
 from ..models import ClientRelayRtt, Relay, RelayEventKind
 from ..scoring import blend, decayed_weight
-from ..selectors import client_rtt_half_life
+from ..selectors import client_rtt_half_life, relay_given_to
+from .limits import per_user_retry_after
 from .registry import relay_event
 
 MAX_CLIENT_RTT_MS = 10_000.0  # a report beyond this is a stalled page, not a network
@@ -77,20 +77,13 @@ def relay_failure_report(*, user, relay_url: str, problem: str) -> Relay | None:
     None: none of theirs, or it is being probed again already (one re-probe per relay per
     RELAY_REPROBE_SECONDS, however many callers report it). The report is an event; it never
     changes the relay's health by itself: the probe does. Raises ReportLimited."""
-    usage = get_usage(
-        None,
-        group="relays.report",
-        key=lambda _group, _request: f"user:{user.pk}",
-        rate=settings.RELAY_REPORT_RATE,
-        increment=True,
+    wait = per_user_retry_after(user=user, group="relays.report", rate=settings.RELAY_REPORT_RATE)
+    if wait is not None:
+        raise ReportLimited(wait)
+    # Its grant may have run out during the call that failed: an hour's slack.
+    relay = relay_given_to(
+        user_id=user.pk, url=relay_url, expiring_after=timezone.now() - timedelta(hours=1)
     )
-    if usage and usage["should_limit"]:
-        raise ReportLimited(usage["time_left"])
-    now = timezone.now()
-    granted = Relay.objects.filter(
-        grants__user=user, grants__expires_at__gt=now - timedelta(hours=1)
-    ).distinct()
-    relay = next((r for r in granted if relay_url in r.urls), None)
     if relay is None:
         return None
     fresh = cache.add(f"relays:reprobe:{relay.pk}", 1, timeout=settings.RELAY_REPROBE_SECONDS)

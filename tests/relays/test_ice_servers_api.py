@@ -149,11 +149,7 @@ def test_schema_documents_the_endpoint(client, alice, password):
     assert b"/api/v1/ice-servers/" in response.content
 
 
-def test_issuing_ice_servers_takes_a_fixed_number_of_queries(
-    client, alice, password, settings, django_assert_num_queries
-):
-    """The hot path of every call: the query count doesn't grow with the fleet or the relays handed out."""
-    settings.RELAYS_PER_CALLER = 3
+def six_relays_up() -> None:
     for i in range(6):
         Relay.objects.create(
             name=f"r{i}",
@@ -164,6 +160,14 @@ def test_issuing_ice_servers_takes_a_fixed_number_of_queries(
             last_checked_at=timezone.now(),
             audited_at=timezone.now(),
         )
+
+
+def test_issuing_ice_servers_takes_a_fixed_number_of_queries(
+    client, alice, password, settings, django_assert_num_queries
+):
+    """The hot path of every call: the query count doesn't grow with the fleet or the relays handed out."""
+    settings.RELAYS_PER_CALLER = 3
+    six_relays_up()
     client.login(username="alice", password=password)
     # session, user; then in one transaction (a savepoint inside the test's own, and its
     # release): the user's unexpired grants (the cap), the fleet (relays with their load,
@@ -181,16 +185,7 @@ def test_with_the_fleet_snapshot_warm_issuing_takes_three_queries_beyond_authent
     """benchmarks/assignment.py's goal, here as a count: the user's grant cap, the grant, its
     relay links (the fleet and the network's measurements come from the snapshot)."""
     settings.RELAY_SNAPSHOT_SECONDS = 60
-    for i in range(6):
-        Relay.objects.create(
-            name=f"r{i}",
-            urls=[f"turn:r{i}.example:3478?transport=udp"],
-            secret="s",
-            status=RelayStatus.UP,
-            last_rtt_ms=i,
-            last_checked_at=timezone.now(),
-            audited_at=timezone.now(),
-        )
+    six_relays_up()
     client.login(username="alice", password=password)
     client.get(URL)  # builds the snapshot
     # session, user, savepoint, grant cap, grant, links, savepoint release

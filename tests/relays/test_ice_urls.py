@@ -42,3 +42,17 @@ def test_parses_what_browsers_accept(text, scheme, host, port, transport, label)
 def test_refuses_what_is_not_an_ice_url(text):
     with pytest.raises(IceUrlError):
         parse_ice_url(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "stun"),
+    [
+        ("stun:relay.example:3478", "stun:relay.example:3478"),
+        ("turn:relay.example:3478?transport=udp", "stun:relay.example:3478"),
+        ("turn:[2001:db8::1]:3478", "stun:[2001:db8::1]:3478"),
+        ("turn:relay.example:3478?transport=tcp", None),
+        ("turns:relay.example:443?transport=tcp", None),
+    ],
+)
+def test_where_a_url_answers_stun(text, stun):
+    assert parse_ice_url(text).stun_url == stun

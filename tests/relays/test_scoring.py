@@ -154,3 +154,14 @@ def test_network_keys_decay_and_blending():
     assert decayed_weight(4.0, age=3 * hour, half_life=hour) == 0.5
     assert decayed_weight(4.0, age=-hour, half_life=hour) == 4.0  # a clock step back: as is
     assert blend(100.0, 1.0, 40.0) == (70.0, 2.0)
+
+
+@settings(max_examples=500, deadline=None)
+@given(candidates, callers)
+def test_the_fast_paths_agree_with_the_explained_ones(c, caller):
+    """Selection scores with `value` and judges with `eligible`; the explain page shows `score`
+    and `why_not`. The two pairs say the same thing."""
+    from relays.scoring import value, why_not
+
+    assert value(c, caller.region) == pytest.approx(score(c, caller).score)
+    assert eligible(c, now=NOW, stale_after=STALE) == (not why_not(c, now=NOW, stale_after=STALE))
