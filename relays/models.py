@@ -136,6 +136,11 @@ class Relay(models.Model):
     # When the safety audit last actually ran (a relay that never answered has not been audited,
     # whatever else the deep checks did).
     audited_at = models.DateTimeField(null=True, blank=True)
+    # What the relay itself says (coturn's redis-statsdb, relays.allocations): callers'
+    # allocations live on it now, and when it last said anything. Load falls back to unexpired
+    # grants where it doesn't publish.
+    live_allocations = models.PositiveIntegerField(default=0)
+    stats_at = models.DateTimeField(null=True, blank=True)
     # Sweep claims: one worker owns a relay's probe per interval (a conditional UPDATE).
     claimed_until = models.DateTimeField(null=True, blank=True)
     claim_token = models.CharField(max_length=32, blank=True)
@@ -166,6 +171,14 @@ class Relay(models.Model):
     def has_turn_url(self) -> bool:
         """Only a relay with a turn:/turns: URL can relay; a STUN-only entry is never handed out."""
         return any(u.is_turn for u in self.ice_urls())
+
+    def publishes_stats(self, now=None) -> bool:
+        """Its coturn published allocation events lately (the prober's own allocation, at
+        every sweep, is enough)."""
+        if self.stats_at is None:
+            return False
+        now = now or timezone.now()
+        return now - self.stats_at <= stale_after(settings.RELAY_SWEEP_INTERVAL)
 
     def display_safety(self) -> str:
         """What admins and the CLI see: "not audited yet" until an audit has actually run."""
@@ -300,3 +313,42 @@ class ClientRelayRtt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.network} → {self.relay_id}: {self.rtt_ms:.1f} ms"
+
+
+class GrantTraffic(models.Model):
+    """The bytes one credential grant moved through one relay, as its coturn counted them (the
+    client's side: received from the client, sent to it). Kept RELAY_TRAFFIC_RETENTION_DAYS,
+    longer than the grants themselves, so it names the grant and user rather than pointing at
+    the grant's row."""
+
+    grant_id = models.CharField(max_length=32)
+    relay = models.ForeignKey(Relay, on_delete=models.CASCADE, related_name="traffic")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="relay_traffic",
+    )
+    received_bytes = models.PositiveBigIntegerField(default=0)
+    sent_bytes = models.PositiveBigIntegerField(default=0)
+    allocations = models.PositiveIntegerField(default=0)
+    first_at = models.DateTimeField()
+    last_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-last_at"]
+        verbose_name_plural = "grant traffic"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["grant_id", "relay"], name="one_traffic_per_grant_relay"
+            )
+        ]
+        indexes = [models.Index(fields=["relay", "-last_at"]), models.Index(fields=["user"])]
+
+    def __str__(self) -> str:
+        return f"{self.grant_id} on {self.relay_id}"
+
+    @property
+    def total_bytes(self) -> int:
+        return self.received_bytes + self.sent_bytes

@@ -54,6 +54,7 @@ class Candidate:
     prober_rtt_ms: float | None = None
     client_rtt_ms: float | None = None  # measured by clients on the caller's network
     allocations: int = 0  # live allocations (or unexpired grants, where it doesn't publish)
+    load_source: str = "grants"  # "published": coturn's own count (relays.allocations)
     capacity: int | None = None  # None: no limit set
     weight: float = 1.0
 

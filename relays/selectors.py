@@ -8,13 +8,14 @@ from dataclasses import replace
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import F, Max, Q
+from django.db.models import F, Max, Q, Sum
 from django.utils import timezone
 
 from .ice_urls import IceUrlError, parse_ice_url
 from .models import (
     ClientRelayRtt,
     CredentialGrant,
+    GrantTraffic,
     ProbeResult,
     Relay,
 )
@@ -154,7 +155,8 @@ def explain_selection(*, region: str = "", ip: str | None = None) -> dict:
                 "not_eligible_because": why_not(c, now=now, stale_after=fresh),
                 "score": round(s.score, 2) if s else None,
                 "parts": {k: round(v, 2) for k, v in s.parts.items()} if s else {},
-                "load": f"{c.allocations}/{c.capacity}" if c.capacity else str(c.allocations),
+                "load": (f"{c.allocations}/{c.capacity}" if c.capacity else str(c.allocations))
+                + (" allocations" if c.load_source == "published" else " grants"),
                 "chosen": chosen.index(c.id) + 1 if c.id in chosen else None,
             }
         )
@@ -207,6 +209,16 @@ def relay_live_grants(*, relay: Relay, now=None) -> int:
     """Credential grants for this relay that have not expired: its load, until live allocation
     counts come in."""
     return relay.grants.filter(expires_at__gt=now or timezone.now()).count()
+
+
+def relay_traffic_since(*, relay: Relay, hours: float = 24, now=None) -> int:
+    """Bytes callers moved through this relay (both ways, the client's side) in grants active
+    over the last `hours`, as its coturn published them."""
+    since = (now or timezone.now()) - timedelta(hours=hours)
+    total = GrantTraffic.objects.filter(relay=relay, last_at__gte=since).aggregate(
+        b=Sum(F("received_bytes") + F("sent_bytes"))
+    )["b"]
+    return int(total or 0)
 
 
 def relay_latest_grant_expiry(*, relay: Relay):

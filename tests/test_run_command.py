@@ -144,9 +144,29 @@ def test_run_command_serves_signs_in_the_admin_and_stops_cleanly(tmp_path):
         assert "DJANGO_SECRET_KEY" not in listed.stderr and "unable to open" not in listed.stderr
         if shutil.which("turnserver"):
             assert "local" in listed.stdout
+            # The local relay publishes its allocations (redis-statsdb, to a Redis of its own on
+            # loopback TCP) and the stats listener hears them: the worker's first sweep
+            # allocates on it, and the relay is stamped as publishing.
+            heard = (
+                "from relays.models import Relay; print(Relay.objects.get(name='local').stats_at)"
+            )
+            deadline = time.monotonic() + 90
+            while True:
+                out = subprocess.run(
+                    [str(ROOT / ".venv" / "bin" / "python"), "manage.py", "shell", "-c", heard],
+                    cwd=ROOT,
+                    env=cli_env,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                ).stdout.strip()
+                if out and out != "None":
+                    break
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(1)
 
         # A child that dies is restarted, and the terminal says so; the rest keeps serving.
-        for name, needle in (("worker", b"worker"), ("redis", b"redis-server")):
+        for name, needle in (("worker", b"worker"), ("redis", b"redis.sock")):
 
             def children(needle=needle) -> list[int]:
                 # By parent, not by marker: redis-server rewrites its environment block when it

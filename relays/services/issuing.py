@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from ..allocations import opaque_id
 from ..credentials import turn_rest_pair
 from ..models import CredentialGrant
 from ..selectors import select_relays_for, stun_fallback_urls
@@ -133,7 +134,11 @@ def ice_servers_issue(*, user, region: str = "", ip: str | None = None, keep: st
     expiry = int(expires_at.timestamp())
     for relay in relays:
         username, credential = turn_rest_pair(
-            secret=relay.secret, expires_at=expiry, opaque_id=grant.id
+            # The relay's key in the username tells its published allocations apart
+            # (relays.allocations): grant g_x on relay r is "<expiry>:g_x.<r in hex>".
+            secret=relay.secret,
+            expires_at=expiry,
+            opaque_id=opaque_id(grant=grant.id, relay_key=relay.pk.hex),
         )
         payload["iceServers"].append(
             {"urls": list(relay.urls), "username": username, "credential": credential}

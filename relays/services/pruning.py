@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from ..models import ClientRelayRtt, CredentialGrant, ProbeResult, Relay
+from ..models import ClientRelayRtt, CredentialGrant, GrantTraffic, ProbeResult, Relay
 
 
 def relay_prune_history(*, now=None) -> dict:
@@ -28,8 +28,12 @@ def relay_prune_history(*, now=None) -> dict:
     rtts, _ = ClientRelayRtt.objects.filter(
         updated_at__lt=now - timedelta(days=settings.CLIENT_RTT_RETENTION_DAYS)
     ).delete()
+    traffic, _ = GrantTraffic.objects.filter(
+        last_at__lt=now - timedelta(days=settings.RELAY_TRAFFIC_RETENTION_DAYS)
+    ).delete()
     return {
         "client_rtts_deleted": rtts,
+        "traffic_rows_deleted": traffic,
         "probe_results_deleted": deleted,
         "old_secrets_forgotten": forgotten,
         "grants_deleted": grants,

@@ -22,6 +22,7 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ..allocations import probe_opaque_id
 from ..credentials import turn_rest_pair
 from ..decisions import Checks, RelaySnapshot, Thresholds, decide
 from ..models import ProbeResult, Relay, RelayEvent, RelayStatus
@@ -74,7 +75,7 @@ def probe_plan(relay: Relay, *, now, timeout: float) -> ProbePlan:
     deep_due = relay.deep_checked_at is None or (
         (now - relay.deep_checked_at).total_seconds() >= settings.RELAY_DEEP_CHECK_INTERVAL
     )
-    opaque = f"probe-{relay.name}"
+    opaque = probe_opaque_id(relay.pk.hex)  # its allocations tell that the relay publishes
     secret, next_secret = relay.secret, relay.next_secret
 
     def creds(expires_at: int, _secret=secret) -> tuple[str, str]:

@@ -59,7 +59,10 @@ def test_shape_and_credentials(client, alice, password, settings):
     expiry, opaque = server["username"].split(":")
     assert before + 600 <= int(expiry) <= int(time.time()) + 600
     assert "alice" not in server["username"]  # relays log usernames: never a name or email
-    grant = CredentialGrant.objects.get(pk=opaque)
+    # The grant, then the relay's key: the relay's published allocations name both.
+    grant_id, relay_key = opaque.split(".")
+    assert relay_key == relay.id.hex and grant_id == body["grant"]
+    grant = CredentialGrant.objects.get(pk=grant_id)
     assert grant.user == alice and list(grant.relays.all()) == [relay]
     expected = base64.b64encode(
         hmac.new(b"topsecret", server["username"].encode(), hashlib.sha1).digest()
