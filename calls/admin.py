@@ -16,6 +16,7 @@ class ParticipantInline(admin.TabularInline):
         "session",
         "joined_at",
         "left_at",
+        "assigned",
         "connection_type",
         "relay",
         "rtt_ms",
@@ -23,6 +24,12 @@ class ParticipantInline(admin.TabularInline):
         "video",
     )
     readonly_fields = fields
+
+    @admin.display(description="relays handed out")
+    def assigned(self, obj: Participant) -> str:
+        """What the device was given for the call (best first); `relay` is the path it used."""
+        names = [a.relay.name for a in obj.relay_assignments.select_related("relay")]
+        return ", ".join(names) or "—"
 
     def has_add_permission(self, request, obj=None):
         return False

@@ -146,6 +146,14 @@ class Participant(models.Model):
     relay_url = models.CharField(max_length=300, blank=True)
     rtt_ms = models.FloatField(null=True, blank=True)
     reported_at = models.DateTimeField(null=True, blank=True)
+    # The relays this device was handed for the call (issued with the call in mind: the other
+    # side's relay, or the nearest to it). `relay` and `relay_url` above are the path it used.
+    assigned_relays = models.ManyToManyField(
+        "relays.Relay",
+        blank=True,
+        through="AssignedRelay",
+        related_name="assigned_participants",
+    )
 
     class Meta:
         ordering = ["call", "id"]  # the caller first: created first
@@ -166,6 +174,28 @@ class Participant(models.Model):
 
     def media(self) -> dict:
         return {"audio": self.audio, "video": self.video, "screen": self.screen}
+
+
+class AssignedRelay(models.Model):
+    """A relay a participant's device was handed for the call, in the order chosen (0: the
+    best, then the fallback)."""
+
+    participant = models.ForeignKey(
+        Participant, on_delete=models.CASCADE, related_name="relay_assignments"
+    )
+    relay = models.ForeignKey("relays.Relay", on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["participant", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["participant", "relay"], name="one_assignment_per_participant_relay"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.relay_id} #{self.position} for {self.participant_id}"
 
 
 class ChatMessage(models.Model):

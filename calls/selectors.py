@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.contrib.auth import get_user_model
 from django.db.models import Prefetch, Q, QuerySet
 
 from .models import (
     LIVE_STATES,
+    AssignedRelay,
     Call,
     CallState,
     Participant,
@@ -19,6 +22,33 @@ from .models import (
 def participant_for(*, call_id, user) -> Participant | None:
     """The user's participation in the call, or None when the call doesn't exist or they aren't in it."""
     return Participant.objects.select_related("call").filter(call_id=call_id, user=user).first()
+
+
+def call_peer_relays(*, call_id, user=None) -> list[str]:
+    """The relays the call's other participants (those not gone) were assigned, as ids, each
+    one's first choice first; with no `user`, everyone's (the staff's explain page, for a
+    sample caller joining the call)."""
+    rows = AssignedRelay.objects.filter(participant__call_id=call_id).exclude(
+        participant__state=ParticipantState.LEFT
+    )
+    if user is not None:
+        rows = rows.exclude(participant__user=user)
+    ordered = rows.order_by("participant_id", "position").values_list("relay_id", flat=True)
+    return list(dict.fromkeys(str(relay_id) for relay_id in ordered))
+
+
+def relays_of_call(call: str) -> list[str]:
+    """The relays a call's participants hold (a sample caller joining it is scored with them
+    in mind); ValueError for what isn't a call."""
+    if not call:
+        return []
+    try:
+        call_id = uuid.UUID(call)
+    except ValueError:
+        raise ValueError(f"{call!r} is not a call id.") from None
+    if not Call.objects.filter(pk=call_id).exists():
+        raise ValueError(f"No call {call}.")
+    return call_peer_relays(call_id=call_id)
 
 
 def peers_reachable(*, call_id, user) -> list[Participant]:

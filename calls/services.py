@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
@@ -20,7 +21,7 @@ from django.utils import timezone
 
 from accounts.models import Block
 from relays.selectors import relay_given_to
-from relays.services import relay_rtt_observe
+from relays.services import ice_servers_issue, relay_rtt_observe
 from signaling.broadcast import (
     BROADCAST_ERRORS,
     send_to_sessions_on_commit,
@@ -31,6 +32,7 @@ from signaling.broadcast import (
 from .models import (
     LIVE_STATES,
     MISSED_REASONS,
+    AssignedRelay,
     Call,
     CallEvent,
     CallKind,
@@ -44,7 +46,7 @@ from .models import (
     QualitySample,
     quality_grade,
 )
-from .selectors import missed_unseen_for, peers_reachable
+from .selectors import call_peer_relays, missed_unseen_for, participant_for, peers_reachable
 
 # Who answers a ringing participant: the callee of a call, or someone invited into one.
 ANSWERING_ROLES = (ParticipantRole.CALLEE, ParticipantRole.INVITEE)
@@ -833,3 +835,40 @@ def participant_report(
         relay_rtt_observe(relay=relay, network=network, rtt_ms=rtt_ms)
     call_connected(participant=participant)
     return participant
+
+
+class NotInCall(Exception):
+    """Relays for a call were asked for by someone who isn't in it (or it doesn't exist)."""
+
+    code = "not_found"
+
+
+def call_ice_issue(
+    *, user, call_id, region: str = "", ip: str | None = None, keep: str = ""
+) -> dict:
+    """Relays and credentials for `user`'s device in this call, chosen with the call in mind
+    (relays.scoring: the relay the other side holds, else one near it), and recorded on the
+    participant (`assigned_relays`). Raises NotInCall for a call the user isn't in."""
+    try:
+        call_uuid = uuid.UUID(str(call_id))
+    except ValueError as exc:
+        raise NotInCall("No such call.") from exc
+    participant = participant_for(call_id=call_uuid, user=user)
+    if participant is None:
+        raise NotInCall("No such call.")
+    payload = ice_servers_issue(
+        user=user,
+        region=region,
+        ip=ip,
+        keep=keep,
+        peers=call_peer_relays(call_id=call_uuid, user=user),
+    )
+    with transaction.atomic():
+        AssignedRelay.objects.filter(participant=participant).delete()
+        AssignedRelay.objects.bulk_create(
+            [
+                AssignedRelay(participant=participant, relay_id=r["id"], position=i)
+                for i, r in enumerate(payload["relays"])
+            ]
+        )
+    return payload

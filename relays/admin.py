@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from calls.selectors import relays_of_call
 from config.admin_lookups import RefuseSecretLookups
 
 from .charts import rtt_loss_svg
@@ -438,20 +439,26 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
         """How every relay scores for a sample caller (staff: the admin site's own check)."""
         ip = request.GET.get("ip", "").strip()
         region = request.GET.get("region", "").strip()[:64]
+        call = request.GET.get("call", "").strip()[:64]
         error = ""
         if ip:
             try:
                 ipaddress.ip_address(ip)
             except ValueError:
                 error, ip = f"{ip!r} is not an IP address.", ""
+        try:
+            peers = relays_of_call(call)
+        except ValueError as exc:
+            error, call, peers = str(exc), "", []
         context = {
             **self.admin_site.each_context(request),
             "title": "Which relays a caller gets",
             "opts": self.model._meta,
             "ip": ip,
             "region": region,
+            "call": call,
             "error": error,
-            "explained": explain_selection(region=region, ip=ip or None),
+            "explained": explain_selection(region=region, ip=ip or None, peers=peers),
         }
         return render(request, "admin/relays/explain.html", context)
 

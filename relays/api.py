@@ -3,12 +3,14 @@
 import ipaddress
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from calls.selectors import relays_of_call
+from calls.services import NotInCall, call_ice_issue
 from config.api_errors import RateLimited
 from config.client_ip import request_client_ip
 
@@ -42,6 +44,13 @@ class IceServersApi(APIView):
                 "Otherwise the admin's table of address ranges decides, else the default.",
             ),
             OpenApiParameter(
+                "call",
+                str,
+                description="The call these relays are for: chosen with its other side in mind "
+                "(the relay they hold, else one near it) and recorded on your participation. "
+                "404 for a call you are not in.",
+            ),
+            OpenApiParameter(
                 "keep",
                 str,
                 description="The grant from an earlier answer: refresh it (same relays while "
@@ -54,12 +63,20 @@ class IceServersApi(APIView):
             ice_issue_check(user=request.user)
         except IceLimited as exc:
             raise IceRateLimited(str(exc), retry_after=exc.retry_after) from exc
-        payload = ice_servers_issue(
-            user=request.user,
-            region=request.query_params.get("region", "")[:64],
-            ip=request_client_ip(request),
-            keep=request.query_params.get("keep", "")[:32],
-        )
+        asked = {
+            "user": request.user,
+            "region": request.query_params.get("region", "")[:64],
+            "ip": request_client_ip(request),
+            "keep": request.query_params.get("keep", "")[:32],
+        }
+        call = request.query_params.get("call", "")
+        if call:
+            try:
+                payload = call_ice_issue(call_id=call[:64], **asked)
+            except NotInCall as exc:
+                raise NotFound(str(exc)) from exc
+        else:
+            payload = ice_servers_issue(**asked)
         return Response(payload, headers={"Cache-Control": "no-store"})
 
 
@@ -73,6 +90,9 @@ class RelayExplainApi(APIView):
         parameters=[
             OpenApiParameter("ip", str, description="The sample caller's address."),
             OpenApiParameter("region", str, description="A region the client declares."),
+            OpenApiParameter(
+                "call", str, description="A call the sample caller joins (its relays count)."
+            ),
         ],
         responses={200: dict},
     )
@@ -83,8 +103,14 @@ class RelayExplainApi(APIView):
                 ipaddress.ip_address(ip)
             except ValueError:
                 raise ValidationError({"ip": ["Not an IP address."]}) from None
+        try:
+            peers = relays_of_call(request.query_params.get("call", "").strip()[:64])
+        except ValueError as exc:
+            raise ValidationError({"call": [str(exc)]}) from None
         return Response(
-            explain_selection(region=request.query_params.get("region", "")[:64], ip=ip),
+            explain_selection(
+                region=request.query_params.get("region", "")[:64], ip=ip, peers=peers
+            ),
             headers={"Cache-Control": "no-store"},
         )
 

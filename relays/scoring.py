@@ -9,10 +9,13 @@ Lower scores are better. A score adds up, in milliseconds-like points:
   caller's region is unknown);
 - load: live allocations over the capacity the admin set, times LOAD_POINTS (a full relay is not
   eligible at all);
+- the call: a relay the call's other side was assigned wins SAME_RELAY_POINTS back, one in the
+  region of theirs PEER_REGION_POINTS (both sides on one relay, else on a near pair);
 and is then divided by the admin's weight (2 makes a relay look twice as good).
 
 Among relays whose scores are within NEAR_EQUAL of the best, the pick is by two random choices:
-two of them at random, and the less loaded wins. A crowd of callers arriving at once then spreads
+two of them at random, and the less loaded wins (unless the call's other side holds one of them:
+then that one). A crowd of callers arriving at once then spreads
 over equally good relays instead of all landing on the first. The fallback is the best of the
 rest in another region, else another failure domain, else the next best: ICE gets a second path
 that doesn't fail with the first.
@@ -35,6 +38,11 @@ OTHER_REGION_POINTS = 80.0
 LOAD_POINTS = 100.0
 NEAR_EQUAL = 0.15  # within 15 % of the best score (and NEAR_EQUAL_POINTS) counts as equal
 NEAR_EQUAL_POINTS = 10.0
+# The call's other side: a relay they hold wins this many points back (one relay between the
+# two, instead of two relays and the path between them), a relay in the region of one of theirs
+# PEER_REGION_POINTS (the nearest pair that region can tell).
+SAME_RELAY_POINTS = 60.0
+PEER_REGION_POINTS = 20.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,10 @@ class Candidate:
 @dataclass(frozen=True)
 class Caller:
     region: str = ""  # "" : unknown
+    # The relays the call's other participants were assigned (each one's first choice first),
+    # and their regions.
+    peer_relays: tuple[str, ...] = ()
+    peer_regions: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -85,8 +97,9 @@ class Scored:
     parts: dict[str, float] = field(default_factory=dict)  # what made the score, for "explain"
 
 
-def value(candidate: Candidate, region: str) -> float:
-    """score(candidate, Caller(region)).score, without saying what made it (the hot path)."""
+def value(candidate: Candidate, caller: Caller) -> float:
+    """score(candidate, caller).score, without saying what made it (the hot path)."""
+    region = caller.region
     rtt = candidate.client_rtt_ms
     if rtt is None:
         rtt = candidate.prober_rtt_ms
@@ -106,6 +119,11 @@ def value(candidate: Candidate, region: str) -> float:
     if capacity:
         allocations = candidate.allocations
         points += LOAD_POINTS if allocations >= capacity else LOAD_POINTS * allocations / capacity
+    if caller.peer_relays:
+        if candidate.id in caller.peer_relays:
+            points = max(points - SAME_RELAY_POINTS, 0.0)
+        elif candidate.region and candidate.region in caller.peer_regions:
+            points = max(points - PEER_REGION_POINTS, 0.0)
     weight = candidate.weight
     return points / (weight if weight > 0.01 else 0.01)
 
@@ -125,6 +143,11 @@ def score(candidate: Candidate, caller: Caller) -> Scored:
     load = candidate.load
     if load is not None:
         parts["load"] = LOAD_POINTS * min(load, 1.0)
+    subtotal = sum(parts.values())
+    if candidate.id in caller.peer_relays:
+        parts["the call's other side uses it"] = -min(SAME_RELAY_POINTS, subtotal)
+    elif caller.peer_relays and candidate.region and candidate.region in caller.peer_regions:
+        parts["near the other side's relay"] = -min(PEER_REGION_POINTS, subtotal)
     total = sum(parts.values()) / max(candidate.weight, 0.01)
     if candidate.weight != 1.0:
         parts["÷ weight"] = candidate.weight
@@ -214,8 +237,7 @@ def choose(
     """The relays to hand this caller: the best (by two random choices among near-equals), then
     a fallback in another region or failure domain where one exists, then the next best, up to
     `limit`. Only the chosen ones are scored in full (with what made their score)."""
-    region = caller.region
-    ranked = [(value(c, region), c.name, c) for c in candidates if not c.full]
+    ranked = [(value(c, caller), c.name, c) for c in candidates if not c.full]
     if not ranked or limit <= 0:
         return []
     ranked.sort(key=lambda entry: (entry[0], entry[1]))
@@ -223,7 +245,11 @@ def choose(
     best = ranked[0][0]
     near = best + max(best * NEAR_EQUAL, NEAR_EQUAL_POINTS)  # as _near
     pool = [entry for entry in ranked if entry[0] <= near]
-    first = _two_choices(pool, rng)
+    # A relay the call's other side holds is taken as it is among the best: two random choices
+    # spread a crowd of strangers; two sides of one call should meet.
+    theirs = [entry for entry in pool if entry[2].id in caller.peer_relays]
+    theirs.sort(key=lambda entry: (entry[0], caller.peer_relays.index(entry[2].id)))
+    first = theirs[0] if theirs else _two_choices(pool, rng)
     chosen = [first]
     rest = [entry for entry in ranked if entry is not first]
     lead = first[2]

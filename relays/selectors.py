@@ -87,6 +87,15 @@ def relay_candidates(*, now=None, network: str = "") -> list[Candidate]:
     return [_measured(c, measured) for c in build_fleet().candidates.values()]
 
 
+def _caller(region: str, peers: Sequence[str], current: Fleet) -> Caller:
+    """A caller in `region` whose call's other side holds `peers` (relay ids)."""
+    held = tuple(dict.fromkeys(str(p) for p in peers))
+    regions = frozenset(
+        c.region for p in held if (c := current.candidates.get(p)) is not None and c.region
+    )
+    return Caller(region=region, peer_relays=held, peer_regions=regions)
+
+
 def select_relays_for(
     *,
     user,
@@ -94,15 +103,17 @@ def select_relays_for(
     ip: str | None = None,
     limit: int | None = None,
     keep: Sequence[str] = (),
+    peers: Sequence[str] = (),
 ) -> list[Relay]:
     """The relays to hand this caller (relays.scoring): eligible ones only, scored by health,
     region, RTT, load and the admin's weight; the best (two random choices among near-equals)
     and a fallback in another region or failure domain. Relays in `keep` (ids: what the device
-    has now) stay while they are eligible, so a refresh doesn't move a call's relay."""
+    has now) stay while they are eligible, so a refresh doesn't move a call's relay. `peers`
+    (ids: what the call's other side holds) count for the relays they name and those near them."""
     limit = limit or settings.RELAYS_PER_CALLER
     now = timezone.now()
     current = fleet()
-    caller = Caller(region=caller_region(declared=region, ip=ip, current=current))
+    caller = _caller(caller_region(declared=region, ip=ip, current=current), peers, current)
     fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
     measured = current.client_rtts(
         network_key(ip=ip, region=region),
@@ -122,10 +133,13 @@ def select_relays_for(
     return [current.relay(i) for i in chosen]
 
 
-def explain_selection(*, region: str = "", ip: str | None = None) -> dict:
+def explain_selection(
+    *, region: str = "", ip: str | None = None, peers: Sequence[str] = ()
+) -> dict:
     """How every relay scores for a sample caller (staff only: the admin page and the API):
     the caller's region and where it came from, each relay's score and what made it, or why it
-    may not be handed out, and which relays such a caller would get."""
+    may not be handed out, and which relays such a caller would get. `peers`: the relays a
+    call's participants hold, for a caller joining that call."""
     now = timezone.now()
     declared = (region or "").strip()[:64]
     resolved = caller_region(declared=declared, ip=ip)
@@ -135,10 +149,16 @@ def explain_selection(*, region: str = "", ip: str | None = None) -> dict:
         source = "the admin's address ranges"
     else:
         source = "DEFAULT_REGION" if resolved else "unknown"
-    caller = Caller(region=resolved)
     fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
     network = network_key(ip=ip, region=declared)
     candidates = relay_candidates(now=now, network=network)
+    by_id = {c.id: c for c in candidates}
+    held = tuple(dict.fromkeys(str(p) for p in peers))
+    caller = Caller(
+        region=resolved,
+        peer_relays=held,
+        peer_regions=frozenset(by_id[p].region for p in held if p in by_id and by_id[p].region),
+    )
     ok = [c for c in candidates if eligible(c, now=now, stale_after=fresh)]
     ranked = {s.candidate.id: s for s in rank(ok, caller)}
     chosen = [s.candidate.id for s in choose(ok, caller, limit=settings.RELAYS_PER_CALLER)]
@@ -162,7 +182,13 @@ def explain_selection(*, region: str = "", ip: str | None = None) -> dict:
         )
     rows.sort(key=lambda r: (r["score"] is None, r["score"] or 0, r["name"]))
     return {
-        "caller": {"ip": ip, "region": resolved, "region_from": source, "network": network},
+        "caller": {
+            "ip": ip,
+            "region": resolved,
+            "region_from": source,
+            "network": network,
+            "call_relays": [by_id[p].name for p in held if p in by_id],
+        },
         "relays": rows,
         "chosen": [next(r["name"] for r in rows if r["id"] == i) for i in chosen],
     }

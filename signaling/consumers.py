@@ -26,11 +26,13 @@ from calls.models import CallState, Participant, ParticipantRole, ParticipantSta
 from calls.selectors import NotCallable, callee_for, calls_ringing_for, participant_for
 from calls.services import (
     CallError,
+    NotInCall,
     call_accept,
     call_cancel,
     call_decline,
     call_disconnected,
     call_hangup,
+    call_ice_issue,
     call_invite,
     call_join,
     call_leave,
@@ -104,6 +106,18 @@ class _TokenBucket:
             self.tokens -= 1
             return True
         return False
+
+
+def _ice_for(*, user, region: str, ip, keep: str, call: str) -> dict:
+    """The welcome's relays: for the call page's call (?call=), chosen with its other side in
+    mind and recorded on the participant; for a call the user isn't in, as for no call (the
+    page learns nothing of it: its own join is refused the usual way)."""
+    if call:
+        try:
+            return call_ice_issue(user=user, call_id=call, region=region, ip=ip, keep=keep)
+        except NotInCall:
+            pass
+    return ice_servers_issue(user=user, region=region, ip=ip, keep=keep)
 
 
 def _ringing_for(user) -> list[dict]:
@@ -243,8 +257,12 @@ class SignalConsumer(AsyncWebsocketConsumer):
         if query.get("ice") != ["0"]:
             try:
                 await in_db_pool(ice_issue_check)(user=user)
-                body["ice"] = await in_db_pool(ice_servers_issue)(
-                    user=user, region=region, ip=ip, keep=(query.get("keep") or [""])[0][:32]
+                body["ice"] = await in_db_pool(_ice_for)(
+                    user=user,
+                    region=region,
+                    ip=ip,
+                    keep=(query.get("keep") or [""])[0][:32],
+                    call=(query.get("call") or [""])[0][:64],
                 )
             except IceLimited as exc:
                 # The page keeps what it has, and asks again after retryAfter.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.conf import settings
@@ -47,7 +48,7 @@ def ice_issue_check(*, user) -> None:
 
 
 def _choose_and_grant(
-    *, user, region, ip, keep, now, payload
+    *, user, region, ip, keep, peers, now, payload
 ) -> tuple[list, CredentialGrant | None]:
     """The relays for this caller and the grant that names them, in one transaction: the relays
     as chosen (and their secrets as read) are the ones the grant names, and a grant is never
@@ -68,7 +69,9 @@ def _choose_and_grant(
                 # At the cap (many pages, or many reloads): the newest grant serves this one too.
                 held = live.select_for_update().order_by("-created_at").first()
         kept = list(held.relays.values_list("pk", flat=True)) if held is not None else []
-        relays = select_relays_for(user=user, region=region, ip=ip, keep=[str(k) for k in kept])
+        relays = select_relays_for(
+            user=user, region=region, ip=ip, keep=[str(k) for k in kept], peers=peers
+        )
         if not relays:
             stun = stun_fallback_urls()
             payload.update(status="no-healthy-relay", reason=NO_RELAY_REASON)
@@ -92,7 +95,14 @@ def _choose_and_grant(
     return relays, grant
 
 
-def ice_servers_issue(*, user, region: str = "", ip: str | None = None, keep: str = "") -> dict:
+def ice_servers_issue(
+    *,
+    user,
+    region: str = "",
+    ip: str | None = None,
+    keep: str = "",
+    peers: Sequence[str] = (),
+) -> dict:
     """Choose the best relays for this caller (relays.scoring: `region` as the client declared
     it, `ip` for the admin's region table) and issue TURN REST credentials for them.
 
@@ -105,6 +115,9 @@ def ice_servers_issue(*, user, region: str = "", ip: str | None = None, keep: st
     `keep` is the grant the device holds (its `grant`, from an earlier answer): a refresh, a
     reconnect or a resume extends that grant instead of adding one, and keeps its relays while
     they are eligible (a call doesn't move relay under way); others replace those that aren't.
+
+    `peers`: the relays the call's other side holds (calls.services.call_ice_issue), so both
+    sides meet on one relay, or on a near pair.
     """
     ttl = settings.TURN_CREDENTIAL_TTL
     now = timezone.now()
@@ -122,7 +135,7 @@ def ice_servers_issue(*, user, region: str = "", ip: str | None = None, keep: st
     for attempt in (1, 2):
         try:
             relays, grant = _choose_and_grant(
-                user=user, region=region, ip=ip, keep=keep, now=now, payload=payload
+                user=user, region=region, ip=ip, keep=keep, peers=peers, now=now, payload=payload
             )
             break
         except IntegrityError:

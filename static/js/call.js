@@ -139,7 +139,8 @@ export function init(root) {
 
   const signal = (call.signal = new Signal(data.wsPath));
   // A reconnect keeps this device's relays and credential grant (the server extends it).
-  signal.params = () => ({ keep: call.ice && call.ice.grant });
+  // The call's id: relays are chosen with its other side in mind (the relay they hold).
+  signal.params = () => ({ keep: call.ice && call.ice.grant, call: data.call });
   initRinger({ signal, exceptCall: call.id });
   const timers = { stats: null, clock: null };
 
@@ -644,6 +645,7 @@ export function init(root) {
   async function refreshIce() {
     const url = new URL(data.iceUrl, location.href);
     if (call.ice && call.ice.grant) url.searchParams.set("keep", call.ice.grant);
+    url.searchParams.set("call", data.call);
     const res = await fetch(url, { credentials: "same-origin" });
     if (res.status === 429) { // ice_limited: the credentials this page has still hold for now
       const wait = Math.max(1, Number(res.headers.get("Retry-After")) || 30);

@@ -217,6 +217,7 @@ def test_explain_shows_every_relays_score_or_why_not_to_staff_only(
         "region": "eu",
         "region_from": "the admin's address ranges",
         "network": "198.51.100.0/24",
+        "call_relays": [],
     }
     rows = {r["name"]: r for r in body["relays"]}
     assert rows["eu-1"]["parts"] == {"rtt (prober)": 30.0} and rows["eu-1"]["chosen"] == 1

@@ -163,5 +163,52 @@ def test_the_fast_paths_agree_with_the_explained_ones(c, caller):
     and `why_not`. The two pairs say the same thing."""
     from relays.scoring import value, why_not
 
-    assert value(c, caller.region) == pytest.approx(score(c, caller).score)
+    assert value(c, caller) == pytest.approx(score(c, caller).score)
     assert eligible(c, now=NOW, stale_after=STALE) == (not why_not(c, now=NOW, stale_after=STALE))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    candidates,
+    callers,
+    st.booleans(),
+    st.frozensets(st.sampled_from(["eu", "us", "ap"]), max_size=2),
+)
+def test_the_fast_path_agrees_with_the_explained_one_with_a_call_in_mind(
+    c, caller, theirs, peer_regions
+):
+    from relays.scoring import value
+
+    peer = Caller(
+        region=caller.region,
+        peer_relays=(c.id,) if theirs else ("another-relay",),
+        peer_regions=peer_regions,
+    )
+    assert value(c, peer) == pytest.approx(score(c, peer).score)
+    assert value(c, peer) <= value(c, caller) + 1e-9  # the call only ever helps a relay
+
+
+def test_both_sides_of_a_call_share_a_relay_or_get_a_near_pair():
+    """The callee, in another region than the caller, gets the caller's relay while it is close
+    enough, else the relay in the caller's relay's region over one farther away."""
+    eu1 = Candidate(id="eu1", name="eu1", region="eu", prober_rtt_ms=30.0)
+    eu2 = Candidate(id="eu2", name="eu2", region="eu", prober_rtt_ms=35.0)
+    us1 = Candidate(id="us1", name="us1", region="us", prober_rtt_ms=20.0)
+    ap1 = Candidate(id="ap1", name="ap1", region="ap", prober_rtt_ms=36.0)
+    alone = Caller(region="us")
+    assert choose([eu1, eu2, us1], alone, limit=1)[0].candidate.id == "us1"
+    # The caller holds eu1: eu1 costs 30 + 80 (another region) - 60 = 50, us1 20: us1 still wins.
+    with_peer = Caller(region="us", peer_relays=("eu1",), peer_regions=frozenset({"eu"}))
+    assert choose([eu1, eu2, us1], with_peer, limit=1)[0].candidate.id == "us1"
+    # Same region as the caller's relay: the caller's own relay wins over a faster local one.
+    with_peer_eu = Caller(region="eu", peer_relays=("eu1",), peer_regions=frozenset({"eu"}))
+    assert choose([eu1, eu2], with_peer_eu, limit=1)[0].candidate.id == "eu1"
+    faster = Candidate(id="eu3", name="eu3", region="eu", prober_rtt_ms=1.0)
+    assert choose([eu1, faster], with_peer_eu, limit=1)[0].candidate.id == "eu1"
+    # Unknown caller region, the peer's relay full: the one nearest it (its region) is next.
+    unknown = Caller(peer_relays=("gone",), peer_regions=frozenset({"ap"}))
+    assert choose([ap1, eu2], unknown, limit=1)[0].candidate.id == "ap1"  # 36-20 < 35
+    assert choose([ap1, eu2], Caller(), limit=1)[0].candidate.id == "eu2"
+    explained = score(eu1, with_peer_eu)
+    assert explained.parts["the call's other side uses it"] == -30.0  # never below zero
+    assert explained.score == 0.0

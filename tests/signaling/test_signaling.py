@@ -299,3 +299,40 @@ async def test_a_relay_failure_report_is_acknowledged_and_bad_ones_refused(conne
     assert (await a.error())["code"] == "bad_body"
     await a.send("relay-failure", body={"relayUrl": "turn:x:1", "problem": "gremlins"})
     assert (await a.error())["code"] == "bad_body"
+
+
+def _turn_relay(name):
+    from django.utils import timezone
+
+    from relays.models import Relay
+
+    return Relay.objects.create(
+        name=name,
+        region="eu",
+        urls=[f"turn:{name}.example:3478?transport=udp"],
+        secret="s" * 16,
+        status="up",
+        last_rtt_ms=10.0,
+        last_checked_at=timezone.now(),
+        audited_at=timezone.now(),
+    )
+
+
+def _assigned(call, user) -> list[str]:
+    p = Participant.objects.get(call=call, user=user)
+    return sorted(p.assigned_relays.values_list("name", flat=True))
+
+
+async def test_the_call_pages_socket_asks_with_the_call_in_mind(connect, alice, bob, charlie):
+    for i in range(4):
+        await sync_to_async(_turn_relay)(f"eu-{i}")
+    call = await sync_to_async(call_start)(caller=alice, callee=bob)
+    a = await connect(alice, path=f"/ws/signal/?call={call.id}")
+    b = await connect(bob, path=f"/ws/signal/?call={call.id}")
+    first = a.welcome["body"]["ice"]["relays"][0]["name"]
+    assert b.welcome["body"]["ice"]["relays"][0]["name"] == first
+    assert first in await sync_to_async(_assigned)(call, bob)
+    # Someone else's call: relays as for no call, and nothing recorded on that call.
+    c = await connect(charlie, path=f"/ws/signal/?call={call.id}")
+    assert c.welcome["body"]["ice"]["status"] == "ok"
+    assert not await sync_to_async(Participant.objects.filter(call=call, user=charlie).exists)()
