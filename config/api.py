@@ -3,12 +3,13 @@
 from django.urls import path
 
 from calls.api import CallDetailApi, CallInvitationApi, CallListCreateApi
-from relays.api import IceServersApi, RelayExplainApi, RelayFailureApi
+from relays.api import IceServersApi, RelayExplainApi, RelayFailureApi, RelayGatherApi
 
 urlpatterns = [
     path("ice-servers/", IceServersApi.as_view(), name="api-ice-servers"),
     path("relays/explain/", RelayExplainApi.as_view(), name="api-relays-explain"),
     path("relays/failures/", RelayFailureApi.as_view(), name="api-relay-failures"),
+    path("relays/gather/", RelayGatherApi.as_view(), name="api-relay-gather"),
     path("calls/", CallListCreateApi.as_view(), name="api-calls"),
     path("calls/<uuid:call_id>/", CallDetailApi.as_view(), name="api-call-detail"),
     path(

@@ -218,6 +218,8 @@ ICE_GRANTS_PER_USER = env.int("ICE_GRANTS_PER_USER", default=20)
 # re-probe of a relay per RELAY_REPROBE_SECONDS.
 RELAY_REPORT_RATE = env.str("RELAY_REPORT_RATE", default="6/m")
 RELAY_REPROBE_SECONDS = env.float("RELAY_REPROBE_SECONDS", default=10.0)
+# Clients report how long each relay took to give a candidate: reports per user.
+RELAY_GATHER_RATE = env.str("RELAY_GATHER_RATE", default="30/m")
 CLIENT_RTT_HALF_LIFE_HOURS = env.float("CLIENT_RTT_HALF_LIFE_HOURS", default=6.0)
 CLIENT_RTT_MIN_WEIGHT = env.float("CLIENT_RTT_MIN_WEIGHT", default=0.5)
 CLIENT_RTT_RETENTION_DAYS = env.int("CLIENT_RTT_RETENTION_DAYS", default=30)

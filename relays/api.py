@@ -14,14 +14,17 @@ from calls.services import NotInCall, call_ice_issue
 from config.api_errors import RateLimited
 from config.client_ip import request_client_ip
 
+from .scoring import network_key
 from .selectors import explain_selection
-from .serializers import IceServersSerializer, RelayFailureSerializer
+from .serializers import IceServersSerializer, RelayFailureSerializer, RelayGatherSerializer
 from .services import (
     IceLimited,
+    MeasureLimited,
     ReportLimited,
     ice_issue_check,
     ice_servers_issue,
     relay_failure_report,
+    relay_gather_report,
 )
 from .tasks import reprobe_relay
 
@@ -138,3 +141,30 @@ class RelayFailureApi(APIView):
         if relay is not None:
             reprobe_relay.delay(str(relay.pk))
         return Response({"reprobing": relay is not None}, status=202)
+
+
+class GatherRateLimited(RateLimited):
+    default_code = "measure_limited"
+
+
+class RelayGatherApi(APIView):
+    """How long each relay a device was given took to give it a relay candidate: each figure
+    feeds that relay's score for callers on the device's network. Only relays handed to the
+    signed-in user count."""
+
+    @extend_schema(request=RelayGatherSerializer, responses={202: dict})
+    def post(self, request: Request) -> Response:
+        ser = RelayGatherSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        network = network_key(
+            ip=request_client_ip(request), region=ser.validated_data.get("network", "")
+        )
+        try:
+            taken = relay_gather_report(
+                user=request.user,
+                network=network,
+                gathered=[(g["relayUrl"], g["ms"]) for g in ser.validated_data["gathered"]],
+            )
+        except MeasureLimited as exc:
+            raise GatherRateLimited(str(exc), retry_after=exc.retry_after) from exc
+        return Response({"taken": taken}, status=202)

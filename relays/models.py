@@ -298,8 +298,15 @@ class ClientRelayRtt(models.Model):
     pair's round trip, each sample's weight halving every CLIENT_RTT_HALF_LIFE_HOURS. Selection
     prefers it to the prober's figure for callers on that network."""
 
+    class Kind(models.TextChoices):
+        PAIR = "pair", "Selected pair's round trip"
+        GATHER = "gather", "Time to gather a relay candidate"
+
     # "198.51.100.0/24", "2001:db8:1::/48", or "region:<name>" for a client that declared one.
     network = models.CharField(max_length=64)
+    # What was measured: the connected pair's round trip through the relay, or how long the
+    # relay took to give a candidate (an authenticated Allocate: about two round trips).
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.PAIR)
     relay = models.ForeignKey(Relay, on_delete=models.CASCADE, related_name="client_rtts")
     rtt_ms = models.FloatField()
     weight = models.FloatField()  # the decayed number of samples, as of updated_at
@@ -308,11 +315,13 @@ class ClientRelayRtt(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["network", "relay"], name="one_rtt_per_network_relay")
+            models.UniqueConstraint(
+                fields=["network", "relay", "kind"], name="one_figure_per_network_relay_kind"
+            )
         ]
 
     def __str__(self) -> str:
-        return f"{self.network} → {self.relay_id}: {self.rtt_ms:.1f} ms"
+        return f"{self.network} → {self.relay_id}: {self.kind} {self.rtt_ms:.1f} ms"
 
 
 class GrantTraffic(models.Model):

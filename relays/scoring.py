@@ -2,7 +2,8 @@
 then pick the best and a fallback.
 
 Lower scores are better. A score adds up, in milliseconds-like points:
-- the round trip: what clients on the caller's network measured to the relay, else the prober's,
+- the round trip: what clients on the caller's network measured through the relay (the connected
+  pair), else half the time they took to gather a relay candidate from it, else the prober's,
   else UNKNOWN_RTT_POINTS;
 - health: a degraded relay pays DEGRADED_POINTS;
 - region: a relay outside the caller's region pays OTHER_REGION_POINTS (nothing when the
@@ -38,6 +39,7 @@ OTHER_REGION_POINTS = 80.0
 LOAD_POINTS = 100.0
 NEAR_EQUAL = 0.15  # within 15 % of the best score (and NEAR_EQUAL_POINTS) counts as equal
 NEAR_EQUAL_POINTS = 10.0
+GATHER_ROUND_TRIPS = 2.0  # a relay candidate takes an Allocate, its 401 challenge, and again
 # The call's other side: a relay they hold wins this many points back (one relay between the
 # two, instead of two relays and the path between them), a relay in the region of one of theirs
 # PEER_REGION_POINTS (the nearest pair that region can tell).
@@ -61,6 +63,9 @@ class Candidate:
     status: RelayStatus = RelayStatus.UP
     prober_rtt_ms: float | None = None
     client_rtt_ms: float | None = None  # measured by clients on the caller's network
+    # How long clients on the caller's network took to gather a relay candidate from it: an
+    # authenticated Allocate, about two round trips (used when no pair was measured).
+    client_gather_ms: float | None = None
     allocations: int = 0  # live allocations (or unexpired grants, where it doesn't publish)
     load_source: str = "grants"  # "published": coturn's own count (relays.allocations)
     capacity: int | None = None  # None: no limit set
@@ -102,7 +107,8 @@ def value(candidate: Candidate, caller: Caller) -> float:
     region = caller.region
     rtt = candidate.client_rtt_ms
     if rtt is None:
-        rtt = candidate.prober_rtt_ms
+        gather = candidate.client_gather_ms
+        rtt = gather / GATHER_ROUND_TRIPS if gather is not None else candidate.prober_rtt_ms
     if rtt is None:
         points = UNKNOWN_RTT_POINTS
     elif rtt <= 0.0:
@@ -131,6 +137,8 @@ def value(candidate: Candidate, caller: Caller) -> float:
 def score(candidate: Candidate, caller: Caller) -> Scored:
     parts: dict[str, float] = {}
     rtt, source = candidate.client_rtt_ms, "client"
+    if rtt is None and candidate.client_gather_ms is not None:
+        rtt, source = candidate.client_gather_ms / GATHER_ROUND_TRIPS, "client gather"
     if rtt is None:
         rtt, source = candidate.prober_rtt_ms, "prober"
     parts[f"rtt ({source})" if rtt is not None else "rtt (unknown)"] = (

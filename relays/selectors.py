@@ -59,25 +59,37 @@ def client_rtt_half_life() -> timedelta:
     return timedelta(hours=settings.CLIENT_RTT_HALF_LIFE_HOURS)
 
 
-def client_rtts_for(*, network: str, now=None) -> dict[str, float]:
-    """relay id -> what clients on `network` measured, where that still weighs enough."""
+Measured = dict[str, tuple[float | None, float | None]]
+
+
+def client_rtts_for(*, network: str, now=None) -> Measured:
+    """relay id -> (the selected pair's round trip, the time to gather a relay candidate) that
+    clients on `network` measured, each where it still weighs enough (else None)."""
     if not network:
         return {}
     now = now or timezone.now()
-    out = {}
-    for relay_id, rtt, weight, updated_at in ClientRelayRtt.objects.filter(
+    out: Measured = {}
+    for relay_id, kind, ms, weight, updated_at in ClientRelayRtt.objects.filter(
         network=network
-    ).values_list("relay_id", "rtt_ms", "weight", "updated_at"):
-        if decayed_weight(weight, age=now - updated_at, half_life=client_rtt_half_life()) >= (
+    ).values_list("relay_id", "kind", "rtt_ms", "weight", "updated_at"):
+        if decayed_weight(weight, age=now - updated_at, half_life=client_rtt_half_life()) < (
             settings.CLIENT_RTT_MIN_WEIGHT
         ):
-            out[str(relay_id)] = rtt
+            continue
+        pair, gather = out.get(str(relay_id), (None, None))
+        if kind == ClientRelayRtt.Kind.GATHER:
+            gather = ms
+        else:
+            pair = ms
+        out[str(relay_id)] = (pair, gather)
     return out
 
 
-def _measured(c: Candidate, measured: dict[str, float]) -> Candidate:
-    rtt = measured.get(c.id)
-    return c if rtt is None else replace(c, client_rtt_ms=rtt)
+def _measured(c: Candidate, measured: Measured) -> Candidate:
+    found = measured.get(c.id)
+    if found is None:
+        return c
+    return replace(c, client_rtt_ms=found[0], client_gather_ms=found[1])
 
 
 def relay_candidates(*, now=None, network: str = "") -> list[Candidate]:

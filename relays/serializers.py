@@ -38,3 +38,25 @@ class RelayFailureSerializer(serializers.Serializer):
         help_text="allocation: the relay refused or never answered an Allocate; ice: ICE failed "
         "on the relay's candidates.",
     )
+
+
+class GatheredSerializer(serializers.Serializer):
+    relayUrl = serializers.CharField(max_length=300)  # noqa: N815 - the client's spelling
+    ms = serializers.FloatField(min_value=0, max_value=60_000)
+
+
+class RelayGatherSerializer(serializers.Serializer):
+    gathered = GatheredSerializer(
+        many=True,
+        allow_empty=False,
+        max_length=4,
+        help_text="For each relay URL this device was given: milliseconds from starting ICE "
+        "gathering to the first relay candidate from it.",
+    )
+    network = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=56,
+        help_text="The region the client declares, if any (its measurements are shared with "
+        "callers declaring the same); else its address's /24 or /48.",
+    )

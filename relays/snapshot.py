@@ -63,9 +63,10 @@ class Fleet:
     ranges: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]
     built: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    measured: dict[str, dict[str, float]] = field(default_factory=dict)  # network -> relay -> ms
+    # network -> relay -> (pair round trip, gather time), as clients measured them
+    measured: dict[str, dict[str, tuple[float | None, float | None]]] = field(default_factory=dict)
 
-    def client_rtts(self, network: str, read) -> dict[str, float]:
+    def client_rtts(self, network: str, read) -> dict[str, tuple[float | None, float | None]]:
         """What clients on `network` measured (read once per snapshot and network)."""
         if not network:
             return {}

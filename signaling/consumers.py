@@ -47,10 +47,12 @@ from config.client_ip import scope_client_ip
 from relays.scoring import network_key
 from relays.services import (
     IceLimited,
+    MeasureLimited,
     ReportLimited,
     ice_issue_check,
     ice_servers_issue,
     relay_failure_report,
+    relay_gather_report,
 )
 from relays.tasks import reprobe_relay
 
@@ -670,6 +672,17 @@ class SignalConsumer(AsyncWebsocketConsumer):
         if relay is not None:
             await in_db_pool(reprobe_relay.delay)(str(relay.pk))
         await self.emit("relay-failure-noted", ref=msg.id)
+
+    async def on_relay_gather(self, msg: ClientMessage) -> None:
+        """How long each relay this device was given took to give it a candidate: feeds each
+        relay's figure for the device's network."""
+        try:
+            taken = await in_db_pool(relay_gather_report)(
+                user=self.user, network=self.network, gathered=msg.body["gathered"]
+            )
+        except MeasureLimited as exc:
+            raise ProtocolError(exc.code, str(exc), msg.id) from None
+        await self.emit("relay-gather-noted", ref=msg.id, body={"taken": taken})
 
     async def on_report(self, msg: ClientMessage) -> None:
         me = await self._joined_participant(msg)

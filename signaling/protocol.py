@@ -38,6 +38,7 @@ CLIENT_TYPES: dict[str, bool] = {
     "invite": True,
     "chat": True,
     "relay-failure": False,
+    "relay-gather": False,
 }
 RELAY_PROBLEMS = ("allocation", "ice")
 HANGUP_REASONS = ("hangup", "failed")
@@ -173,6 +174,8 @@ def _validate_type_body(msg: ClientMessage) -> None:
                 "bad_body", f"`problem` must be one of {', '.join(RELAY_PROBLEMS)}.", msg.id
             )
         msg.body = {"relayUrl": relay_url, "problem": problem}
+    elif msg.type == "relay-gather":
+        msg.body = {"gathered": parse_gathered(b.get("gathered"), msg.id)}
     elif msg.type == "report":
         ctype, relay_url = _path(b, "connectionType", msg)
         msg.body = {
@@ -261,6 +264,28 @@ def _path(b: dict, key: str, msg: ClientMessage) -> tuple[str, str]:
     if not isinstance(relay_url, str) or len(relay_url) > 300:
         raise ProtocolError("bad_body", "`relayUrl` must be a short string.", msg.id)
     return kind, relay_url
+
+
+MAX_GATHERED = 4
+MAX_GATHER_MS = 60_000
+
+
+def parse_gathered(value, ref: str | None = None) -> list[tuple[str, float]]:
+    """`[{relayUrl, ms}, …]`: how long each relay took to give this device a relay candidate."""
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_GATHERED:
+        raise ProtocolError(
+            "bad_body", f"`gathered` must list 1 to {MAX_GATHERED} {{relayUrl, ms}}.", ref
+        )
+    out = []
+    for item in value:
+        url = item.get("relayUrl") if isinstance(item, dict) else None
+        if not isinstance(url, str) or not 0 < len(url) <= 300:
+            raise ProtocolError("bad_body", "each `relayUrl` must be a relay's URL.", ref)
+        ms = _number(item.get("ms"), "ms", MAX_GATHER_MS, ref)
+        if ms is None:
+            raise ProtocolError("bad_body", "each entry needs `ms`.", ref)
+        out.append((url, ms))
+    return out
 
 
 def _number(value, name: str, top: float, ref: str | None) -> float | None:

@@ -9,8 +9,11 @@
 from .issuing import NO_RELAY_REASON, IceLimited, ice_issue_check, ice_servers_issue
 from .measurements import (
     FAILURE_PROBLEMS,
+    MAX_GATHER_REPORTS,
+    MeasureLimited,
     ReportLimited,
     relay_failure_report,
+    relay_gather_report,
     relay_rtt_observe,
 )
 from .pruning import relay_prune_history
@@ -39,6 +42,9 @@ from .sweep import (
 
 __all__ = [
     "FAILURE_PROBLEMS",
+    "MAX_GATHER_REPORTS",
+    "MeasureLimited",
+    "relay_gather_report",
     "ReportLimited",
     "relay_failure_report",
     "NO_RELAY_REASON",

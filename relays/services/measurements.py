@@ -19,11 +19,12 @@ MAX_CLIENT_RTT_MS = 10_000.0  # a report beyond this is a stalled page, not a ne
 
 
 def relay_rtt_observe(
-    *, relay: Relay, network: str, rtt_ms: float, now=None
+    *, relay: Relay, network: str, rtt_ms: float, now=None, kind: str = ClientRelayRtt.Kind.PAIR
 ) -> ClientRelayRtt | None:
-    """One client on `network` measured `rtt_ms` through `relay`: fold it into that network's
-    figure (older samples weigh less, halving every CLIENT_RTT_HALF_LIFE_HOURS). None when there
-    is nothing to learn from (no network, or a figure out of range)."""
+    """One client on `network` measured `rtt_ms` through `relay` (`kind`: the selected pair's
+    round trip, or the time to gather a relay candidate): fold it into that network's figure
+    (older samples weigh less, halving every CLIENT_RTT_HALF_LIFE_HOURS). None when there is
+    nothing to learn from (no network, or a figure out of range)."""
     if not network or not 0 <= rtt_ms <= MAX_CLIENT_RTT_MS:
         return None
     now = now or timezone.now()
@@ -31,7 +32,7 @@ def relay_rtt_observe(
         with transaction.atomic():
             row = (
                 ClientRelayRtt.objects.select_for_update()
-                .filter(network=network, relay=relay)
+                .filter(network=network, relay=relay, kind=kind)
                 .first()
             )
             if row is None:
@@ -40,6 +41,7 @@ def relay_rtt_observe(
                         return ClientRelayRtt.objects.create(
                             network=network,
                             relay=relay,
+                            kind=kind,
                             rtt_ms=rtt_ms,
                             weight=1.0,
                             samples=1,
@@ -90,3 +92,29 @@ def relay_failure_report(*, user, relay_url: str, problem: str) -> Relay | None:
     detail = f"{problem} failed on {relay_url[:200]}" + ("" if fresh else " (re-probe under way)")
     relay_event(relay, RelayEventKind.REPORTED, actor=user, detail=detail).save()
     return relay if fresh else None
+
+
+MAX_GATHER_REPORTS = 4  # relays in one report (a caller is handed RELAYS_PER_CALLER of them)
+
+
+class MeasureLimited(ReportLimited):
+    code = "measure_limited"
+
+
+def relay_gather_report(*, user, network: str, gathered: list[tuple[str, float]]) -> int:
+    """`user`'s device on `network` took these times (ms) to gather a relay candidate from these
+    relay URLs. Each feeds that relay's figure for the network; only relays this user was
+    handed count. Returns how many were taken. Raises MeasureLimited."""
+    wait = per_user_retry_after(user=user, group="relays.gather", rate=settings.RELAY_GATHER_RATE)
+    if wait is not None:
+        raise MeasureLimited(wait)
+    taken = 0
+    for url, ms in gathered[:MAX_GATHER_REPORTS]:
+        relay = relay_given_to(user_id=user.pk, url=url)
+        if relay is None:
+            continue
+        if relay_rtt_observe(
+            relay=relay, network=network, rtt_ms=ms, kind=ClientRelayRtt.Kind.GATHER
+        ):
+            taken += 1
+    return taken

@@ -369,8 +369,18 @@ export function init(root) {
       (peer.candidateErrors = peer.candidateErrors || []).push(`${ev.errorCode} ${ev.errorText} ${ev.url}`);
       reportRelayFailure(ev.url);
     };
-    pc.onicecandidate = ({ candidate }) => {
+    let gatheringSince = null;
+    const gathered = new Map(); // relay URL -> ms to its first relay candidate
+    pc.onicegatheringstatechange = () => {
+      if (pc.iceGatheringState === "gathering" && gatheringSince == null) gatheringSince = performance.now();
+      if (pc.iceGatheringState === "complete") reportGathered(gathered);
+    };
+    pc.onicecandidate = (ev) => {
+      const { candidate } = ev;
       peer.sentCandidates = (peer.sentCandidates || 0) + 1;
+      if (candidate && candidate.type === "relay" && ev.url && gatheringSince != null && !gathered.has(ev.url)) {
+        gathered.set(ev.url, Math.round(performance.now() - gatheringSince));
+      }
       send("candidate", { candidate: candidate ? candidate.toJSON() : null });
     };
     const makeOffer = async () => {
@@ -672,6 +682,17 @@ export function init(root) {
     reportedRelays.add(url);
     call.relayFailuresReported = reportedRelays.size;
     signal.send("relay-failure", null, { relayUrl: url, problem: "allocation" });
+  }
+
+  // How long each relay took to give a candidate: once per relay URL per page, it feeds that
+  // relay's score for this network (the server keeps only relays it handed to this user).
+  const gatherReported = new Set();
+  function reportGathered(gathered) {
+    const fresh = [...gathered].filter(([url]) => !gatherReported.has(url)).slice(0, 4);
+    if (!fresh.length) return;
+    for (const [url] of fresh) gatherReported.add(url);
+    call.gatherReported = [...gatherReported];
+    signal.send("relay-gather", null, { gathered: fresh.map(([relayUrl, ms]) => ({ relayUrl, ms })) });
   }
 
   // No relay could be handed out: the call may still connect directly (the server still gives

@@ -111,3 +111,49 @@ def test_explain_shows_a_sample_caller_joining_a_call(admin_client, alice, bob):
     assert bad.status_code == 400
     page = admin_client.get("/admin/relays/relay/explain/", {"call": str(call.id)})
     assert page.status_code == 200 and b"participants hold" in page.content
+
+
+@pytest.mark.django_db
+def test_gather_reports_over_rest_feed_selection(client, alice, password):
+    from relays.models import ClientRelayRtt, CredentialGrant
+    from relays.selectors import explain_selection
+
+    near = _relay("near", rtt=40.0)
+    _relay("far", rtt=30.0)
+    grant = CredentialGrant.objects.create(
+        user=alice, expires_at=timezone.now() + timezone.timedelta(minutes=5)
+    )
+    grant.relays.set([near])
+    client.login(username="alice", password=password)
+    gather = "/api/v1/relays/gather/"
+    ok = client.post(
+        gather,
+        {"gathered": [{"relayUrl": near.urls[0], "ms": 20}], "network": "eu"},
+        content_type="application/json",
+    )
+    assert ok.status_code == 202 and ok.json() == {"taken": 1}
+    assert ClientRelayRtt.objects.get().kind == "gather"
+    # For callers declaring eu, "near" now scores 10 (half its 20 ms gather), under far's 30.
+    rows = {r["name"]: r for r in explain_selection(region="eu")["relays"]}
+    assert rows["near"]["parts"]["rtt (client gather)"] == 10.0
+    assert explain_selection(region="eu")["chosen"][0] == "near"
+    for bad in (
+        {"gathered": []},
+        {"gathered": [{"relayUrl": near.urls[0], "ms": 10**9}]},
+        {"gathered": "soon"},
+    ):
+        refused = client.post(gather, bad, content_type="application/json")
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid", bad
+
+
+@pytest.mark.django_db
+@pytest.mark.ratelimit
+def test_gather_reports_are_rate_limited_per_user(client, alice, password, settings):
+    settings.RELAY_GATHER_RATE = "2/m"
+    client.login(username="alice", password=password)
+    body = {"gathered": [{"relayUrl": "turn:x.example:3478", "ms": 5}]}
+    codes = [
+        client.post("/api/v1/relays/gather/", body, content_type="application/json").status_code
+        for _ in range(3)
+    ]
+    assert codes == [202, 202, 429]

@@ -35,6 +35,7 @@ candidates = st.builds(
     status=st.sampled_from(list(RelayStatus)),
     prober_rtt_ms=st.none() | st.floats(0, 2000),
     client_rtt_ms=st.none() | st.floats(0, 2000),
+    client_gather_ms=st.none() | st.floats(0, 4000),
     allocations=st.integers(0, 60),
     capacity=st.none() | st.integers(1, 50),
     weight=st.floats(0.1, 5),

@@ -336,3 +336,59 @@ async def test_the_call_pages_socket_asks_with_the_call_in_mind(connect, alice, 
     c = await connect(charlie, path=f"/ws/signal/?call={call.id}")
     assert c.welcome["body"]["ice"]["status"] == "ok"
     assert not await sync_to_async(Participant.objects.filter(call=call, user=charlie).exists)()
+
+
+async def test_gather_times_feed_the_relays_figure_and_bad_reports_are_refused(
+    connect, alice, settings
+):
+    """How long a relay took to give a candidate, for relays this user was given: stored per
+    network as a gather figure (selection halves it into a round trip when no pair was
+    measured); others are ignored, and malformed reports get bad_body."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from relays.models import ClientRelayRtt, CredentialGrant, Relay
+
+    def given_a_relay():
+        relay = Relay.objects.create(
+            name="gathered", urls=["turn:g.example:3478?transport=udp"], secret="s" * 16
+        )
+        grant = CredentialGrant.objects.create(
+            user=alice, expires_at=timezone.now() + timedelta(minutes=5)
+        )
+        grant.relays.set([relay])
+        return relay
+
+    relay = await sync_to_async(given_a_relay)()
+    a = await connect(alice, path="/ws/signal/?region=eu&ice=0")
+    await a.send(
+        "relay-gather",
+        body={
+            "gathered": [
+                {"relayUrl": "turn:g.example:3478?transport=udp", "ms": 64},
+                {"relayUrl": "turn:someone-elses.example:3478", "ms": 5},
+            ]
+        },
+    )
+    noted = await a.recv_type("relay-gather-noted")
+    assert noted["body"] == {"taken": 1}
+    (row,) = await sync_to_async(list)(ClientRelayRtt.objects.all())
+    assert (row.relay_id, row.network, row.kind, row.rtt_ms) == (
+        relay.id,
+        "region:eu",
+        "gather",
+        64.0,
+    )
+    for bad in (
+        {},
+        {"gathered": []},
+        {"gathered": [{"relayUrl": "turn:g.example:3478", "ms": -1}]},
+        {"gathered": [{"relayUrl": "turn:g.example:3478", "ms": "fast"}]},
+        {"gathered": [{"relayUrl": "", "ms": 3}]},
+        {"gathered": [{"relayUrl": "turn:g.example:3478", "ms": 3}] * 5},
+        {"gathered": ["turn:g.example:3478"]},
+    ):
+        await a.send("relay-gather", body=bad)
+        assert (await a.error())["code"] == "bad_body", bad
+    assert await sync_to_async(ClientRelayRtt.objects.count)() == 1
