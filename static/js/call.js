@@ -378,8 +378,9 @@ export function init(root) {
     pc.onicecandidate = (ev) => {
       const { candidate } = ev;
       peer.sentCandidates = (peer.sentCandidates || 0) + 1;
-      if (candidate && candidate.type === "relay" && ev.url && gatheringSince != null && !gathered.has(ev.url)) {
-        gathered.set(ev.url, Math.round(performance.now() - gatheringSince));
+      const url = ev.url || (candidate && candidate.url); // the server that gave the candidate
+      if (candidate && candidate.type === "relay" && url && gatheringSince != null && !gathered.has(url)) {
+        gathered.set(url, Math.round(performance.now() - gatheringSince));
       }
       send("candidate", { candidate: candidate ? candidate.toJSON() : null });
     };
@@ -517,6 +518,7 @@ export function init(root) {
       remoteType: remote.candidateType,
       relayUrl: local.candidateType === "relay" ? local.url || "" : "",
       relayProtocol: local.relayProtocol || null,
+      localCandidate: `${local.address || local.ip}:${local.port}`,
       rttMs: pair.currentRoundTripTime != null ? Math.round(pair.currentRoundTripTime * 10000) / 10 : null,
       stats,
     };
