@@ -162,6 +162,15 @@ def main() -> int:
         trivial_rps = rate("/bench/trivial/")
         signed_in_rps = rate("/bench/trivial-signed-in/")
         ice_rps = rate("/api/v1/ice-servers/")
+        # A page refreshing its credentials (?keep=): the same grant, extended.
+        keep = client.get("/api/v1/ice-servers/").json()["grant"]
+        refresh_url = f"/api/v1/ice-servers/?keep={keep}"
+        with CaptureQueriesContext(connection) as captured_refresh:
+            assert client.get(refresh_url).status_code == 200
+        refresh_statements = [
+            q["sql"] for q in captured_refresh.captured_queries if not q["sql"].startswith(control)
+        ]
+        refresh_rps = rate(refresh_url)
 
     out = {
         "machine": {"python": platform.python_version(), "database": connection.vendor},
@@ -174,6 +183,9 @@ def main() -> int:
         "trivial_view_rps": round(trivial_rps),
         "trivial_signed_in_view_rps": round(signed_in_rps),
         "ice_servers_rps": round(ice_rps),
+        "ice_servers_refresh_rps": round(refresh_rps),
+        "queries_per_refresh": len(refresh_statements),
+        "ratio_to_signed_in_trivial": round(ice_rps / signed_in_rps, 2),
         "goals": {
             "selection_p99_le_2ms": selection["p99_ms"] <= 2.0,
             "queries_beyond_auth_le_3": len(statements) - len(auth) <= 3,
@@ -191,7 +203,8 @@ def main() -> int:
         "|---|---|---|---|",
         f"| selection p50 / p99 | {selection['p50_ms']} / {selection['p99_ms']} ms | ORM load of all relays: {orm['p50_ms']} / {orm['p99_ms']} ms | p99 <= 2 ms: **{out['goals']['selection_p99_le_2ms']}** |",
         f"| SQL per GET /api/v1/ice-servers/ beyond authentication | {out['queries_beyond_auth']} (of {out['queries_per_ice_servers']}) | - | <= 3: **{out['goals']['queries_beyond_auth_le_3']}** |",
-        f"| requests/s, GET /api/v1/ice-servers/ | {out['ice_servers_rps']} | trivial JSON view: {out['trivial_view_rps']}; signed in (session + user read): {out['trivial_signed_in_view_rps']} | >= 0.7x the trivial view: **{out['goals']['rps_ge_0_7x_trivial']}** |",
+        f"| requests/s, GET /api/v1/ice-servers/ (a new page: a grant is written) | {out['ice_servers_rps']} ({out['ratio_to_signed_in_trivial']}x the signed-in view) | trivial JSON view: {out['trivial_view_rps']}; signed in (session + user read): {out['trivial_signed_in_view_rps']} | >= 0.7x the trivial view: **{out['goals']['rps_ge_0_7x_trivial']}** |",
+        f"| requests/s, a refresh (?keep=, the same relays: the grant's expiry moves) | {out['ice_servers_refresh_rps']} | {out['queries_per_refresh']} SQL statements in all | - |",
         "",
     ]
     (RESULTS / "assignment.md").write_text("\n".join(md))

@@ -64,10 +64,17 @@ def _choose_and_grant(
             else None
         )
         if held is None:
-            live = CredentialGrant.objects.filter(user=user, expires_at__gt=now)
-            if live.count() >= settings.ICE_GRANTS_PER_USER:
+            cap = settings.ICE_GRANTS_PER_USER
+            # Up to `cap` of the user's live grants, newest first: their number and the newest
+            # in one read.
+            newest = list(
+                CredentialGrant.objects.filter(user=user, expires_at__gt=now)
+                .order_by("-created_at")
+                .values_list("pk", flat=True)[:cap]
+            )
+            if len(newest) >= cap:
                 # At the cap (many pages, or many reloads): the newest grant serves this one too.
-                held = live.select_for_update().order_by("-created_at").first()
+                held = CredentialGrant.objects.select_for_update().filter(pk=newest[0]).first()
         kept = list(held.relays.values_list("pk", flat=True)) if held is not None else []
         relays = select_relays_for(
             user=user, region=region, ip=ip, keep=[str(k) for k in kept], peers=peers
@@ -85,12 +92,18 @@ def _choose_and_grant(
         if held is not None:
             grant = held
             CredentialGrant.objects.filter(pk=grant.pk).update(expires_at=expires_at)
-            links.filter(credentialgrant=grant).delete()
+            if {r.pk for r in relays} == set(kept):
+                relays_changed = False  # a refresh that keeps its relays: only the expiry moves
+            else:
+                links.filter(credentialgrant=grant).delete()
+                relays_changed = True
         else:
             grant = CredentialGrant.objects.create(user=user, expires_at=expires_at)
-        links.bulk_create(
-            [CredentialGrant.relays.through(credentialgrant=grant, relay=r) for r in relays]
-        )
+            relays_changed = True
+        if relays_changed:
+            links.bulk_create(
+                [CredentialGrant.relays.through(credentialgrant=grant, relay=r) for r in relays]
+            )
         payload["grant"] = grant.id
     return relays, grant
 
