@@ -25,16 +25,22 @@ def participant_for(*, call_id, user) -> Participant | None:
 
 
 def call_peer_relays(*, call_id, user=None) -> list[str]:
-    """The relays the call's other participants (those not gone) were assigned, as ids, each
-    one's first choice first; with no `user`, everyone's (the staff's explain page, for a
-    sample caller joining the call)."""
-    rows = AssignedRelay.objects.filter(participant__call_id=call_id).exclude(
-        participant__state=ParticipantState.LEFT
-    )
+    """The relay each of the call's other participants (those not gone) uses, as ids: the one
+    its device reported using, else the first it was handed. With no `user`, everyone's (the
+    staff's explain page, for a sample caller joining the call)."""
+    others = Participant.objects.filter(call_id=call_id).exclude(state=ParticipantState.LEFT)
     if user is not None:
-        rows = rows.exclude(participant__user=user)
-    ordered = rows.order_by("participant_id", "position").values_list("relay_id", flat=True)
-    return list(dict.fromkeys(str(relay_id) for relay_id in ordered))
+        others = others.exclude(user=user)
+    used = dict(others.values_list("pk", "relay_id"))
+    handed: dict[int, str] = {}
+    for participant_id, relay_id in (
+        AssignedRelay.objects.filter(participant_id__in=used)
+        .order_by("participant_id", "position")
+        .values_list("participant_id", "relay_id")
+    ):
+        handed.setdefault(participant_id, relay_id)
+    chosen = (used[p] or handed.get(p) for p in sorted(used))
+    return list(dict.fromkeys(str(r) for r in chosen if r is not None))
 
 
 def relays_of_call(call: str) -> list[str]:

@@ -10,8 +10,9 @@ Lower scores are better. A score adds up, in milliseconds-like points:
   caller's region is unknown);
 - load: live allocations over the capacity the admin set, times LOAD_POINTS (a full relay is not
   eligible at all);
-- the call: a relay the call's other side was assigned wins SAME_RELAY_POINTS back, one in the
-  region of theirs PEER_REGION_POINTS (both sides on one relay, else on a near pair);
+- the call: the relay the call's other side uses (or was handed first) counts SAME_RELAY_FACTOR
+  of its points, one in the same region as theirs PEER_REGION_FACTOR (both sides on one relay,
+  else on a near pair);
 and is then divided by the admin's weight (2 makes a relay look twice as good).
 
 Among relays whose scores are within NEAR_EQUAL of the best, the pick is by two random choices:
@@ -40,11 +41,12 @@ LOAD_POINTS = 100.0
 NEAR_EQUAL = 0.15  # within 15 % of the best score (and NEAR_EQUAL_POINTS) counts as equal
 NEAR_EQUAL_POINTS = 10.0
 GATHER_ROUND_TRIPS = 2.0  # a relay candidate takes an Allocate, its 401 challenge, and again
-# The call's other side: a relay they hold wins this many points back (one relay between the
-# two, instead of two relays and the path between them), a relay in the region of one of theirs
-# PEER_REGION_POINTS (the nearest pair that region can tell).
-SAME_RELAY_POINTS = 60.0
-PEER_REGION_POINTS = 20.0
+# The call's other side: the relay they use counts this share of its points (one relay between
+# the two, instead of two relays and the path between them), a relay in its region
+# PEER_REGION_FACTOR (the nearest pair that regions can tell). Factors, not points taken off:
+# the relays' own differences (load, health) still count among them, and nothing goes negative.
+SAME_RELAY_FACTOR = 0.4
+PEER_REGION_FACTOR = 0.8
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,8 @@ class Candidate:
 @dataclass(frozen=True)
 class Caller:
     region: str = ""  # "" : unknown
-    # The relays the call's other participants were assigned (each one's first choice first),
-    # and their regions.
+    # The relays the call's other participants use (each one's: the relay it reported using,
+    # else the first it was handed), and their regions.
     peer_relays: tuple[str, ...] = ()
     peer_regions: frozenset[str] = frozenset()
 
@@ -127,9 +129,9 @@ def value(candidate: Candidate, caller: Caller) -> float:
         points += LOAD_POINTS if allocations >= capacity else LOAD_POINTS * allocations / capacity
     if caller.peer_relays:
         if candidate.id in caller.peer_relays:
-            points = max(points - SAME_RELAY_POINTS, 0.0)
+            points *= SAME_RELAY_FACTOR
         elif candidate.region and candidate.region in caller.peer_regions:
-            points = max(points - PEER_REGION_POINTS, 0.0)
+            points *= PEER_REGION_FACTOR
     weight = candidate.weight
     return points / (weight if weight > 0.01 else 0.01)
 
@@ -151,12 +153,14 @@ def score(candidate: Candidate, caller: Caller) -> Scored:
     load = candidate.load
     if load is not None:
         parts["load"] = LOAD_POINTS * min(load, 1.0)
-    subtotal = sum(parts.values())
+    total = sum(parts.values())
     if candidate.id in caller.peer_relays:
-        parts["the call's other side uses it"] = -min(SAME_RELAY_POINTS, subtotal)
+        parts["× the call's other side uses it"] = SAME_RELAY_FACTOR
+        total *= SAME_RELAY_FACTOR
     elif caller.peer_relays and candidate.region and candidate.region in caller.peer_regions:
-        parts["near the other side's relay"] = -min(PEER_REGION_POINTS, subtotal)
-    total = sum(parts.values()) / max(candidate.weight, 0.01)
+        parts["× near the other side's relay"] = PEER_REGION_FACTOR
+        total *= PEER_REGION_FACTOR
+    total /= max(candidate.weight, 0.01)
     if candidate.weight != 1.0:
         parts["÷ weight"] = candidate.weight
     return Scored(candidate, total, parts)

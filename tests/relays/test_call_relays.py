@@ -61,8 +61,23 @@ def test_a_callee_far_from_the_callers_relay_gets_one_in_its_region(alice, bob):
     mine = call_ice_issue(user=alice, call_id=call.id, region="eu")
     assert mine["relays"][0]["name"] == "eu-1"
     theirs = call_ice_issue(user=bob, call_id=call.id, region="us")
-    # eu-1 costs bob 10 + 80 (another region) - 60 (the caller holds it) = 30; us-1 10.
+    # eu-1 costs bob (10 + 80 for another region) × 0.4 (the caller holds it) = 36; us-1 10.
     assert [r["name"] for r in theirs["relays"]] == ["us-1", "eu-1"]
+
+
+@pytest.mark.django_db
+def test_the_relay_the_other_side_reported_using_counts_over_the_one_it_was_handed_first(
+    alice, bob
+):
+    for i in range(4):
+        _relay(f"eu-{i}", rtt=10.0)
+    call = call_start(caller=alice, callee=bob)
+    mine = call_ice_issue(user=alice, call_id=call.id)
+    handed_first, fallback = (r["name"] for r in mine["relays"])
+    # ICE went through the fallback (the first refused the path): that is the one to meet on.
+    Participant.objects.filter(call=call, user=alice).update(relay=Relay.objects.get(name=fallback))
+    theirs = call_ice_issue(user=bob, call_id=call.id)
+    assert theirs["relays"][0]["name"] == fallback != handed_first
 
 
 @pytest.mark.django_db
@@ -105,7 +120,8 @@ def test_explain_shows_a_sample_caller_joining_a_call(admin_client, alice, bob):
     call = call_start(caller=alice, callee=bob)
     mine = call_ice_issue(user=alice, call_id=call.id)
     body = admin_client.get("/api/v1/relays/explain/", {"call": str(call.id)}).json()
-    assert sorted(body["caller"]["call_relays"]) == sorted(r["name"] for r in mine["relays"])
+    # The relay the caller uses (no report yet: the first it was handed).
+    assert body["caller"]["call_relays"] == [mine["relays"][0]["name"]]
     assert body["chosen"][0] == mine["relays"][0]["name"]
     bad = admin_client.get("/api/v1/relays/explain/", {"call": "nope"})
     assert bad.status_code == 400

@@ -198,18 +198,28 @@ def test_both_sides_of_a_call_share_a_relay_or_get_a_near_pair():
     ap1 = Candidate(id="ap1", name="ap1", region="ap", prober_rtt_ms=36.0)
     alone = Caller(region="us")
     assert choose([eu1, eu2, us1], alone, limit=1)[0].candidate.id == "us1"
-    # The caller holds eu1: eu1 costs 30 + 80 (another region) - 60 = 50, us1 20: us1 still wins.
+    # The caller holds eu1: eu1 costs (30 + 80 for another region) × 0.4 = 44, us1 20: us1 wins.
     with_peer = Caller(region="us", peer_relays=("eu1",), peer_regions=frozenset({"eu"}))
     assert choose([eu1, eu2, us1], with_peer, limit=1)[0].candidate.id == "us1"
     # Same region as the caller's relay: the caller's own relay wins over a faster local one.
     with_peer_eu = Caller(region="eu", peer_relays=("eu1",), peer_regions=frozenset({"eu"}))
     assert choose([eu1, eu2], with_peer_eu, limit=1)[0].candidate.id == "eu1"
-    faster = Candidate(id="eu3", name="eu3", region="eu", prober_rtt_ms=1.0)
-    assert choose([eu1, faster], with_peer_eu, limit=1)[0].candidate.id == "eu1"
+    faster = Candidate(id="eu3", name="eu3", region="eu", prober_rtt_ms=20.0)
+    assert choose([eu1, faster], with_peer_eu, limit=1)[0].candidate.id == "eu1"  # 12 < 20
+    # A much nearer one still wins: 30 × 0.4 = 12 against 5.
+    nearest = Candidate(id="eu4", name="eu4", region="eu", prober_rtt_ms=5.0)
+    assert choose([eu1, nearest], with_peer_eu, limit=1)[0].candidate.id == "eu4"
     # Unknown caller region, the peer's relay full: the one nearest it (its region) is next.
     unknown = Caller(peer_relays=("gone",), peer_regions=frozenset({"ap"}))
-    assert choose([ap1, eu2], unknown, limit=1)[0].candidate.id == "ap1"  # 36-20 < 35
+    assert choose([ap1, eu2], unknown, limit=1)[0].candidate.id == "ap1"  # 36 × 0.8 < 35
     assert choose([ap1, eu2], Caller(), limit=1)[0].candidate.id == "eu2"
     explained = score(eu1, with_peer_eu)
-    assert explained.parts["the call's other side uses it"] == -30.0  # never below zero
-    assert explained.score == 0.0
+    assert explained.parts["× the call's other side uses it"] == 0.4
+    assert explained.score == pytest.approx(12.0)
+    # Two relays the other side uses: their own differences (load here) still decide.
+    both = Caller(region="eu", peer_relays=("eu1", "eu2"), peer_regions=frozenset({"eu"}))
+    loaded = Candidate(
+        id="eu1", name="eu1", region="eu", prober_rtt_ms=1.0, allocations=8, capacity=10
+    )
+    idle = Candidate(id="eu2", name="eu2", region="eu", prober_rtt_ms=1.0, capacity=10)
+    assert choose([loaded, idle], both, limit=1)[0].candidate.id == "eu2"
