@@ -206,8 +206,8 @@ def test_both_sides_of_a_call_share_a_relay_or_get_a_near_pair():
     assert choose([eu1, eu2], with_peer_eu, limit=1)[0].candidate.id == "eu1"
     faster = Candidate(id="eu3", name="eu3", region="eu", prober_rtt_ms=20.0)
     assert choose([eu1, faster], with_peer_eu, limit=1)[0].candidate.id == "eu1"  # 12 < 20
-    # A much nearer one still wins: 30 × 0.4 = 12 against 5.
-    nearest = Candidate(id="eu4", name="eu4", region="eu", prober_rtt_ms=5.0)
+    # A much nearer one still wins: 30 × 0.4 = 12 is more than NEAR_EQUAL_POINTS (10) above 1.
+    nearest = Candidate(id="eu4", name="eu4", region="eu", prober_rtt_ms=1.0)
     assert choose([eu1, nearest], with_peer_eu, limit=1)[0].candidate.id == "eu4"
     # Unknown caller region, the peer's relay full: the one nearest it (its region) is next.
     unknown = Caller(peer_relays=("gone",), peer_regions=frozenset({"ap"}))
