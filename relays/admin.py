@@ -228,6 +228,12 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
         else:
             n = relay_live_grants(relay=obj)
             what = "unexpired grants (the relay publishes no allocations: see redis-statsdb)"
+            if obj.stats_at is not None:
+                when = timezone.localtime(obj.stats_at).strftime("%Y-%m-%d %H:%M:%S")
+                what = (
+                    f"unexpired grants (the relay stopped publishing its allocations; last heard "
+                    f"{when}: check its redis-statsdb line and that Redis)"
+                )
         moved = relay_traffic_since(relay=obj, hours=24)
         traffic = f"; {filesizeformat(moved)} relayed in the last 24 h" if moved else ""
         if obj.capacity:

@@ -200,3 +200,47 @@ def test_valid_grants_of_deactivated_accounts_are_listed(client, staff, password
     ).content.decode()
     assert live.id in html and "g-relay" in html
     assert "1 credential grant" in html  # not the expired one, not bob's
+
+
+def test_the_load_says_where_it_comes_from_and_the_bytes_relayed(
+    client, staff, password, relay, alice, settings
+):
+    from datetime import timedelta
+
+    from relays.models import CredentialGrant, GrantTraffic
+
+    client.login(username="root", password=password)
+    Relay.objects.filter(pk=relay.pk).update(capacity=10)
+    grant = CredentialGrant.objects.create(
+        user=alice, expires_at=timezone.now() + timedelta(hours=1)
+    )
+    grant.relays.set([relay])
+    change = f"/admin/relays/relay/{relay.pk}/change/"
+
+    html = client.get(change).content.decode()
+    assert "1 of 10 (10%), unexpired grants (the relay publishes no allocations" in html
+
+    Relay.objects.filter(pk=relay.pk).update(live_allocations=7, stats_at=timezone.now())
+    now = timezone.now()
+    GrantTraffic.objects.create(
+        grant_id=grant.pk,
+        relay=relay,
+        user=alice,
+        received_bytes=1_500_000,
+        sent_bytes=500_000,
+        allocations=2,
+        first_at=now,
+        last_at=now,
+    )
+    html = client.get(change).content.decode()
+    assert "7 of 10 (70%), live allocations, as the relay published them" in html
+    assert "1.9\xa0MB relayed in the last 24 h" in html
+    fleet = client.get("/admin/relays/relay/fleet/").content.decode()
+    assert "7 of 10 allocations" in fleet
+
+    long_ago = timezone.now() - timedelta(seconds=10 * settings.RELAY_SWEEP_INTERVAL)
+    Relay.objects.filter(pk=relay.pk).update(stats_at=long_ago)
+    html = client.get(change).content.decode()
+    assert "1 of 10 (10%), unexpired grants (the relay stopped publishing" in html
+    listed = client.get("/admin/relays/granttraffic/").content.decode()
+    assert grant.pk in listed and "1.4\xa0MB" in listed and "alice" in listed
