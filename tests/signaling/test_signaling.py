@@ -9,6 +9,7 @@ from asgiref.sync import sync_to_async
 
 from calls.models import Call, CallState, Participant
 from calls.services import call_start
+from tests.conftest import up_relay
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -231,23 +232,12 @@ async def test_a_relayed_round_trip_feeds_the_relays_figure_for_the_devices_netw
 ):
     """A device that declared region eu reports 42 ms through a relay it was given: selection
     for callers in eu now knows that relay's round trip from there."""
-    from datetime import timedelta
 
-    from django.utils import timezone
+    from relays.models import ClientRelayRtt
 
-    from relays.models import ClientRelayRtt, CredentialGrant, Relay
-
-    def given_a_relay():
-        relay = Relay.objects.create(
-            name="measured", urls=["turn:m.example:3478?transport=udp"], secret="s" * 16
-        )
-        grant = CredentialGrant.objects.create(
-            user=alice, expires_at=timezone.now() + timedelta(minutes=5)
-        )
-        grant.relays.set([relay])
-        return relay
-
-    relay = await sync_to_async(given_a_relay)()
+    relay = await sync_to_async(_relay_given_to)(
+        alice, "measured", "turn:m.example:3478?transport=udp"
+    )
     a = await connect(alice, path="/ws/signal/?region=eu")
     b = await connect(bob)
     await a.send("join", call.id)
@@ -301,21 +291,24 @@ async def test_a_relay_failure_report_is_acknowledged_and_bad_ones_refused(conne
     assert (await a.error())["code"] == "bad_body"
 
 
-def _turn_relay(name):
+def _relay_given_to(user, name: str, url: str):
+    """A relay (made up) that `user` was handed, by a grant good for five minutes."""
+    from datetime import timedelta
+
     from django.utils import timezone
 
-    from relays.models import Relay
+    from relays.models import CredentialGrant, Relay
 
-    return Relay.objects.create(
-        name=name,
-        region="eu",
-        urls=[f"turn:{name}.example:3478?transport=udp"],
-        secret="s" * 16,
-        status="up",
-        last_rtt_ms=10.0,
-        last_checked_at=timezone.now(),
-        audited_at=timezone.now(),
+    relay = Relay.objects.create(name=name, urls=[url], secret="s" * 16)
+    grant = CredentialGrant.objects.create(
+        user=user, expires_at=timezone.now() + timedelta(minutes=5)
     )
+    grant.relays.set([relay])
+    return relay
+
+
+def _turn_relay(name):
+    return up_relay(name, region="eu")
 
 
 def _assigned(call, user) -> list[str]:
@@ -344,23 +337,12 @@ async def test_gather_times_feed_the_relays_figure_and_bad_reports_are_refused(
     """How long a relay took to give a candidate, for relays this user was given: stored per
     network as a gather figure (selection halves it into a round trip when no pair was
     measured); others are ignored, and malformed reports get bad_body."""
-    from datetime import timedelta
 
-    from django.utils import timezone
+    from relays.models import ClientRelayRtt
 
-    from relays.models import ClientRelayRtt, CredentialGrant, Relay
-
-    def given_a_relay():
-        relay = Relay.objects.create(
-            name="gathered", urls=["turn:g.example:3478?transport=udp"], secret="s" * 16
-        )
-        grant = CredentialGrant.objects.create(
-            user=alice, expires_at=timezone.now() + timedelta(minutes=5)
-        )
-        grant.relays.set([relay])
-        return relay
-
-    relay = await sync_to_async(given_a_relay)()
+    relay = await sync_to_async(_relay_given_to)(
+        alice, "gathered", "turn:g.example:3478?transport=udp"
+    )
     a = await connect(alice, path="/ws/signal/?region=eu&ice=0")
     await a.send(
         "relay-gather",
