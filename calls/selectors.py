@@ -32,7 +32,7 @@ def call_peer_relays(*, call_id, user=None) -> list[str]:
     if user is not None:
         others = others.exclude(user=user)
     used = dict(others.values_list("pk", "relay_id"))
-    handed: dict[int, str] = {}
+    handed: dict[int, uuid.UUID] = {}
     for participant_id, relay_id in (
         AssignedRelay.objects.filter(participant_id__in=used)
         .order_by("participant_id", "position")
