@@ -61,6 +61,7 @@ TYPED_MODULES = [
     "relays/states.py",
     "relays/decisions.py",
     "relays/allocations.py",
+    "integrations/auth.py",
     "relays/stats_listener.py",
     "relays/scoring.py",
     "relays/snapshot.py",

@@ -3,9 +3,11 @@
 from django.urls import path
 
 from calls.api import CallDetailApi, CallInvitationApi, CallListCreateApi
+from integrations.api import WhoAmIApi
 from relays.api import IceServersApi, RelayExplainApi, RelayFailureApi, RelayGatherApi
 
 urlpatterns = [
+    path("whoami/", WhoAmIApi.as_view(), name="api-whoami"),
     path("ice-servers/", IceServersApi.as_view(), name="api-ice-servers"),
     path("relays/explain/", RelayExplainApi.as_view(), name="api-relays-explain"),
     path("relays/failures/", RelayFailureApi.as_view(), name="api-relay-failures"),

@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "relays",
     "signaling",
     "calls",
+    "rest_framework_api_key",
+    "integrations",
 ]
 
 MIDDLEWARE = [
@@ -341,8 +343,14 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # An API key (Authorization: Bearer, integrations.auth) first: a request with neither gets
+    # 401 with WWW-Authenticate: Bearer. Signed-in people keep their session (with CSRF).
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "integrations.auth.BearerKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["integrations.auth.KeyScopes"],
+    "DEFAULT_THROTTLE_CLASSES": ["integrations.auth.KeyRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
@@ -352,6 +360,8 @@ REST_FRAMEWORK = {
     ],
     "EXCEPTION_HANDLER": "config.api_errors.api_exception_handler",
 }
+# Requests per API key (DRF throttling, in the Redis cache): 429 with Retry-After beyond.
+API_KEY_RATE = env.str("API_KEY_RATE", default="1200/m")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Traverse API",
     "DESCRIPTION": "Calls, relays and ICE servers for integrators.",
