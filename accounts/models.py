@@ -14,6 +14,25 @@ class User(AbstractUser):
     username_skeleton = models.CharField(max_length=150, db_index=True, editable=False, default="")
     # Calls go straight to missed, and nothing rings.
     do_not_disturb = models.BooleanField(default=False)
+    # An integrator's end user (integrations): made and named over the API, reachable only by
+    # the same integrator's users, and never by people who signed up here (nor they by them).
+    integrator = models.ForeignKey(
+        "integrations.Integrator",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="users",
+    )
+    # NULL, not "", when there is none: deleted end users keep their integrator, and NULLs don't
+    # collide in the unique constraint below.
+    external_id = models.CharField(max_length=80, null=True, blank=True)  # noqa: DJ001
+
+    class Meta(AbstractUser.Meta):
+        constraints = [
+            models.UniqueConstraint(
+                fields=["integrator", "external_id"], name="one_user_per_integrator_external_id"
+            )
+        ]
 
     def save(self, *args, **kwargs):
         self.username_skeleton = username_skeleton(self.username)
@@ -21,6 +40,11 @@ class User(AbstractUser):
         if update_fields is not None and "username" in update_fields:
             kwargs["update_fields"] = {*update_fields, "username_skeleton"}
         super().save(*args, **kwargs)
+
+    def can_reach(self, other) -> bool:
+        """Whether this account may ring, invite or name `other`: both signed up here, or both
+        the same integrator's users."""
+        return self.integrator_id == other.integrator_id
 
     def label(self) -> str:
         return self.display_name or self.username

@@ -101,7 +101,9 @@ def _next_or_settings(request: HttpRequest):
 @require_POST
 def block(request: HttpRequest) -> HttpResponse:
     username = request.POST.get("username", "").strip()
-    other = User.objects.filter(username__iexact=username).first()
+    other = User.objects.filter(
+        username__iexact=username, integrator_id=request.user.integrator_id
+    ).first()
     if other is None or other.pk == request.user.pk:
         error = "You can't block yourself." if other else f"There is no one called {username!r}."
         return _settings_page(request, block_error=error, status=400)

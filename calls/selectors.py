@@ -106,7 +106,13 @@ def callee_for(*, caller, username: str):
     """The active user a caller may ring by this username (any case). The one rule that the web
     form and the API both apply; raises NotCallable with a message for the caller."""
     name = username.strip()
-    user = get_user_model().objects.filter(username__iexact=name, is_active=True).first()
+    # Only accounts the caller can reach (User.can_reach): another integrator's users, or this
+    # site's people for an integrator's user, are "no one called …", as if they didn't exist.
+    user = (
+        get_user_model()
+        .objects.filter(username__iexact=name, is_active=True, integrator_id=caller.integrator_id)
+        .first()
+    )
     if user is None:
         raise NotCallable(f"There is no one called {name!r} here.")
     if user.pk == caller.pk:

@@ -1,5 +1,7 @@
 from rest_framework import serializers
 
+from config.api_errors import StrictCharField
+
 from .models import Call, CallKind, Participant
 from .selectors import NotCallable, callee_for
 
@@ -35,7 +37,7 @@ class CallSerializer(serializers.ModelSerializer):
 
 
 class CallCreateSerializer(serializers.Serializer):
-    callee = serializers.CharField(max_length=150, help_text="The username to call.")
+    callee = StrictCharField(max_length=150, help_text="The username to call.")
     kind = serializers.ChoiceField(choices=CallKind.choices, default=CallKind.VIDEO)
 
     def validate_callee(self, value: str):
@@ -46,7 +48,7 @@ class CallCreateSerializer(serializers.Serializer):
 
 
 class InvitationSerializer(serializers.Serializer):
-    username = serializers.CharField(max_length=150, help_text="The username to invite.")
+    username = StrictCharField(max_length=150, help_text="The username to invite.")
 
     def validate_username(self, value: str):
         try:

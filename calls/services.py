@@ -130,7 +130,9 @@ def call_start(*, caller, callee, kind: str = CallKind.VIDEO) -> Call:
     """
     if caller.pk == callee.pk:
         raise CallError("bad_callee", "You can't call yourself.")
-    if not callee.is_active:
+    if not callee.is_active or not caller.can_reach(callee):
+        # Another integrator's user (or one of this site's people, for an integrator's user)
+        # looks the same as one that can't take calls: nothing tells them apart.
         raise CallError("bad_callee", "That account can't take calls.")
     if Block.objects.filter(blocker=callee, blocked=caller).exists():
         raise CallError("unavailable", "That person is unavailable.")
@@ -384,7 +386,7 @@ def call_invite(*, participant: Participant, invitee) -> Participant:
     in it), when the invitee is in it already, busy, on do-not-disturb, blocked the inviter, or
     can't take calls. A person who left or declined can be asked again."""
     now = timezone.now()
-    if not invitee.is_active:
+    if not invitee.is_active or not participant.user.can_reach(invitee):
         raise CallError("bad_callee", "That account can't take calls.")
     if Block.objects.filter(blocker=invitee, blocked_id=participant.user_id).exists():
         raise CallError("unavailable", "That person is unavailable.")

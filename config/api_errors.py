@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import JSONParser
 
 CODES = {
@@ -102,3 +102,29 @@ class SafeJSONParser(JSONParser):
             return super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
+
+
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: DRF's CharField turns 42 or true into "42" and "True"; an
+    API that names wrong types refuses them."""
+
+    default_error_messages = {"not_a_string": "Must be a string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class StrictRegexField(serializers.RegexField):
+    """A string matching `regex` in full (RegexField searches; this anchors it)."""
+
+    default_error_messages = {"not_a_string": "Must be a string."}
+
+    def __init__(self, regex: str, **kwargs):
+        super().__init__(rf"\A(?:{regex})\Z", **kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)

@@ -1,12 +1,26 @@
 """The integrator's own endpoints."""
 
+from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .auth import ANY_KEY, key_principal
+from config.api_errors import StrictCharField, StrictRegexField
+
+from .auth import ANY_KEY, IntegratorPrincipal, key_principal
+from .models import Scope
+from .services import EXTERNAL_ID, end_user_delete, end_user_upsert
+
+
+def require_key(request: Request) -> IntegratorPrincipal:
+    """The integrator behind this request: these endpoints are for API keys only."""
+    principal = key_principal(request)
+    if principal is None:
+        raise PermissionDenied("This endpoint is for integrators: send an API key.")
+    return principal
 
 
 class WhoAmIApi(APIView):
@@ -39,3 +53,69 @@ class WhoAmIApi(APIView):
                 }
             )
         return Response({"kind": "user", "user": request.user.card()})
+
+
+class EndUserSerializer(serializers.Serializer):
+    externalId = StrictRegexField(  # noqa: N815 - the API's spelling
+        EXTERNAL_ID.pattern,
+        max_length=80,
+        help_text="Your id for the person: 1-80 letters, digits and . _ - @ : +",
+    )
+    displayName = StrictCharField(max_length=80, allow_blank=True)  # noqa: N815
+    createdAt = serializers.DateTimeField(read_only=True, source="date_joined")  # noqa: N815
+
+
+def end_user_body(user) -> dict:
+    return {
+        "externalId": user.external_id,
+        "displayName": user.display_name,
+        "createdAt": user.date_joined.isoformat(),
+    }
+
+
+class EndUsersApi(APIView):
+    """Your end users: `POST` makes one or renames it (by your `externalId`)."""
+
+    key_scopes = {"POST": Scope.USERS_WRITE}
+
+    @extend_schema(
+        request=EndUserSerializer, responses={200: EndUserSerializer, 201: EndUserSerializer}
+    )
+    def post(self, request: Request) -> Response:
+        principal = require_key(request)
+        ser = EndUserSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        user, created = end_user_upsert(
+            integrator=principal.integrator,
+            external_id=ser.validated_data["externalId"],
+            display_name=ser.validated_data["displayName"],
+        )
+        return Response(end_user_body(user), status=201 if created else 200)
+
+
+class EndUserApi(APIView):
+    """One of your end users: read it, or delete it with its personal data."""
+
+    key_scopes = {"GET": Scope.USERS_WRITE, "DELETE": Scope.USERS_WRITE}
+
+    def _user(self, request: Request, external_id: str):
+        principal = require_key(request)
+        user = (
+            get_user_model()
+            .objects.filter(integrator=principal.integrator, external_id=external_id)
+            .first()
+        )
+        if user is None:
+            raise NotFound("You have no user with that externalId.")
+        return principal, user
+
+    @extend_schema(responses=EndUserSerializer)
+    def get(self, request: Request, external_id: str) -> Response:
+        _principal, user = self._user(request, external_id)
+        return Response(end_user_body(user))
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, external_id: str) -> Response:
+        principal, _user = self._user(request, external_id)
+        end_user_delete(integrator=principal.integrator, external_id=external_id)
+        return Response(status=204)

@@ -1,5 +1,7 @@
 from rest_framework import serializers
 
+from config.api_errors import StrictCharField
+
 
 class IceServerSerializer(serializers.Serializer):
     urls = serializers.ListField(child=serializers.CharField())
@@ -32,7 +34,7 @@ class IceServersSerializer(serializers.Serializer):
 
 
 class RelayFailureSerializer(serializers.Serializer):
-    relayUrl = serializers.CharField(max_length=300)  # noqa: N815 - the client's spelling
+    relayUrl = StrictCharField(max_length=300)  # noqa: N815 - the client's spelling
     problem = serializers.ChoiceField(
         choices=["allocation", "ice"],
         help_text="allocation: the relay refused or never answered an Allocate; ice: ICE failed "
@@ -41,7 +43,7 @@ class RelayFailureSerializer(serializers.Serializer):
 
 
 class GatheredSerializer(serializers.Serializer):
-    relayUrl = serializers.CharField(max_length=300)  # noqa: N815 - the client's spelling
+    relayUrl = StrictCharField(max_length=300)  # noqa: N815 - the client's spelling
     ms = serializers.FloatField(min_value=0, max_value=60_000)
 
 
@@ -53,7 +55,7 @@ class RelayGatherSerializer(serializers.Serializer):
         help_text="For each relay URL this device was given: milliseconds from starting ICE "
         "gathering to the first relay candidate from it.",
     )
-    network = serializers.CharField(
+    network = StrictCharField(
         required=False,
         allow_blank=True,
         max_length=56,
