@@ -3,12 +3,13 @@
 from django.urls import path
 
 from calls.api import CallDetailApi, CallInvitationApi, CallListCreateApi
-from integrations.api import EndUserApi, EndUsersApi, WhoAmIApi
+from integrations.api import EndUserApi, EndUsersApi, TicketApi, WhoAmIApi
 from relays.api import IceServersApi, RelayExplainApi, RelayFailureApi, RelayGatherApi
 
 urlpatterns = [
     path("whoami/", WhoAmIApi.as_view(), name="api-whoami"),
     path("users/", EndUsersApi.as_view(), name="api-users"),
+    path("tickets/", TicketApi.as_view(), name="api-tickets"),
     path("users/<str:external_id>/", EndUserApi.as_view(), name="api-user"),
     path("ice-servers/", IceServersApi.as_view(), name="api-ice-servers"),
     path("relays/explain/", RelayExplainApi.as_view(), name="api-relays-explain"),

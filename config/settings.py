@@ -360,6 +360,10 @@ REST_FRAMEWORK = {
     ],
     "EXCEPTION_HANDLER": "config.api_errors.api_exception_handler",
 }
+# Join tickets (integrations.tickets): single-use, this short-lived; the device token a ticket
+# socket gets lasts DEVICE_TOKEN_HOURS (the page's reconnects and resumes).
+TICKET_TTL_SECONDS = env.int("TICKET_TTL_SECONDS", default=60)
+DEVICE_TOKEN_HOURS = env.float("DEVICE_TOKEN_HOURS", default=12.0)
 # Requests per API key (DRF throttling, in the Redis cache): 429 with Retry-After beyond.
 API_KEY_RATE = env.str("API_KEY_RATE", default="1200/m")
 SPECTACULAR_SETTINGS = {

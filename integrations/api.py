@@ -13,6 +13,7 @@ from config.api_errors import StrictCharField, StrictRegexField
 from .auth import ANY_KEY, IntegratorPrincipal, key_principal
 from .models import Scope
 from .services import EXTERNAL_ID, end_user_delete, end_user_upsert
+from .tickets import ticket_mint
 
 
 def require_key(request: Request) -> IntegratorPrincipal:
@@ -119,3 +120,50 @@ class EndUserApi(APIView):
         principal, _user = self._user(request, external_id)
         end_user_delete(integrator=principal.integrator, external_id=external_id)
         return Response(status=204)
+
+
+class TicketRequestSerializer(serializers.Serializer):
+    user = StrictRegexField(EXTERNAL_ID.pattern, max_length=80, help_text="The externalId.")
+    call = serializers.UUIDField(
+        required=False, help_text="A call the user is in: the page learns it in its welcome."
+    )
+
+
+class TicketApi(APIView):
+    """A join ticket for one of your users: hand it to their page, which opens
+    `/ws/signal/?ticket=…` (or the embed page) with it, once, within TICKET_TTL_SECONDS. The
+    socket's welcome then carries a `deviceToken` for its reconnects (`?device=…`)."""
+
+    key_scopes = {"POST": Scope.USERS_WRITE}
+
+    @extend_schema(
+        request=TicketRequestSerializer,
+        responses={
+            201: inline_serializer(
+                "Ticket",
+                {"ticket": serializers.CharField(), "expiresAt": serializers.DateTimeField()},
+            )
+        },
+    )
+    def post(self, request: Request) -> Response:
+        from calls.models import Participant
+
+        principal = require_key(request)
+        ser = TicketRequestSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        user = (
+            get_user_model()
+            .objects.filter(
+                integrator=principal.integrator,
+                external_id=ser.validated_data["user"],
+                is_active=True,
+            )
+            .first()
+        )
+        if user is None:
+            raise NotFound("You have no user with that externalId.")
+        call = ser.validated_data.get("call")
+        if call is not None and not Participant.objects.filter(call_id=call, user=user).exists():
+            raise NotFound("That user is in no such call.")
+        ticket, expires_at = ticket_mint(user=user, call_id=call)
+        return Response({"ticket": ticket, "expiresAt": expires_at.isoformat()}, status=201)

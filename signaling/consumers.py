@@ -211,6 +211,9 @@ class SignalConsumer(AsyncWebsocketConsumer):
             # Accepted, then closed with our code: a refused handshake reaches the browser as
             # 1006, which a page can't tell from a network drop, so it would retry forever.
             await self.accept()
+            refused = self.scope.get("auth_error")
+            if refused:  # a ticket or device token that didn't admit: say why
+                await self.send(text_data=compact_json({"v": 1, "type": "error", "body": refused}))
             await self.close(code=4401)
             return
         self.user = user  # a User, not a lazy proxy (auth.py): the hot path reads user.pk
@@ -273,6 +276,11 @@ class SignalConsumer(AsyncWebsocketConsumer):
                     "message": str(exc),
                     "retryAfter": exc.retry_after,
                 }
+        admitted = self.scope.get("admitted")
+        if admitted:  # an integrator's end user: reconnect and resume with this, not a ticket
+            body["deviceToken"] = admitted["deviceToken"]
+            if admitted["call"]:
+                body["ticketCall"] = admitted["call"]
         await self.emit("welcome", body=body)
 
     async def drain(self) -> None:

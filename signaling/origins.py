@@ -70,13 +70,29 @@ def origin_allowed(scope) -> bool:
     return False
 
 
+def origin_in(scope, origins: list[str]) -> bool:
+    """The handshake's Origin is one of `origins` (an integrator's allowed origins)."""
+    origin = _origin_tuple(_header(scope, b"origin"))
+    return origin is not None and any(_origin_tuple(o) == origin for o in origins)
+
+
+def carries_ticket(scope) -> bool:
+    """A socket that brings a join ticket or a device token (integrations.tickets): its origin
+    is checked against its integrator's allowed origins, once the ticket says who that is."""
+    query = scope.get("query_string", b"")
+    return b"ticket=" in query or b"device=" in query
+
+
 class SameOriginValidator:
-    """ASGI middleware: refuse WebSocket handshakes from any other origin (403)."""
+    """ASGI middleware: refuse WebSocket handshakes from any other origin (403). Ticket and
+    device-token sockets pass here; signaling.auth checks their origin against their
+    integrator's."""
 
     def __init__(self, application):
         self.application = application
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "websocket" and not origin_allowed(scope):
-            return await WebsocketDenier()(scope, receive, send)
+        if scope["type"] == "websocket" and not carries_ticket(scope):
+            if not origin_allowed(scope):
+                return await WebsocketDenier()(scope, receive, send)
         return await self.application(scope, receive, send)
