@@ -1,66 +1,210 @@
 """REST endpoints for calls: list your calls, start one, read one."""
 
+from django.contrib.auth import get_user_model
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework.exceptions import ValidationError
 from rest_framework.generics import GenericAPIView, ListAPIView, RetrieveAPIView
+from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.api_errors import Conflict, RateLimited, ServiceUnavailable
+from integrations.auth import key_principal
+from integrations.models import Scope
 
-from .models import Call
+from .models import Call, CallState, EndReason, Participant, ParticipantRole
 from .ratelimits import call_start_retry_after
-from .selectors import call_history_for, participant_for
+from .selectors import call_history_for, calls_of_integrator, participant_for
 from .serializers import (
     CallCreateSerializer,
     CallSerializer,
+    IntegratorCallCreateSerializer,
     InvitationSerializer,
     ParticipantSerializer,
 )
-from .services import CallError, CallUnavailable, call_invite, call_start
+from .services import (
+    CallError,
+    CallUnavailable,
+    call_end,
+    call_invite,
+    call_start,
+)
+
+
+class CallCursor(CursorPagination):
+    """Cursor pages (stable under inserts): ?limit= (default 50, at most 200), ?ordering= one
+    of ORDERINGS, ?cursor= from `next`/`previous`."""
+
+    page_size = 50
+    max_page_size = 200
+    page_size_query_param = "limit"
+    ordering = "-created_at"
+    ORDERINGS = ("-created_at", "created_at", "-updated_at", "updated_at")
+
+    def get_ordering(self, request, queryset, view):
+        wanted = request.query_params.get("ordering", self.ordering)
+        if wanted not in self.ORDERINGS:
+            raise ValidationError({"ordering": [f"One of {', '.join(self.ORDERINGS)}."]})
+        return (wanted, "-id" if wanted.startswith("-") else "id")
+
+
+def calls_visible_to(request: Request):
+    """Your calls (signed in), or your users' calls (an API key): everyone else's are not found."""
+    principal = key_principal(request)
+    if principal is not None:
+        return calls_of_integrator(integrator=principal.integrator)
+    return call_history_for(user=request.user)
+
+
+def filtered(request: Request, calls):
+    """?state=, ?user= (a username, or for API keys an externalId), ?updated_since= (ISO 8601)."""
+    params = request.query_params
+    state = params.get("state")
+    if state is not None:
+        if state not in CallState.values:
+            raise ValidationError({"state": [f"One of {', '.join(CallState.values)}."]})
+        calls = calls.filter(state=state)
+    who = params.get("user")
+    if who is not None:
+        field = "external_id" if key_principal(request) else "username__iexact"
+        calls = calls.filter(
+            pk__in=Participant.objects.filter(**{f"user__{field}": who}).values("call_id")
+        )
+    since = params.get("updated_since")
+    if since is not None:
+        when = parse_datetime(since)
+        if when is None or when.tzinfo is None:
+            raise ValidationError(
+                {"updated_since": ["An ISO 8601 time with its offset, e.g. 2026-01-31T12:00:00Z."]}
+            )
+        calls = calls.filter(updated_at__gte=when)
+    return calls
+
+
+LIST_PARAMETERS = [
+    OpenApiParameter("state", str, enum=CallState.values),
+    OpenApiParameter("user", str, description="A participant: username, or with a key externalId."),
+    OpenApiParameter("updated_since", str, description="Calls changed since (ISO 8601)."),
+    OpenApiParameter("ordering", str, enum=list(CallCursor.ORDERINGS)),
+    OpenApiParameter("limit", int, description="Per page: 50 unless given, at most 200."),
+]
 
 
 class CallListCreateApi(ListAPIView):
+    """Calls: list yours (signed in) or your users' (API key), start one."""
+
     serializer_class = CallSerializer
+    pagination_class = CallCursor
+    key_scopes = {"GET": Scope.CALLS_READ, "POST": Scope.CALLS_WRITE}
 
     def get_queryset(self):
-        return call_history_for(user=self.request.user)
+        return filtered(self.request, calls_visible_to(self.request))
+
+    @extend_schema(parameters=LIST_PARAMETERS)
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
 
     @extend_schema(
-        request=CallCreateSerializer, responses={201: CallSerializer, 200: CallSerializer}
+        request=PolymorphicProxySerializer(
+            "CallCreate",
+            serializers=[CallCreateSerializer, IntegratorCallCreateSerializer],
+            resource_type_field_name=None,
+        ),
+        responses={201: CallSerializer, 200: CallSerializer},
+        description="Signed in: `{callee: username}`. With an API key: `{participants: "
+        "[externalId, externalId]}`, the first calling the second.",
     )
     def post(self, request: Request) -> Response:
-        ser = CallCreateSerializer(data=request.data, context={"request": request})
-        ser.is_valid(raise_exception=True)
-        callee = ser.validated_data["callee"]
-        retry_after = call_start_retry_after(request, callee=callee)
-        if retry_after is not None:
-            raise RateLimited(
-                f"Too many calls; try again in {retry_after} s.", retry_after=retry_after
+        principal = key_principal(request)
+        if principal is not None:
+            caller, callee, kind = self._integrator_pair(request, principal)
+        else:
+            ser = CallCreateSerializer(data=request.data, context={"request": request})
+            ser.is_valid(raise_exception=True)
+            caller, callee, kind = (
+                request.user,
+                ser.validated_data["callee"],
+                ser.validated_data["kind"],
             )
+            retry_after = call_start_retry_after(request, callee=callee)
+            if retry_after is not None:
+                raise RateLimited(
+                    f"Too many calls; try again in {retry_after} s.", retry_after=retry_after
+                )
         try:
-            call = call_start(caller=request.user, callee=callee, kind=ser.validated_data["kind"])
+            call = call_start(caller=caller, callee=callee, kind=kind)
         except CallUnavailable as exc:
             raise ServiceUnavailable(exc.message) from exc
         except CallError as exc:
-            raise ValidationError({"callee": [exc.message]}) from exc
+            field = "participants" if principal is not None else "callee"
+            raise ValidationError({field: [exc.message]}) from exc
         # Glare: the callee's own call to us still rang, and is the call (200, not created).
         return Response(
-            CallSerializer(call_history_for(user=request.user).get(pk=call.pk)).data,
-            status=201 if call.created_by_id == request.user.pk else 200,
+            CallSerializer(calls_visible_to(request).get(pk=call.pk)).data,
+            status=201 if call.created_by_id == caller.pk else 200,
         )
+
+    def _integrator_pair(self, request: Request, principal):
+        ser = IntegratorCallCreateSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        ids = ser.validated_data["participants"]
+        if ids[0] == ids[1]:
+            raise ValidationError({"participants": ["Two different users."]})
+        users = {
+            u.external_id: u
+            for u in get_user_model().objects.filter(
+                integrator=principal.integrator, external_id__in=ids, is_active=True
+            )
+        }
+        missing = [i for i in ids if i not in users]
+        if missing:
+            raise ValidationError(
+                {"participants": [f"You have no user {', '.join(map(repr, missing))}."]}
+            )
+        return users[ids[0]], users[ids[1]], ser.validated_data["kind"]
 
 
 class CallDetailApi(RetrieveAPIView):
     serializer_class = CallSerializer
     lookup_url_kwarg = "call_id"
+    key_scopes = {"GET": Scope.CALLS_READ}
 
     def get_object(self):
         try:
-            return call_history_for(user=self.request.user).get(pk=self.kwargs["call_id"])
+            return calls_visible_to(self.request).get(pk=self.kwargs["call_id"])
         except Call.DoesNotExist as exc:  # other people's calls are simply not found
             raise Http404("No such call.") from exc
+
+
+class CallEndApi(GenericAPIView):
+    """End a call for everyone in it (ringing, or under way). Ending an ended call changes
+    nothing and answers the same."""
+
+    serializer_class = CallSerializer
+    key_scopes = {"POST": Scope.CALLS_WRITE}
+
+    @extend_schema(request=None, responses={200: CallSerializer})
+    def post(self, request: Request, call_id) -> Response:
+        visible = calls_visible_to(request)
+        if not visible.filter(pk=call_id).exists():
+            raise Http404("No such call.")
+        principal = key_principal(request)
+        # Under way: hung up for everyone. Ringing: cancelled (missed for the callee), or
+        # declined when the callee ends it.
+        while_ringing = EndReason.CANCELLED
+        if principal is None:
+            me = participant_for(call_id=call_id, user=request.user)
+            if me is not None and me.role == ParticipantRole.CALLEE:
+                while_ringing = EndReason.DECLINED
+        call_end(
+            call_id=call_id,
+            user=None if principal else request.user,
+            reason=EndReason.HANGUP,
+            reason_while_ringing=while_ringing,
+        )
+        return Response(CallSerializer(visible.get(pk=call_id)).data)
 
 
 # Refusals that are about the call's state, not the request: 409.

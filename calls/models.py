@@ -59,6 +59,9 @@ class Call(models.Model):
     # Missed for the callee (no answer, cancelled while ringing), and whether they have seen it.
     missed = models.BooleanField(default=False)
     missed_seen = models.BooleanField(default=False)
+    # The last thing that happened to it (each CallEvent, and each connection report): what API
+    # pollers ask for with ?updated_since=.
+    updated_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
         ordering = ["-created_at"]

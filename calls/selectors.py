@@ -83,6 +83,20 @@ def call_history_for(*, user) -> QuerySet[Call]:
     )
 
 
+def calls_of_integrator(*, integrator) -> QuerySet[Call]:
+    """The calls of an integrator's users (API keys see these, and no others)."""
+    return (
+        Call.objects.filter(
+            pk__in=Participant.objects.filter(user__integrator=integrator).values("call_id")
+        )
+        .select_related("created_by")
+        .prefetch_related(
+            Prefetch("participants", queryset=Participant.objects.select_related("user", "relay"))
+        )
+        .order_by("-created_at")
+    )
+
+
 def calls_ringing_for(*, user) -> QuerySet[Call]:
     """Calls that ring this user right now: they are the callee of a call that rings, or were
     invited into one that goes on, and haven't answered yet."""

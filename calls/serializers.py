@@ -8,13 +8,26 @@ from .selectors import NotCallable, callee_for
 
 class ParticipantSerializer(serializers.ModelSerializer):
     username = serializers.CharField(source="user.username", read_only=True)
+    externalId = serializers.CharField(  # noqa: N815 - the API's spelling for integrators
+        source="user.external_id", read_only=True, allow_null=True, default=None
+    )
     relay = serializers.CharField(
         source="relay.name", read_only=True, allow_null=True, default=None
     )
 
     class Meta:
         model = Participant
-        fields = ("username", "role", "joined_at", "left_at", "connection_type", "relay", "rtt_ms")
+        fields = (
+            "username",
+            "externalId",
+            "role",
+            "state",
+            "joined_at",
+            "left_at",
+            "connection_type",
+            "relay",
+            "rtt_ms",
+        )
 
 
 class CallSerializer(serializers.ModelSerializer):
@@ -32,6 +45,7 @@ class CallSerializer(serializers.ModelSerializer):
             "ended_at",
             "end_reason",
             "missed",
+            "updated_at",
             "participants",
         )
 
@@ -45,6 +59,17 @@ class CallCreateSerializer(serializers.Serializer):
             return callee_for(caller=self.context["request"].user, username=value)
         except NotCallable as exc:
             raise serializers.ValidationError(str(exc)) from exc
+
+
+class IntegratorCallCreateSerializer(serializers.Serializer):
+    participants = serializers.ListField(
+        child=StrictCharField(max_length=80),
+        min_length=2,
+        max_length=2,
+        help_text="Two of your users' externalIds: the first calls the second. Invite more "
+        "once it is answered.",
+    )
+    kind = serializers.ChoiceField(choices=CallKind.choices, default=CallKind.VIDEO)
 
 
 class InvitationSerializer(serializers.Serializer):

@@ -69,13 +69,17 @@ class CallUnavailable(CallError):
 
 
 def _record(call_id, name: str, *, user=None, user_id=None, detail: str = "", at=None) -> None:
+    """Store a transition, and move the call's `updated_at` (callers hold the call's row lock,
+    or made the call in this transaction: the lock order stays call, then participants)."""
+    at = at or timezone.now()
     CallEvent.objects.create(
         call_id=call_id,
         name=name,
         user_id=user.pk if user is not None else user_id,
         detail=detail[:120],
-        at=at or timezone.now(),
+        at=at,
     )
+    Call.objects.filter(pk=call_id).update(updated_at=at)
 
 
 def _sessions(participants) -> list[str]:
@@ -833,6 +837,7 @@ def participant_report(
     participant.save(
         update_fields=["connection_type", "relay", "relay_url", "rtt_ms", "reported_at"]
     )
+    Call.objects.filter(pk=participant.call_id).update(updated_at=participant.reported_at)
     if relay is not None and rtt_ms is not None:
         relay_rtt_observe(relay=relay, network=network, rtt_ms=rtt_ms)
     call_connected(participant=participant)

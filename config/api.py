@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from calls.api import CallDetailApi, CallInvitationApi, CallListCreateApi
+from calls.api import CallDetailApi, CallEndApi, CallInvitationApi, CallListCreateApi
 from integrations.api import EndUserApi, EndUsersApi, TicketApi, WhoAmIApi
 from relays.api import IceServersApi, RelayExplainApi, RelayFailureApi, RelayGatherApi
 
@@ -17,6 +17,7 @@ urlpatterns = [
     path("relays/gather/", RelayGatherApi.as_view(), name="api-relay-gather"),
     path("calls/", CallListCreateApi.as_view(), name="api-calls"),
     path("calls/<uuid:call_id>/", CallDetailApi.as_view(), name="api-call-detail"),
+    path("calls/<uuid:call_id>/end/", CallEndApi.as_view(), name="api-call-end"),
     path(
         "calls/<uuid:call_id>/invitations/",
         CallInvitationApi.as_view(),

@@ -19,7 +19,7 @@ def test_start_list_and_read(client, alice, bob, password):
         "bob",
     ]
     listed = client.get("/api/v1/calls/").json()
-    assert [c["id"] for c in listed] == [body["id"]]
+    assert [c["id"] for c in listed["results"]] == [body["id"]] and listed["next"] is None
     assert client.get(f"/api/v1/calls/{body['id']}/").json()["id"] == body["id"]
 
 
@@ -30,7 +30,7 @@ def test_outsiders_get_404_and_anonymous_get_a_json_error(client, alice, bob, ch
     response = client.get(f"/api/v1/calls/{call.id}/")
     assert response.status_code == 404
     assert response.json() == {"error": {"code": "not_found", "message": "No such call."}}
-    assert client.get("/api/v1/calls/").json() == []
+    assert client.get("/api/v1/calls/").json()["results"] == []
 
 
 def test_bad_requests_are_explained(client, alice, password):
