@@ -347,6 +347,7 @@ REST_FRAMEWORK = {
     # 401 with WWW-Authenticate: Bearer. Signed-in people keep their session (with CSRF).
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "integrations.auth.BearerKeyAuthentication",
+        "integrations.auth.DeviceTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["integrations.auth.KeyScopes"],

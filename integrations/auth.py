@@ -72,6 +72,29 @@ class BearerKeyAuthentication(BaseAuthentication):
         return 'Bearer realm="traverse"'
 
 
+class DeviceTokenAuthentication(BaseAuthentication):
+    """An integrator's end user's page over HTTP: `Authorization: Device <token>`, the device
+    token its socket's welcome gave (integrations.tickets). The request is that person's, as a
+    signed-in one's would be (ICE refreshes, relay reports), without a cookie or CSRF token (a
+    header no other site's page can send)."""
+
+    keyword = b"device"
+
+    def authenticate(self, request):
+        from .tickets import TicketError, device_token_user
+
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != self.keyword:
+            return None
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed("Send `Authorization: Device <token>`.")
+        try:
+            user = device_token_user(parts[1].decode("latin-1"))
+        except TicketError as exc:
+            raise exceptions.AuthenticationFailed(str(exc), code=exc.code) from None
+        return user, None
+
+
 def key_principal(request) -> IntegratorPrincipal | None:
     user = getattr(request, "user", None)
     return user if isinstance(user, IntegratorPrincipal) else None

@@ -2,6 +2,7 @@
 
 import ipaddress
 
+from django.contrib.auth import get_user_model
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import IsAdminUser
@@ -13,6 +14,8 @@ from calls.selectors import relays_of_call
 from calls.services import NotInCall, call_ice_issue
 from config.api_errors import RateLimited
 from config.client_ip import request_client_ip
+from integrations.auth import key_principal
+from integrations.models import Scope
 
 from .scoring import network_key
 from .selectors import explain_selection
@@ -35,7 +38,29 @@ class IceRateLimited(RateLimited):
 
 class IceServersApi(APIView):
     """ICE servers for the signed-in caller: the best relays up right now, with fresh TURN
-    credentials, in the shape `new RTCPeerConnection({iceServers})` takes."""
+    credentials, in the shape `new RTCPeerConnection({iceServers})` takes. An integrator's
+    user's page sends its device token; an integrator's server, its key and `?user=`."""
+
+    key_scopes = {"GET": Scope.ICE_ISSUE}
+
+    @staticmethod
+    def _for_whom(request: Request):
+        principal = key_principal(request)
+        if principal is None:
+            return request.user
+        external_id = request.query_params.get("user", "")
+        user = (
+            get_user_model()
+            .objects.filter(
+                integrator=principal.integrator, external_id=external_id, is_active=True
+            )
+            .first()
+            if external_id
+            else None
+        )
+        if user is None:
+            raise NotFound("Give ?user= one of your users' externalIds.")
+        return user
 
     @extend_schema(
         responses=IceServersSerializer,
@@ -45,6 +70,12 @@ class IceServersApi(APIView):
                 str,
                 description="The caller's region, when the client knows it (e.g. eu-west). "
                 "Otherwise the admin's table of address ranges decides, else the default.",
+            ),
+            OpenApiParameter(
+                "user",
+                str,
+                description="With an API key (scope ice:issue): the externalId of the user "
+                "these credentials are for.",
             ),
             OpenApiParameter(
                 "call",
@@ -62,14 +93,17 @@ class IceServersApi(APIView):
         ],
     )
     def get(self, request: Request) -> Response:
+        user = self._for_whom(request)
         try:
-            ice_issue_check(user=request.user)
+            ice_issue_check(user=user)
         except IceLimited as exc:
             raise IceRateLimited(str(exc), retry_after=exc.retry_after) from exc
         asked = {
-            "user": request.user,
+            "user": user,
             "region": request.query_params.get("region", "")[:64],
-            "ip": request_client_ip(request),
+            # An integrator's server asks from its own address, not the caller's: its region
+            # comes from ?region= (or the default), not from where the server is.
+            "ip": None if key_principal(request) else request_client_ip(request),
             "keep": request.query_params.get("keep", "")[:32],
         }
         call = request.query_params.get("call", "")

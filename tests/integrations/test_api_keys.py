@@ -110,7 +110,6 @@ def test_endpoints_for_people_refuse_keys_and_change_nothing(client):
 
     key = make_key("calls:read", "calls:write", "ice:issue", "users:write")
     for method, url in [
-        ("get", "/api/v1/ice-servers/"),
         ("post", "/api/v1/relays/failures/"),
         ("get", "/api/v1/relays/explain/"),
     ]:

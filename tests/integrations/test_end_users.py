@@ -133,3 +133,41 @@ def test_wrong_types_are_a_400_naming_the_field_not_coerced(
     response = client.post(url, body, content_type="application/json")
     assert response.status_code == 400, response.content
     assert field in response.json()["error"]["fields"]
+
+
+def test_ice_servers_for_an_end_user_by_key_and_by_device_token(client, settings):
+    from integrations.tickets import device_token_for
+    from relays.models import CredentialGrant
+    from tests.conftest import up_relay
+
+    up_relay("eu-1", region="eu")
+    key = make_key("users:write", "ice:issue")
+    upsert(client, key, "u-1", "One", expect=201)
+    user = get_user_model().objects.get(external_id="u-1")
+    ice = client.get("/api/v1/ice-servers/", {"user": "u-1", "region": "eu"}, **bearer(key))
+    assert ice.status_code == 200 and ice.json()["relays"][0]["name"] == "eu-1"
+    assert CredentialGrant.objects.get().user == user
+    assert client.get("/api/v1/ice-servers/", **bearer(key)).status_code == 404  # no ?user=
+    assert client.get("/api/v1/ice-servers/", {"user": "ghost"}, **bearer(key)).status_code == 404
+    no_scope = make_key("users:write", name="no-ice")
+    assert (
+        client.get("/api/v1/ice-servers/", {"user": "u-1"}, **bearer(no_scope)).status_code == 403
+    )
+    # The end user's own page: its device token, no cookie, no CSRF.
+    token = device_token_for(user)
+    mine = client.get("/api/v1/ice-servers/", HTTP_AUTHORIZATION=f"Device {token}")
+    assert mine.status_code == 200 and mine.json()["relays"][0]["name"] == "eu-1"
+    report = client.post(
+        "/api/v1/relays/gather/",
+        {"gathered": [{"relayUrl": mine.json()["iceServers"][0]["urls"][0], "ms": 9}]},
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Device {token}",
+    )
+    assert report.status_code == 202 and report.json() == {"taken": 1}
+    for bad in (token[:-3] + "xyz", "garbage"):
+        refused = client.get("/api/v1/ice-servers/", HTTP_AUTHORIZATION=f"Device {bad}")
+        assert refused.status_code == 401
+    # Deleted: its token stops working.
+    client.delete("/api/v1/users/u-1/", **bearer(key))
+    gone = client.get("/api/v1/ice-servers/", HTTP_AUTHORIZATION=f"Device {token}")
+    assert gone.status_code == 401
