@@ -54,9 +54,12 @@ def ticket_mint(*, user, call_id: str | None = None) -> tuple[str, datetime]:
 
 
 def _user(payload: dict):
+    user_id, integrator_id = payload.get("u"), payload.get("i")
+    if not isinstance(user_id, int) or not isinstance(integrator_id, int):
+        raise TicketError("ticket_invalid", "This ticket is not valid.")
     user = (
         get_user_model()
-        .objects.filter(pk=payload.get("u"), integrator_id=payload.get("i"), is_active=True)
+        .objects.filter(pk=user_id, integrator_id=integrator_id, is_active=True)
         .exclude(integrator=None)
         .first()
     )
