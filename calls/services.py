@@ -20,6 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Block
+from integrations.webhooks import webhook_emit
 from relays.selectors import relay_given_to
 from relays.services import ice_servers_issue, relay_rtt_observe
 from signaling.broadcast import (
@@ -80,6 +81,45 @@ def _record(call_id, name: str, *, user=None, user_id=None, detail: str = "", at
         at=at,
     )
     Call.objects.filter(pk=call_id).update(updated_at=at)
+    hook = WEBHOOK_EVENTS.get(name)
+    if hook is not None:
+        _webhook(call_id, hook, user_id=user.pk if user is not None else user_id, detail=detail)
+
+
+# Transitions that integrators hear about (integrations.webhooks), by CallEvent name.
+WEBHOOK_EVENTS = {
+    CallState.RINGING: "call.started",
+    CallState.CONNECTING: "call.answered",
+    CallState.ENDED: "call.ended",
+    "joined": "participant.joined",
+    "left": "participant.left",
+}
+
+
+def _webhook(call_id, event_type: str, *, user_id, detail: str) -> None:
+    """Record the webhook for an integrator's call, in the transition's transaction (outbox)."""
+    row = (
+        Call.objects.filter(pk=call_id)
+        .values("kind", "state", "end_reason", "created_by__integrator_id")
+        .first()
+    )
+    if row is None or row["created_by__integrator_id"] is None:
+        return  # the site's own people's calls: no integrator to tell
+    data: dict = {"call": {"id": str(call_id), "kind": row["kind"], "state": row["state"]}}
+    if event_type == "call.ended":
+        data["reason"] = row["end_reason"]
+    if user_id is not None:
+        participant = (
+            Participant.objects.filter(call_id=call_id, user_id=user_id)
+            .values("user__external_id", "role")
+            .first()
+        )
+        if participant is not None:
+            data["participant"] = {
+                "externalId": participant["user__external_id"],
+                "role": participant["role"],
+            }
+    webhook_emit(event_type, data, integrator_id=row["created_by__integrator_id"])
 
 
 def _sessions(participants) -> list[str]:

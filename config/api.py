@@ -3,13 +3,22 @@
 from django.urls import path
 
 from calls.api import CallDetailApi, CallEndApi, CallInvitationApi, CallListCreateApi
-from integrations.api import EndUserApi, EndUsersApi, TicketApi, WhoAmIApi
+from integrations.api import (
+    EndUserApi,
+    EndUsersApi,
+    TicketApi,
+    WebhookApi,
+    WebhooksApi,
+    WhoAmIApi,
+)
 from relays.api import IceServersApi, RelayExplainApi, RelayFailureApi, RelayGatherApi
 
 urlpatterns = [
     path("whoami/", WhoAmIApi.as_view(), name="api-whoami"),
     path("users/", EndUsersApi.as_view(), name="api-users"),
     path("tickets/", TicketApi.as_view(), name="api-tickets"),
+    path("webhooks/", WebhooksApi.as_view(), name="api-webhooks"),
+    path("webhooks/<int:webhook_id>/", WebhookApi.as_view(), name="api-webhook"),
     path("users/<str:external_id>/", EndUserApi.as_view(), name="api-user"),
     path("ice-servers/", IceServersApi.as_view(), name="api-ice-servers"),
     path("relays/explain/", RelayExplainApi.as_view(), name="api-relays-explain"),

@@ -273,6 +273,21 @@ CELERY_BEAT_SCHEDULE["calls-reap"] = {
 }
 CELERY_BEAT_SCHEDULE["chat-prune"] = {"task": "calls.tasks.prune_chat", "schedule": 3600.0}
 
+# --- webhooks (integrations.webhooks) -------------------------------------------------------
+# Tries per delivery; the wait before the next try (doubling, up to 6 h); the POST's timeout;
+# how often the outbox sweep queues what is due (deliveries whose task was lost with Redis).
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=8)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=30.0)
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+WEBHOOK_SWEEP_SECONDS = env.float("WEBHOOK_SWEEP_SECONDS", default=30.0)
+# POST to private and loopback addresses too: tests and labs only (SSRF otherwise).
+WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
+CELERY_BEAT_SCHEDULE["webhooks-due"] = {
+    "task": "integrations.tasks.deliver_due_webhooks",
+    "schedule": WEBHOOK_SWEEP_SECONDS,
+    "options": {"expires": WEBHOOK_SWEEP_SECONDS},
+}
+
 # --- email (password resets) ----------------------------------------------------------------
 # EMAIL_URL, e.g. smtp+tls://user:password@smtp.example.com:587; by default mail is printed to the
 # console (the run command's terminal), which is enough to reset a password on one machine.

@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 from config.api_errors import StrictCharField, StrictRegexField
 
 from .auth import ANY_KEY, IntegratorPrincipal, key_principal
-from .models import Scope
+from .models import Scope, WebhookEndpoint, WebhookEventType
 from .services import EXTERNAL_ID, end_user_delete, end_user_upsert
 from .tickets import ticket_mint
 
@@ -167,3 +167,81 @@ class TicketApi(APIView):
             raise NotFound("That user is in no such call.")
         ticket, expires_at = ticket_mint(user=user, call_id=call)
         return Response({"ticket": ticket, "expiresAt": expires_at.isoformat()}, status=201)
+
+
+class WebhookSerializer(serializers.ModelSerializer):
+    url = serializers.URLField(max_length=500)
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=WebhookEventType.values),
+        required=False,
+        help_text="The event types to send ([] or absent: all).",
+    )
+    description = StrictCharField(max_length=200, required=False, allow_blank=True)
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ("id", "url", "events", "enabled", "description", "created_at")
+        read_only_fields = ("id", "created_at")
+
+
+class WebhookCreatedSerializer(WebhookSerializer):
+    secret = serializers.CharField(
+        read_only=True,
+        help_text="The signing secret (Standard Webhooks, whsec_…): shown here once.",
+    )
+
+    class Meta(WebhookSerializer.Meta):
+        fields = (*WebhookSerializer.Meta.fields, "secret")
+
+
+class WebhooksApi(APIView):
+    """Your webhook subscriptions: list them, or add one (its secret is in this answer only)."""
+
+    key_scopes = {"GET": Scope.WEBHOOKS, "POST": Scope.WEBHOOKS}
+
+    @extend_schema(responses=WebhookSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        principal = require_key(request)
+        endpoints = WebhookEndpoint.objects.filter(integrator=principal.integrator)
+        return Response(WebhookSerializer(endpoints, many=True).data)
+
+    @extend_schema(request=WebhookSerializer, responses={201: WebhookCreatedSerializer})
+    def post(self, request: Request) -> Response:
+        principal = require_key(request)
+        ser = WebhookSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        endpoint = ser.save(integrator=principal.integrator)
+        return Response(WebhookCreatedSerializer(endpoint).data, status=201)
+
+
+class WebhookApi(APIView):
+    """One of your webhook subscriptions: read, change (url, events, enabled, description) or
+    remove it. Its secret is never shown again."""
+
+    key_scopes = {"GET": Scope.WEBHOOKS, "PATCH": Scope.WEBHOOKS, "DELETE": Scope.WEBHOOKS}
+
+    def _endpoint(self, request: Request, webhook_id: int) -> WebhookEndpoint:
+        principal = require_key(request)
+        endpoint = WebhookEndpoint.objects.filter(
+            integrator=principal.integrator, pk=webhook_id
+        ).first()
+        if endpoint is None:
+            raise NotFound("You have no such webhook.")
+        return endpoint
+
+    @extend_schema(responses=WebhookSerializer)
+    def get(self, request: Request, webhook_id: int) -> Response:
+        return Response(WebhookSerializer(self._endpoint(request, webhook_id)).data)
+
+    @extend_schema(request=WebhookSerializer, responses=WebhookSerializer)
+    def patch(self, request: Request, webhook_id: int) -> Response:
+        ser = WebhookSerializer(
+            self._endpoint(request, webhook_id), data=request.data, partial=True
+        )
+        ser.is_valid(raise_exception=True)
+        return Response(WebhookSerializer(ser.save()).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, webhook_id: int) -> Response:
+        self._endpoint(request, webhook_id).delete()
+        return Response(status=204)

@@ -22,10 +22,12 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from integrations.webhooks import webhook_emit
+
 from ..allocations import probe_opaque_id
 from ..credentials import turn_rest_pair
 from ..decisions import Checks, RelaySnapshot, Thresholds, decide
-from ..models import ProbeResult, Relay, RelayEvent, RelayStatus
+from ..models import ProbeResult, Relay, RelayEvent, RelayEventKind, RelayStatus
 from ..probes import ProbePlan, RelayReport, probe_relay
 from ..selectors import relay_latest_grant_expiry
 from ..snapshot import fleet_changed
@@ -171,6 +173,9 @@ _RELAY_FIELDS = [
 ]
 
 
+WEBHOOK_KINDS = (RelayEventKind.UP, RelayEventKind.DOWN, RelayEventKind.UNSAFE)
+
+
 def _update_relays(relays: list[Relay], names: list[str]) -> None:
     """One prepared UPDATE run for every relay (executemany).
 
@@ -268,5 +273,20 @@ def relay_record_probes(
         ProbeResult.objects.bulk_create(results)
         _update_relays(relays, _RELAY_FIELDS)
         RelayEvent.objects.bulk_create(events)
+        for event in events:  # in the same transaction: the outbox (integrations.webhooks)
+            if event.kind in WEBHOOK_KINDS:
+                webhook_emit(
+                    f"relay.{event.kind}",
+                    {
+                        "relay": {
+                            "id": str(event.relay.pk),
+                            "name": event.relay.name,
+                            "region": event.relay.region,
+                        },
+                        "detail": event.detail,
+                        "at": event.at.isoformat(),
+                    },
+                    relay_event=event,
+                )
     fleet_changed()  # a forced probe (admin, a client's report) shows in this process at once
     return outcomes

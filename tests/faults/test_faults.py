@@ -348,3 +348,59 @@ def test_the_database_unreachable_for_10_s(stack, alice, bob):
         f"fault: database cut for 10 s -> {len(codes)} requests, all 503; first 201 "
         f"{recovered:.2f} s after it was back; nothing half-written"
     )
+
+
+def test_a_webhook_survives_a_stopped_worker_and_a_lost_queue(stack, private_redis, settings):
+    """The call starts while no worker runs; then Redis restarts empty (the queued delivery task
+    is lost with it). The event was stored with the call (the outbox): once the worker and beat
+    are back, the due sweep delivers it, signed. Measured here: delivered 1-3 s after they
+    started (the sweep runs every second in this test)."""
+    from standardwebhooks.webhooks import Webhook
+
+    from integrations.models import WebhookDelivery
+    from tests.integrations.test_api_keys import make_key
+    from tests.integrations.test_webhooks import Receiver
+
+    settings.WEBHOOK_ALLOW_PRIVATE = True
+    receiver = Receiver()
+    key = make_key("users:write", "calls:write", "webhooks")
+    s = stack(REDIS_URL=private_redis.url, WEBHOOK_ALLOW_PRIVATE="true", WEBHOOK_SWEEP_SECONDS=1)
+    s.start("web")
+    api = urllib.request.build_opener()
+
+    def call_api(method, path, body=None):
+        req = urllib.request.Request(
+            s.base + path,
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        try:
+            with api.open(req, timeout=30) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+
+    for ext in ("u-1", "u-2"):
+        assert call_api("POST", "/api/v1/users/", {"externalId": ext, "displayName": ext})[0] == 201
+    status, hook = call_api("POST", "/api/v1/webhooks/", {"url": receiver.url})
+    assert status == 201
+    status, call = call_api("POST", "/api/v1/calls/", {"participants": ["u-1", "u-2"]})
+    assert status == 201, call
+    delivery = WebhookDelivery.objects.get(message__type="call.started")
+    assert delivery.state == "pending" and receiver.got == []
+    private_redis.kill()  # the queued task goes with it
+    private_redis.start()
+    started = time.monotonic()
+    s.start("worker")
+    s.start("beat")
+    took = wait_for(lambda: len(receiver.got) > 0, timeout=60, step=0.2)
+    (event,) = [Webhook(hook["secret"]).verify(body, headers) for headers, body in receiver.got[:1]]
+    assert event["type"] == "call.started" and event["data"]["call"]["id"] == call["id"]
+    delivery.refresh_from_db()
+    assert delivery.state == "delivered"
+    receiver.server.shutdown()
+    FIGURES.append(
+        f"fault: call event while no worker ran and its queued task lost with Redis -> delivered "
+        f"{took:.1f} s after the worker and beat came back ({time.monotonic() - started:.1f} s)"
+    )
