@@ -108,7 +108,7 @@ class CallListCreateApi(ListAPIView):
 
     @extend_schema(
         request=PolymorphicProxySerializer(
-            "CallCreate",
+            "CallStart",
             serializers=[CallCreateSerializer, IntegratorCallCreateSerializer],
             resource_type_field_name=None,
         ),

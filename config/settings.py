@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "csp",
     "accounts",
@@ -384,9 +385,23 @@ DEVICE_TOKEN_HOURS = env.float("DEVICE_TOKEN_HOURS", default=12.0)
 API_KEY_RATE = env.str("API_KEY_RATE", default="1200/m")
 SPECTACULAR_SETTINGS = {
     "TITLE": "Traverse API",
-    "DESCRIPTION": "Calls, relays and ICE servers for integrators.",
+    "DESCRIPTION": (
+        "Calls, end users, join tickets, ICE servers, relays and webhooks for integrators "
+        "(docs/integrators.md). Send an API key as `Authorization: Bearer <key>`; each "
+        "operation names the scope it needs. Every error is "
+        '`{"error": {"code", "message", "fields"?}}`.'
+    ),
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"CallKindEnum": "calls.models.CallKind"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "integrations.schema.document_errors_and_scopes",
+    ],
 }
 
 LOGGING = {

@@ -1,6 +1,12 @@
 from django.contrib import admin
+from csp.constants import SELF
+from csp.decorators import csp_update
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerSplitView,
+)
 
 from signaling.views import health
 
@@ -8,7 +14,22 @@ urlpatterns = [
     path("healthz", health, name="health"),
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),
-    path("api/v1/", include("config.api")),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    # Swagger UI and Redoc from drf-spectacular-sidecar's static files (no CDN); the split
+    # view serves Swagger's start-up script as a file, so the CSP needs no inline script.
+    path(
+        "api/v1/docs/",
+        SpectacularSwaggerSplitView.as_view(url_name="api-schema"),
+        name="api-docs",
+    ),
+    # Redoc searches in a web worker it makes from a blob: URL.
+    path(
+        "api/v1/redoc/",
+        csp_update({"worker-src": [SELF, "blob:"]})(
+            SpectacularRedocView.as_view(url_name="api-schema")
+        ),
+        name="api-redoc",
+    ),
+    path("api/v1/", include("config.api")),
     path("", include("calls.urls")),
 ]

@@ -1,0 +1,66 @@
+"""The OpenAPI schema: valid, public, and complete about scopes and errors."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from django.core.management import call_command
+
+pytestmark = pytest.mark.django_db
+
+SCOPES = {
+    ("/api/v1/calls/", "get"): "calls:read",
+    ("/api/v1/calls/", "post"): "calls:write",
+    ("/api/v1/calls/{call_id}/", "get"): "calls:read",
+    ("/api/v1/calls/{call_id}/end/", "post"): "calls:write",
+    ("/api/v1/calls/{call_id}/invitations/", "post"): None,
+    ("/api/v1/ice-servers/", "get"): "ice:issue",
+    ("/api/v1/relays/explain/", "get"): None,
+    ("/api/v1/relays/failures/", "post"): None,
+    ("/api/v1/relays/gather/", "post"): None,
+    ("/api/v1/tickets/", "post"): "users:write",
+    ("/api/v1/users/", "post"): "users:write",
+    ("/api/v1/users/{external_id}/", "get"): "users:write",
+    ("/api/v1/users/{external_id}/", "delete"): "users:write",
+    ("/api/v1/webhooks/", "get"): "webhooks",
+    ("/api/v1/webhooks/", "post"): "webhooks",
+    ("/api/v1/webhooks/{webhook_id}/", "get"): "webhooks",
+    ("/api/v1/webhooks/{webhook_id}/", "patch"): "webhooks",
+    ("/api/v1/webhooks/{webhook_id}/", "delete"): "webhooks",
+    ("/api/v1/whoami/", "get"): "*",
+}
+
+
+@pytest.fixture(scope="module")
+def schema(django_db_blocker, tmp_path_factory):
+    out = tmp_path_factory.mktemp("schema") / "schema.yaml"
+    with django_db_blocker.unblock():
+        call_command("spectacular", "--file", str(out), "--validate", "--fail-on-warn")
+    return yaml.safe_load(out.read_text())
+
+
+def test_every_operation_names_its_scope_and_its_errors(schema):
+    found = {}
+    for path, operations in schema["paths"].items():
+        for method, op in operations.items():
+            found[(path, method)] = op["x-traverse-scope"]
+            for status in ("400", "401", "403", "404", "429"):
+                ref = op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
+                assert ref == "#/components/schemas/Error", (path, method, status)
+    assert found == SCOPES
+    assert set(schema["components"]["securitySchemes"]) >= {"apiKey", "deviceToken"}
+
+
+def test_the_schema_and_docs_need_no_sign_in(client):
+    assert client.get("/api/v1/schema/").status_code == 200
+    assert client.get("/api/v1/docs/").status_code == 200
+    assert client.get("/api/v1/redoc/").status_code == 200
+
+
+def test_the_docs_scope_table_matches_the_schema(schema):
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "integrators.md").read_text()
+    for (path, method), scope in SCOPES.items():
+        if scope and scope != "*":
+            assert f"| `{method.upper()} {path}` | `{scope}` |" in doc, (path, method)
