@@ -1,6 +1,6 @@
-from django.contrib import admin
 from csp.constants import SELF
 from csp.decorators import csp_update
+from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import (
     SpectacularAPIView,
