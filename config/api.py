@@ -1,8 +1,11 @@
 """The REST API router: /api/v1/…"""
 
-from django.urls import path
+from django.http import JsonResponse
+from django.urls import path, re_path
+from django.views.decorators.csrf import csrf_exempt
 
 from calls.api import CallDetailApi, CallEndApi, CallInvitationApi, CallListCreateApi
+from config.api_errors import error_body
 from integrations.api import (
     EndUserApi,
     EndUsersApi,
@@ -12,6 +15,14 @@ from integrations.api import (
     WhoAmIApi,
 )
 from relays.api import IceServersApi, RelayExplainApi, RelayFailureApi, RelayGatherApi
+
+
+@csrf_exempt  # nothing here changes anything; a CSRF refusal would hide the 404
+def api_not_found(request, rest=""):
+    """Anything under /api/v1/ that no endpoint matches (a malformed id included): the API's
+    error shape, not Django's HTML page."""
+    return JsonResponse(error_body("not_found", "No such endpoint or resource."), status=404)
+
 
 urlpatterns = [
     path("whoami/", WhoAmIApi.as_view(), name="api-whoami"),
@@ -32,4 +43,6 @@ urlpatterns = [
         CallInvitationApi.as_view(),
         name="api-call-invitations",
     ),
+    # Last: whatever the endpoints above don't match.
+    re_path(r"^(?P<rest>.*)$", api_not_found),
 ]

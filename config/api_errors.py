@@ -128,3 +128,20 @@ class StrictRegexField(serializers.RegexField):
         if not isinstance(data, str):
             self.fail("not_a_string")
         return super().to_internal_value(data)
+
+
+def csrf_failure(request, reason: str = ""):
+    """CSRF_FAILURE_VIEW: under /api/, the API's error shape (403 forbidden); elsewhere,
+    Django's own page."""
+    if request.path.startswith("/api/"):
+        from django.http import JsonResponse
+
+        return JsonResponse(
+            error_body(
+                "forbidden", f"CSRF check failed: {reason}" if reason else "CSRF check failed."
+            ),
+            status=403,
+        )
+    from django.views.csrf import csrf_failure as django_csrf_failure
+
+    return django_csrf_failure(request, reason=reason)

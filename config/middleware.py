@@ -54,3 +54,23 @@ class OutageMiddleware:
             "503 for %s %s: %s unreachable (%s)", request.method, request.path, what, exception
         )
         return outage_response(request, what)
+
+
+class NulCharacterMiddleware:
+    """A NUL character in the path or the query string is a 400, before any view: PostgreSQL
+    text can't hold one, so a lookup with it raised a 500 wherever a view passed a query
+    parameter or a path segment to the database (found by schemathesis: ?user=%00…). Request
+    bodies are checked by the serializers (DRF's CharField refuses NUL)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "\x00" in request.path or any(
+            "\x00" in key or any("\x00" in v for v in values) for key, values in request.GET.lists()
+        ):
+            message = "The address contains a NUL character."
+            if request.path.startswith("/api/"):
+                return JsonResponse(error_body("bad_request", message), status=400)
+            return HttpResponse(message, status=400, content_type="text/plain")
+        return self.get_response(request)
