@@ -14,7 +14,16 @@ from integrations.api import (
     WebhooksApi,
     WhoAmIApi,
 )
-from relays.api import IceServersApi, RelayExplainApi, RelayFailureApi, RelayGatherApi
+from relays.api import (
+    IceServersApi,
+    RelayApi,
+    RelayDrainApi,
+    RelayExplainApi,
+    RelayFailureApi,
+    RelayGatherApi,
+    RelayProbeApi,
+    RelaysApi,
+)
 
 
 @csrf_exempt  # nothing here changes anything; a CSRF refusal would hide the 404
@@ -32,9 +41,13 @@ urlpatterns = [
     path("webhooks/<int:webhook_id>/", WebhookApi.as_view(), name="api-webhook"),
     path("users/<str:external_id>/", EndUserApi.as_view(), name="api-user"),
     path("ice-servers/", IceServersApi.as_view(), name="api-ice-servers"),
+    path("relays/", RelaysApi.as_view(), name="api-relays"),
     path("relays/explain/", RelayExplainApi.as_view(), name="api-relays-explain"),
     path("relays/failures/", RelayFailureApi.as_view(), name="api-relay-failures"),
     path("relays/gather/", RelayGatherApi.as_view(), name="api-relay-gather"),
+    path("relays/<slug:name>/", RelayApi.as_view(), name="api-relay"),
+    path("relays/<slug:name>/probe/", RelayProbeApi.as_view(), name="api-relay-probe"),
+    path("relays/<slug:name>/drain/", RelayDrainApi.as_view(), name="api-relay-drain"),
     path("calls/", CallListCreateApi.as_view(), name="api-calls"),
     path("calls/<uuid:call_id>/", CallDetailApi.as_view(), name="api-call-detail"),
     path("calls/<uuid:call_id>/end/", CallEndApi.as_view(), name="api-call-end"),

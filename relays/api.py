@@ -3,7 +3,9 @@
 import ipaddress
 
 from django.contrib.auth import get_user_model
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from rest_framework import serializers
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
@@ -12,13 +14,14 @@ from rest_framework.views import APIView
 
 from calls.selectors import relays_of_call
 from calls.services import NotInCall, call_ice_issue
-from config.api_errors import RateLimited
+from config.api_errors import RateLimited, StrictCharField
 from config.client_ip import request_client_ip
-from integrations.auth import key_principal
+from integrations.auth import KeyScopes, key_principal
 from integrations.models import Scope
 
+from .models import MIN_SECRET_LENGTH, Relay
 from .scoring import network_key
-from .selectors import explain_selection
+from .selectors import explain_selection, relay_live_grants
 from .serializers import IceServersSerializer, RelayFailureSerializer, RelayGatherSerializer
 from .services import (
     IceLimited,
@@ -26,9 +29,15 @@ from .services import (
     ReportLimited,
     ice_issue_check,
     ice_servers_issue,
+    relay_create,
+    relay_drain,
     relay_failure_report,
     relay_gather_report,
+    relay_remove,
+    relay_sweep,
+    relay_update,
 )
+from .services.registry import KEEP
 from .tasks import reprobe_relay
 
 
@@ -202,3 +211,179 @@ class RelayGatherApi(APIView):
         except MeasureLimited as exc:
             raise GatherRateLimited(str(exc), retry_after=exc.retry_after) from exc
         return Response({"taken": taken}, status=202)
+
+
+class StaffOrRelayKey(KeyScopes):
+    """Relay management: staff signed in, or an API key with relays:admin."""
+
+    def has_permission(self, request, view) -> bool:
+        if key_principal(request) is not None:
+            return super().has_permission(request, view)
+        return bool(request.user and request.user.is_authenticated and request.user.is_staff)
+
+
+class RelaySerializer(serializers.ModelSerializer):
+    """A relay; `secret` is write-only (never in any answer)."""
+
+    secret = serializers.CharField(
+        write_only=True, min_length=MIN_SECRET_LENGTH, max_length=256, trim_whitespace=False
+    )
+    urls = serializers.ListField(child=StrictCharField(max_length=300), min_length=1, max_length=8)
+    allow_private = serializers.BooleanField(default=False)
+    private_reason = StrictCharField(
+        write_only=True, required=False, allow_blank=True, max_length=200
+    )
+    health = serializers.SerializerMethodField()
+    load = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Relay
+        fields = (
+            "id",
+            "name",
+            "urls",
+            "secret",
+            "region",
+            "realm",
+            "failure_domain",
+            "capacity",
+            "weight",
+            "enabled",
+            "draining",
+            "allow_private",
+            "private_reason",
+            "health",
+            "load",
+        )
+        read_only_fields = ("id", "enabled", "draining")
+
+    @extend_schema_field(serializers.DictField())
+    def get_health(self, relay: Relay) -> dict:
+        return {
+            "status": relay.display_status(),
+            "safety": relay.display_safety(),
+            "transports": relay.transport_status,
+            "rttMs": relay.last_rtt_ms,
+            "loss": relay.last_loss,
+            "checkedAt": relay.last_checked_at.isoformat() if relay.last_checked_at else None,
+            "error": relay.last_error,
+        }
+
+    @extend_schema_field(serializers.DictField())
+    def get_load(self, relay: Relay) -> dict:
+        if relay.publishes_stats():
+            return {"allocations": relay.live_allocations, "source": "published"}
+        return {"allocations": relay_live_grants(relay=relay), "source": "grants"}
+
+
+def _relay_or_404(name: str) -> Relay:
+    relay = Relay.objects.filter(name=name).first()
+    if relay is None:
+        raise NotFound("No relay by that name.")
+    return relay
+
+
+def _validation(exc: DjangoValidationError):
+    return ValidationError(
+        exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+    )
+
+
+class RelaysApi(APIView):
+    """The relay fleet: list it, or register a relay (its secret is write-only)."""
+
+    permission_classes = [StaffOrRelayKey]
+    key_scopes = {"GET": Scope.RELAYS_ADMIN, "POST": Scope.RELAYS_ADMIN}
+
+    @extend_schema(responses=RelaySerializer(many=True))
+    def get(self, request: Request) -> Response:
+        return Response(RelaySerializer(Relay.objects.order_by("name"), many=True).data)
+
+    @extend_schema(request=RelaySerializer, responses={201: RelaySerializer})
+    def post(self, request: Request) -> Response:
+        ser = RelaySerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        data = dict(ser.validated_data)
+        try:
+            relay = relay_create(actor=_actor(request), **data)
+        except DjangoValidationError as exc:
+            raise _validation(exc) from None
+        return Response(RelaySerializer(relay).data, status=201)
+
+
+def _actor(request: Request):
+    return None if key_principal(request) else request.user
+
+
+class RelayApi(APIView):
+    """One relay: read it, change it (any field; a new secret takes effect at once), or remove
+    it."""
+
+    permission_classes = [StaffOrRelayKey]
+    key_scopes = {
+        "GET": Scope.RELAYS_ADMIN,
+        "PATCH": Scope.RELAYS_ADMIN,
+        "DELETE": Scope.RELAYS_ADMIN,
+    }
+
+    @extend_schema(responses=RelaySerializer)
+    def get(self, request: Request, name: str) -> Response:
+        return Response(RelaySerializer(_relay_or_404(name)).data)
+
+    @extend_schema(request=RelaySerializer, responses=RelaySerializer)
+    def patch(self, request: Request, name: str) -> Response:
+        relay = _relay_or_404(name)
+        ser = RelaySerializer(relay, data=request.data, partial=True)
+        ser.is_valid(raise_exception=True)
+        d = ser.validated_data
+        try:
+            relay = relay_update(
+                relay=relay,
+                urls=d.get("urls", relay.urls),
+                secret=d.get("secret", relay.secret),
+                region=d.get("region", relay.region),
+                realm=d.get("realm", relay.realm),
+                name=d.get("name"),
+                failure_domain=d.get("failure_domain"),
+                capacity=d["capacity"] if "capacity" in d else KEEP,
+                weight=d.get("weight"),
+                allow_private=d.get("allow_private"),
+                private_reason=d.get("private_reason", ""),
+                actor=_actor(request),
+            )
+        except DjangoValidationError as exc:
+            raise _validation(exc) from None
+        return Response(RelaySerializer(relay).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, name: str) -> Response:
+        _relay_or_404(name)
+        relay_remove(name=name)
+        return Response(status=204)
+
+
+class RelayProbeApi(APIView):
+    """Probe a relay now (Binding, Allocate per URL, and the deep checks when due) and answer
+    with its health afterwards."""
+
+    permission_classes = [StaffOrRelayKey]
+    key_scopes = {"POST": Scope.RELAYS_ADMIN}
+
+    @extend_schema(request=None, responses=RelaySerializer)
+    def post(self, request: Request, name: str) -> Response:
+        relay = _relay_or_404(name)
+        relay_sweep(relay_ids=[relay.pk], force=True)
+        relay.refresh_from_db()
+        return Response(RelaySerializer(relay).data)
+
+
+class RelayDrainApi(APIView):
+    """Drain a relay: no new callers; credentials already handed out run out on their own."""
+
+    permission_classes = [StaffOrRelayKey]
+    key_scopes = {"POST": Scope.RELAYS_ADMIN}
+
+    @extend_schema(request=None, responses=RelaySerializer)
+    def post(self, request: Request, name: str) -> Response:
+        relay = relay_drain(relay=_relay_or_404(name), actor=_actor(request))
+        return Response(RelaySerializer(relay).data)
