@@ -8,6 +8,7 @@ from drf_spectacular.views import (
     SpectacularSwaggerSplitView,
 )
 
+from integrations.views import embed_call
 from signaling.views import health
 
 urlpatterns = [
@@ -31,5 +32,6 @@ urlpatterns = [
         name="api-redoc",
     ),
     path("api/v1/", include("config.api")),
+    path("embed/call/<uuid:call_id>", embed_call, name="embed-call"),
     path("", include("calls.urls")),
 ]

@@ -68,6 +68,22 @@ def _user(payload: dict):
     return user
 
 
+def ticket_peek(ticket: str):
+    """The user and call a ticket names, while it is valid, without using it up (the embed page
+    renders for it; the page's socket redeems it). TicketError when it is not valid."""
+    try:
+        payload = signing.loads(
+            ticket[:2000], salt=TICKET_SALT, max_age=settings.TICKET_TTL_SECONDS
+        )
+    except signing.SignatureExpired:
+        raise TicketError("ticket_expired", "This ticket has expired: ask for a new one.") from None
+    except signing.BadSignature:
+        raise TicketError("ticket_invalid", "This ticket is not valid.") from None
+    if not isinstance(payload, dict):
+        raise TicketError("ticket_invalid", "This ticket is not valid.")
+    return _user(payload), payload.get("c")
+
+
 def device_token_for(user) -> str:
     return signing.dumps({"u": user.pk, "i": user.integrator_id}, salt=DEVICE_SALT)
 

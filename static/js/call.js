@@ -132,7 +132,8 @@ export function init(root) {
     if (call.signal) call.signal.close();
     for (const b of [ui.hangup, ui.mute, ui.camera, ui.screen, ui.accept, ui.acceptAudio, ui.decline]) if (b) b.disabled = true;
     if (reason === "busy") { tones.play("busy"); setTimeout(() => tones.stop(), 3000); }
-    if (redirect) setTimeout(() => { location.href = data.detailUrl; }, 3500);
+    // Embedded (an integrator's page) there is no history page here: the ended screen stays.
+    if (redirect && data.detailUrl) setTimeout(() => { location.href = data.detailUrl; }, 3500);
   }
 
   if (data.state === "ended") { finish(data.endReason || "hangup"); return call; }
@@ -140,7 +141,14 @@ export function init(root) {
   const signal = (call.signal = new Signal(data.wsPath));
   // A reconnect keeps this device's relays and credential grant (the server extends it).
   // The call's id: relays are chosen with its other side in mind (the relay they hold).
-  signal.params = () => ({ keep: call.ice && call.ice.grant, call: data.call });
+  // Embedded, the page has no session: the ticket it was opened with brings it in once, then
+  // the device token from the welcome (reconnects, resumes, ICE refreshes).
+  call.deviceToken = null;
+  signal.params = () => ({
+    keep: call.ice && call.ice.grant,
+    call: data.call,
+    ...(data.ticket ? (call.deviceToken ? { device: call.deviceToken } : { ticket: data.ticket }) : {}),
+  });
   initRinger({ signal, exceptCall: call.id });
   const timers = { stats: null, clock: null };
 
@@ -658,7 +666,8 @@ export function init(root) {
     const url = new URL(data.iceUrl, location.href);
     if (call.ice && call.ice.grant) url.searchParams.set("keep", call.ice.grant);
     url.searchParams.set("call", data.call);
-    const res = await fetch(url, { credentials: "same-origin" });
+    const headers = call.deviceToken ? { Authorization: `Device ${call.deviceToken}` } : {};
+    const res = await fetch(url, { credentials: "same-origin", headers });
     if (res.status === 429) { // ice_limited: the credentials this page has still hold for now
       const wait = Math.max(1, Number(res.headers.get("Retry-After")) || 30);
       clearTimeout(refreshTimer);
@@ -806,6 +815,7 @@ export function init(root) {
   signal
     .on("welcome", (msg) => {
       call.signalingSessions += 1;
+      if (msg.body.deviceToken) call.deviceToken = msg.body.deviceToken;
       call.me = msg.body.user.id;
       for (const peer of call.peers.values()) peer.polite = call.me > peer.user;
       if (msg.body.ice) {
