@@ -69,19 +69,21 @@ def call_page(request: HttpRequest, call_id) -> HttpResponse:
         call.ended_at is None or timezone.now() - call.ended_at > ENDED_SCREEN
     ):
         return redirect("calls:detail", call_id=call_id)
-    peer = call.participants.exclude(pk=me.pk).select_related("user").first()
-    return render(
-        request,
-        "calls/call.html",
-        {
-            "call": call,
-            "me": me,
-            "peer": peer,
-            "answer": request.GET.get("answer") == "1",
-            "video": request.GET.get("video") != "0",
-            "force_relay": request.GET.get("policy") == "relay",
-        },
-    )
+    return render(request, "calls/call.html", call_page_context(request, me))
+
+
+def call_page_context(request: HttpRequest, me, **extra) -> dict:
+    """What the call page renders for participant `me` (the site's page, and the embed page)."""
+    call = me.call
+    return {
+        "call": call,
+        "me": me,
+        "peer": call.participants.exclude(pk=me.pk).select_related("user").first(),
+        "answer": request.GET.get("answer") == "1",
+        "video": request.GET.get("video") != "0",
+        "force_relay": request.GET.get("policy") == "relay",
+        **extra,
+    }
 
 
 @login_required

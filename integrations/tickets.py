@@ -68,19 +68,33 @@ def _user(payload: dict):
     return user
 
 
+def _signed(token: str, *, salt: str, max_age: int, expired: tuple[str, str], what: str) -> dict:
+    """A signed dict (django.core.signing) within its age; TicketError otherwise."""
+    try:
+        payload = signing.loads(token[:2000], salt=salt, max_age=max_age)
+    except signing.SignatureExpired:
+        raise TicketError(*expired) from None
+    except signing.BadSignature:
+        raise TicketError("ticket_invalid", f"This {what} is not valid.") from None
+    if not isinstance(payload, dict):
+        raise TicketError("ticket_invalid", f"This {what} is not valid.")
+    return payload
+
+
+def _ticket_payload(ticket: str) -> dict:
+    return _signed(
+        ticket,
+        salt=TICKET_SALT,
+        max_age=settings.TICKET_TTL_SECONDS,
+        expired=("ticket_expired", "This ticket has expired: ask for a new one."),
+        what="ticket",
+    )
+
+
 def ticket_peek(ticket: str):
     """The user and call a ticket names, while it is valid, without using it up (the embed page
     renders for it; the page's socket redeems it). TicketError when it is not valid."""
-    try:
-        payload = signing.loads(
-            ticket[:2000], salt=TICKET_SALT, max_age=settings.TICKET_TTL_SECONDS
-        )
-    except signing.SignatureExpired:
-        raise TicketError("ticket_expired", "This ticket has expired: ask for a new one.") from None
-    except signing.BadSignature:
-        raise TicketError("ticket_invalid", "This ticket is not valid.") from None
-    if not isinstance(payload, dict):
-        raise TicketError("ticket_invalid", "This ticket is not valid.")
+    payload = _ticket_payload(ticket)
     return _user(payload), payload.get("c")
 
 
@@ -92,15 +106,8 @@ def ticket_redeem(ticket: str, *, origin_ok=lambda integrator_id: True) -> Admit
     """The user a ticket admits, once. TicketError: bad, expired, already used, or presented
     from an origin the integrator doesn't allow (`origin_ok`, checked before the ticket is
     used up)."""
-    try:
-        payload = signing.loads(
-            ticket[:2000], salt=TICKET_SALT, max_age=settings.TICKET_TTL_SECONDS
-        )
-    except signing.SignatureExpired:
-        raise TicketError("ticket_expired", "This ticket has expired: ask for a new one.") from None
-    except signing.BadSignature:
-        raise TicketError("ticket_invalid", "This ticket is not valid.") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("j"), str):
+    payload = _ticket_payload(ticket)
+    if not isinstance(payload.get("j"), str):
         raise TicketError("ticket_invalid", "This ticket is not valid.")
     user = _user(payload)
     if not origin_ok(user.integrator_id):
@@ -119,18 +126,13 @@ def ticket_redeem(ticket: str, *, origin_ok=lambda integrator_id: True) -> Admit
 
 def device_token_user(token: str, *, origin_ok=lambda integrator_id: True):
     """The user a device token names, while it is valid and they are, from an allowed origin."""
-    try:
-        payload = signing.loads(
-            token[:2000], salt=DEVICE_SALT, max_age=settings.DEVICE_TOKEN_HOURS * 3600
-        )
-    except signing.SignatureExpired:
-        raise TicketError(
-            "device_expired", "This device's token has expired: open the call again."
-        ) from None
-    except signing.BadSignature:
-        raise TicketError("ticket_invalid", "This device token is not valid.") from None
-    if not isinstance(payload, dict):
-        raise TicketError("ticket_invalid", "This device token is not valid.")
+    payload = _signed(
+        token,
+        salt=DEVICE_SALT,
+        max_age=int(settings.DEVICE_TOKEN_HOURS * 3600),
+        expired=("device_expired", "This device's token has expired: open the call again."),
+        what="device token",
+    )
     user = _user(payload)
     if not origin_ok(user.integrator_id):
         raise TicketError("origin_refused", "This page's origin may not use this token.")

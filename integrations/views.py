@@ -14,6 +14,7 @@ from django.shortcuts import render
 from django.views.decorators.clickjacking import xframe_options_exempt
 
 from calls.selectors import participant_for
+from calls.views import call_page_context
 
 from .models import Integrator
 from .tickets import TicketError, ticket_peek
@@ -34,21 +35,10 @@ def embed_call(request: HttpRequest, call_id) -> HttpResponse:
             {"message": "This ticket is not for this call."},
             status=404,
         )
-    call = me.call
-    peer = call.participants.exclude(pk=me.pk).select_related("user").first()
     response = render(
         request,
         "calls/call.html",
-        {
-            "base_template": "embed/base.html",
-            "call": call,
-            "me": me,
-            "peer": peer,
-            "ticket": ticket,
-            "answer": request.GET.get("answer") == "1",
-            "video": request.GET.get("video") != "0",
-            "force_relay": request.GET.get("policy") == "relay",
-        },
+        call_page_context(request, me, base_template="embed/base.html", ticket=ticket),
     )
     origins = Integrator.objects.filter(pk=user.integrator_id).values_list(
         "allowed_origins", flat=True
