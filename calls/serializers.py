@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from config.api_errors import StrictCharField
+from config.api_errors import RejectUnknownFields, StrictCharField
 
 from .models import Call, CallKind, Participant
 from .selectors import NotCallable, callee_for
@@ -50,7 +50,7 @@ class CallSerializer(serializers.ModelSerializer):
         )
 
 
-class CallCreateSerializer(serializers.Serializer):
+class CallCreateSerializer(RejectUnknownFields, serializers.Serializer):
     callee = StrictCharField(max_length=150, help_text="The username to call.")
     kind = serializers.ChoiceField(choices=CallKind.choices, default=CallKind.VIDEO)
 
@@ -61,7 +61,7 @@ class CallCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError(str(exc)) from exc
 
 
-class IntegratorCallCreateSerializer(serializers.Serializer):
+class IntegratorCallCreateSerializer(RejectUnknownFields, serializers.Serializer):
     participants = serializers.ListField(
         child=StrictCharField(max_length=80),
         min_length=2,
@@ -72,7 +72,7 @@ class IntegratorCallCreateSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=CallKind.choices, default=CallKind.VIDEO)
 
 
-class InvitationSerializer(serializers.Serializer):
+class InvitationSerializer(RejectUnknownFields, serializers.Serializer):
     username = StrictCharField(max_length=150, help_text="The username to invite.")
 
     def validate_username(self, value: str):

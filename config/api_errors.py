@@ -145,3 +145,15 @@ def csrf_failure(request, reason: str = ""):
     from django.views.csrf import csrf_failure as django_csrf_failure
 
     return django_csrf_failure(request, reason=reason)
+
+
+class RejectUnknownFields:
+    """A serializer mixin: a key the serializer doesn't know is a 400 naming it (DRF drops
+    unknown keys silently, so a typo'd `displayname` would pass as a request without it)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(k for k in data if k not in self.fields)  # type: ignore[attr-defined]
+            if unknown:
+                raise serializers.ValidationError({k: ["Unknown field."] for k in unknown})
+        return super().to_internal_value(data)  # type: ignore[misc]

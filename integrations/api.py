@@ -8,7 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api_errors import StrictCharField, StrictRegexField
+from config.api_errors import RejectUnknownFields, StrictCharField, StrictRegexField
 
 from .auth import ANY_KEY, IntegratorPrincipal, key_principal
 from .models import Scope, WebhookEndpoint, WebhookEventType
@@ -56,7 +56,7 @@ class WhoAmIApi(APIView):
         return Response({"kind": "user", "user": request.user.card()})
 
 
-class EndUserSerializer(serializers.Serializer):
+class EndUserSerializer(RejectUnknownFields, serializers.Serializer):
     externalId = StrictRegexField(  # noqa: N815 - the API's spelling
         EXTERNAL_ID.pattern,
         max_length=80,
@@ -122,7 +122,7 @@ class EndUserApi(APIView):
         return Response(status=204)
 
 
-class TicketRequestSerializer(serializers.Serializer):
+class TicketRequestSerializer(RejectUnknownFields, serializers.Serializer):
     user = StrictRegexField(EXTERNAL_ID.pattern, max_length=80, help_text="The externalId.")
     call = serializers.UUIDField(
         required=False, help_text="A call the user is in: the page learns it in its welcome."
@@ -169,7 +169,7 @@ class TicketApi(APIView):
         return Response({"ticket": ticket, "expiresAt": expires_at.isoformat()}, status=201)
 
 
-class WebhookSerializer(serializers.ModelSerializer):
+class WebhookSerializer(RejectUnknownFields, serializers.ModelSerializer):
     url = serializers.URLField(max_length=500)
     events = serializers.ListField(
         child=serializers.ChoiceField(choices=WebhookEventType.values),

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from calls.selectors import relays_of_call
 from calls.services import NotInCall, call_ice_issue
-from config.api_errors import RateLimited, StrictCharField
+from config.api_errors import RateLimited, RejectUnknownFields, StrictCharField
 from config.client_ip import request_client_ip
 from integrations.auth import KeyScopes, key_principal
 from integrations.models import Scope
@@ -222,7 +222,7 @@ class StaffOrRelayKey(KeyScopes):
         return bool(request.user and request.user.is_authenticated and request.user.is_staff)
 
 
-class RelaySerializer(serializers.ModelSerializer):
+class RelaySerializer(RejectUnknownFields, serializers.ModelSerializer):
     """A relay; `secret` is write-only (never in any answer)."""
 
     secret = serializers.CharField(

@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from config.api_errors import StrictCharField
+from config.api_errors import RejectUnknownFields, StrictCharField
 
 
 class IceServerSerializer(serializers.Serializer):
@@ -33,7 +33,7 @@ class IceServersSerializer(serializers.Serializer):
     )
 
 
-class RelayFailureSerializer(serializers.Serializer):
+class RelayFailureSerializer(RejectUnknownFields, serializers.Serializer):
     relayUrl = StrictCharField(max_length=300)  # noqa: N815 - the client's spelling
     problem = serializers.ChoiceField(
         choices=["allocation", "ice"],
@@ -42,12 +42,12 @@ class RelayFailureSerializer(serializers.Serializer):
     )
 
 
-class GatheredSerializer(serializers.Serializer):
+class GatheredSerializer(RejectUnknownFields, serializers.Serializer):
     relayUrl = StrictCharField(max_length=300)  # noqa: N815 - the client's spelling
     ms = serializers.FloatField(min_value=0, max_value=60_000)
 
 
-class RelayGatherSerializer(serializers.Serializer):
+class RelayGatherSerializer(RejectUnknownFields, serializers.Serializer):
     gathered = GatheredSerializer(
         many=True,
         allow_empty=False,

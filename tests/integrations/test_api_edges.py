@@ -60,3 +60,30 @@ def test_a_csrf_refusal_under_the_api_is_json_and_elsewhere_djangos_page():
     assert json.loads(api.content)["error"]["code"] == "forbidden"
     page = csrf_failure(RequestFactory().post("/accounts/login/"), reason="x")
     assert page.status_code == 403 and "text/html" in page["Content-Type"]
+
+
+@pytest.mark.parametrize(
+    "url,body,unknown",
+    [
+        ("/api/v1/users/", {"externalId": "u-1", "displayname": "typo"}, "displayname"),
+        ("/api/v1/calls/", {"participants": ["u-1", "u-2"], "video": True}, "video"),
+        ("/api/v1/tickets/", {"user": "u-1", "ttl": 3600}, "ttl"),
+        ("/api/v1/webhooks/", {"url": "https://x.example/h", "secret": "mine"}, "secret"),
+    ],
+)
+def test_unknown_fields_are_a_400_naming_them(client, url, body, unknown):
+    from django.contrib.auth import get_user_model
+
+    key = make_key("users:write", "calls:write", "webhooks")
+    response = client.post(url, body, content_type="application/json", **bearer(key))
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"][unknown] == ["Unknown field."]
+    assert not get_user_model().objects.exclude(integrator=None).exists()
+
+
+def test_unknown_fields_for_signed_in_people_too(client, alice, bob, password):
+    client.login(username="alice", password=password)
+    response = client.post(
+        "/api/v1/calls/", {"callee": "bob", "kindd": "voice"}, content_type="application/json"
+    )
+    assert response.status_code == 400 and "kindd" in response.json()["error"]["fields"]
