@@ -2,8 +2,8 @@
 
 Every error the API returns looks like
     {"error": {"code": "<machine code>", "message": "<for a person>", "fields": {...}}}
-with `fields` (field name -> list of messages) only for validation errors. The codes are the
-same vocabulary as the signaling socket's `error` frames (docs/signaling.md).
+with `fields` (field name -> list of messages) only for validation errors. The codes come from
+one list, config.error_codes, which the signaling socket's `error` frames share.
 """
 
 from __future__ import annotations
