@@ -58,9 +58,21 @@ EVENT_LABELS = {
 }
 
 
+# Names the API's relay routes take for themselves (/api/v1/relays/<name>/ would never reach
+# a relay so named).
+RESERVED_RELAY_NAMES = frozenset({"explain", "failures", "gather"})
+
+
+def validate_relay_name(value: str) -> None:
+    if value.lower() in RESERVED_RELAY_NAMES:
+        raise ValidationError(
+            f"{value!r} is reserved (the API uses /api/v1/relays/{value}/); choose another name."
+        )
+
+
 class Relay(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.SlugField(max_length=64, unique=True)
+    name = models.SlugField(max_length=64, unique=True, validators=[validate_relay_name])
     region = models.CharField(
         max_length=64,
         blank=True,

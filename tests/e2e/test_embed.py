@@ -96,6 +96,9 @@ def test_two_end_users_talk_in_the_embed_page_framed_by_the_integrator(
         pair = wait_until(f, "window.traverseCall.selectedPair()", timeout=5_000)
         assert pair["connectionType"] == "relay", pair
         assert f.evaluate("window.traverseCall.deviceToken")
+    # End users go by their display names: the internal username (acme~u-1) shows nowhere.
+    for f in frames:
+        assert "~" not in f.inner_text("#call")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     pages[0].screenshot(path=str(SCREENSHOTS / "embed-in-integrator-page-1000.png"))
     # A dropped socket comes back with the device token (the ticket is used up).

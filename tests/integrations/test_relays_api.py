@@ -65,6 +65,9 @@ def test_register_read_change_probe_drain_and_remove(client, coturn, caplog):
         ({"name": "r", "urls": ["turn:127.0.0.1:3478"], "secret": SECRET}, "urls"),
         ({"name": "bad name!", "urls": ["turn:203.0.113.9:3478"], "secret": SECRET}, "name"),
         ({"urls": ["turn:203.0.113.9:3478"], "secret": SECRET}, "name"),
+        # The API's own routes: /api/v1/relays/explain/ would never reach a relay so named.
+        ({"name": "explain", "urls": ["turn:203.0.113.9:3478"], "secret": SECRET}, "name"),
+        ({"name": "Gather", "urls": ["turn:203.0.113.9:3478"], "secret": SECRET}, "name"),
     ],
 )
 def test_bad_relays_are_refused_naming_the_field(client, body, field):
