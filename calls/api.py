@@ -1,6 +1,5 @@
 """REST endpoints for calls: list your calls, start one, read one."""
 
-from django.contrib.auth import get_user_model
 from django.http import Http404
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
@@ -13,6 +12,7 @@ from rest_framework.response import Response
 from config.api_errors import Conflict, RateLimited, ServiceUnavailable
 from integrations.auth import key_principal
 from integrations.models import Scope
+from integrations.selectors import end_user
 
 from .models import Call, CallState, EndReason, Participant, ParticipantRole
 from .ratelimits import call_start_retry_after
@@ -152,12 +152,8 @@ class CallListCreateApi(ListAPIView):
         ids = ser.validated_data["participants"]
         if ids[0] == ids[1]:
             raise ValidationError({"participants": ["Two different users."]})
-        users = {
-            u.external_id: u
-            for u in get_user_model().objects.filter(
-                integrator=principal.integrator, external_id__in=ids, is_active=True
-            )
-        }
+        found = {i: end_user(integrator=principal.integrator, external_id=i) for i in ids}
+        users = {i: u for i, u in found.items() if u is not None}
         missing = [i for i in ids if i not in users]
         if missing:
             raise ValidationError(

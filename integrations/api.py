@@ -1,6 +1,5 @@
 """The integrator's own endpoints."""
 
-from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound, PermissionDenied
@@ -12,6 +11,7 @@ from config.api_errors import RejectUnknownFields, StrictCharField, StrictRegexF
 
 from .auth import ANY_KEY, IntegratorPrincipal, key_principal
 from .models import Scope, WebhookEndpoint, WebhookEventType
+from .selectors import end_user
 from .services import EXTERNAL_ID, end_user_delete, end_user_upsert
 from .tickets import ticket_mint
 
@@ -101,11 +101,8 @@ class EndUserApi(APIView):
 
     def _user(self, request: Request, external_id: str):
         principal = require_key(request)
-        user = (
-            get_user_model()
-            .objects.filter(integrator=principal.integrator, external_id=external_id)
-            .first()
-        )
+        # A closed account can still be read and deleted.
+        user = end_user(integrator=principal.integrator, external_id=external_id, active_only=False)
         if user is None:
             raise NotFound("You have no user with that externalId.")
         return principal, user
@@ -151,15 +148,7 @@ class TicketApi(APIView):
         principal = require_key(request)
         ser = TicketRequestSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        user = (
-            get_user_model()
-            .objects.filter(
-                integrator=principal.integrator,
-                external_id=ser.validated_data["user"],
-                is_active=True,
-            )
-            .first()
-        )
+        user = end_user(integrator=principal.integrator, external_id=ser.validated_data["user"])
         if user is None:
             raise NotFound("You have no user with that externalId.")
         call = ser.validated_data.get("call")

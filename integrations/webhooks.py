@@ -121,43 +121,53 @@ def backoff(attempts: int) -> timedelta:
 
 
 def webhook_deliver(delivery_id: int) -> str | None:
-    """Try one delivery now, if it is pending and due (a task and the sweep may both ask:
-    the row lock makes it once). Returns its state afterwards, None when it wasn't tried."""
+    """Try one delivery now, if it is pending and due (a task and the sweep may both ask: the
+    claim makes it once). Returns its state afterwards, None when it wasn't tried.
+
+    The claim is a short transaction that counts the attempt and leases the delivery until the
+    POST can have timed out; the POST runs with no transaction or row lock held, and its outcome
+    is written in a second one. A worker that dies mid-POST leaves the lease to run out, and the
+    sweep tries again."""
+    now = timezone.now()
     with transaction.atomic():
         delivery = (
             WebhookDelivery.objects.select_for_update(skip_locked=True)
             .select_related("message", "endpoint")
-            .filter(pk=delivery_id, state=DeliveryState.PENDING)
+            .filter(pk=delivery_id, state=DeliveryState.PENDING, next_attempt_at__lte=now)
             .first()
         )
-        if delivery is None or delivery.next_attempt_at > timezone.now():
+        if delivery is None:
             return None
-        now = timezone.now()
-        status, error = None, ""
-        try:
-            _check_destination(delivery.endpoint.url)
-            request = signed_request(delivery.endpoint, delivery.message, now=now)
-            with _opener.open(request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as response:
-                status = response.status
-        except Refused as exc:
-            error = f"refused: {exc}"
-        except urllib.error.HTTPError as exc:
-            status, error = exc.code, f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:300]
         delivery.attempts += 1
-        delivery.last_status = status
-        if status is not None and 200 <= status < 300:
-            delivery.state = DeliveryState.DELIVERED
-            delivery.delivered_at = timezone.now()
-            delivery.last_error = ""
+        delivery.next_attempt_at = now + timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS + 30)
+        delivery.save(update_fields=["attempts", "next_attempt_at"])
+    status, error = None, ""
+    try:
+        _check_destination(delivery.endpoint.url)
+        request = signed_request(delivery.endpoint, delivery.message, now=now)
+        with _opener.open(request, timeout=settings.WEBHOOK_TIMEOUT_SECONDS) as response:
+            status = response.status
+    except Refused as exc:
+        error = f"refused: {exc}"
+    except urllib.error.HTTPError as exc:
+        status, error = exc.code, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}"[:300]
+    delivery.last_status = status
+    if status is not None and 200 <= status < 300:
+        delivery.state = DeliveryState.DELIVERED
+        delivery.delivered_at = timezone.now()
+        delivery.last_error = ""
+    else:
+        delivery.last_error = error[:300] or f"HTTP {status}"
+        if delivery.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
+            delivery.state = DeliveryState.FAILED
         else:
-            delivery.last_error = error[:300] or f"HTTP {status}"
-            if delivery.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
-                delivery.state = DeliveryState.FAILED
-            else:
-                delivery.next_attempt_at = timezone.now() + backoff(delivery.attempts)
-        delivery.save()
+            delivery.next_attempt_at = timezone.now() + backoff(delivery.attempts)
+    with transaction.atomic():
+        delivery.save(
+            update_fields=["state", "last_status", "last_error", "delivered_at", "next_attempt_at"]
+        )
         if delivery.state == DeliveryState.DELIVERED:
             _relay_event_delivered(delivery.message)
     if delivery.state == DeliveryState.PENDING:

@@ -23,7 +23,7 @@ from .scoring import eligible
 from .selectors import (
     explain_selection,
     relay_candidates,
-    relay_live_grants,
+    relay_load,
     relay_probe_history,
     relay_traffic_since,
     stun_fallback_urls,
@@ -223,10 +223,10 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
     def load(self, obj: Relay):
         if obj.pk is None:
             return "—"
-        if obj.publishes_stats():
-            n, what = obj.live_allocations, "live allocations, as the relay published them"
+        n, source = relay_load(relay=obj)
+        if source == "published":
+            what = "live allocations, as the relay published them"
         else:
-            n = relay_live_grants(relay=obj)
             what = "unexpired grants (the relay publishes no allocations: see redis-statsdb)"
             if obj.stats_at is not None:
                 when = timezone.localtime(obj.stats_at).strftime("%Y-%m-%d %H:%M:%S")

@@ -2,7 +2,6 @@
 
 import ipaddress
 
-from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
@@ -18,10 +17,11 @@ from config.api_errors import RateLimited, RejectUnknownFields, StrictCharField
 from config.client_ip import request_client_ip
 from integrations.auth import KeyScopes, key_principal
 from integrations.models import Scope
+from integrations.selectors import end_user
 
 from .models import MIN_SECRET_LENGTH, Relay
 from .scoring import network_key
-from .selectors import explain_selection, relay_live_grants
+from .selectors import explain_selection, relay_load
 from .serializers import IceServersSerializer, RelayFailureSerializer, RelayGatherSerializer
 from .services import (
     IceLimited,
@@ -57,15 +57,8 @@ class IceServersApi(APIView):
         principal = key_principal(request)
         if principal is None:
             return request.user
-        external_id = request.query_params.get("user", "")
-        user = (
-            get_user_model()
-            .objects.filter(
-                integrator=principal.integrator, external_id=external_id, is_active=True
-            )
-            .first()
-            if external_id
-            else None
+        user = end_user(
+            integrator=principal.integrator, external_id=request.query_params.get("user", "")
         )
         if user is None:
             raise NotFound("Give ?user= one of your users' externalIds.")
@@ -271,9 +264,8 @@ class RelaySerializer(RejectUnknownFields, serializers.ModelSerializer):
 
     @extend_schema_field(serializers.DictField())
     def get_load(self, relay: Relay) -> dict:
-        if relay.publishes_stats():
-            return {"allocations": relay.live_allocations, "source": "published"}
-        return {"allocations": relay_live_grants(relay=relay), "source": "grants"}
+        allocations, source = relay_load(relay=relay)
+        return {"allocations": allocations, "source": source}
 
 
 def _relay_or_404(name: str) -> Relay:

@@ -14,7 +14,7 @@ from django.db import models
 from django.utils import timezone
 
 from .ice_urls import IceUrl, IceUrlError, parse_ice_url
-from .states import Observation, RelayEventKind, RelayStatus, stale_after
+from .states import Observation, RelayEventKind, RelayStatus, published_lately, stale_after
 
 
 def validate_ice_urls(value: object) -> None:
@@ -187,10 +187,11 @@ class Relay(models.Model):
     def publishes_stats(self, now=None) -> bool:
         """Its coturn published allocation events lately (the prober's own allocation, at
         every sweep, is enough)."""
-        if self.stats_at is None:
-            return False
-        now = now or timezone.now()
-        return now - self.stats_at <= stale_after(settings.RELAY_SWEEP_INTERVAL)
+        return published_lately(
+            self.stats_at,
+            now=now or timezone.now(),
+            sweep_interval=settings.RELAY_SWEEP_INTERVAL,
+        )
 
     def display_safety(self) -> str:
         """What admins and the CLI see: "not audited yet" until an audit has actually run."""

@@ -249,6 +249,14 @@ def relay_live_grants(*, relay: Relay, now=None) -> int:
     return relay.grants.filter(expires_at__gt=now or timezone.now()).count()
 
 
+def relay_load(*, relay: Relay, now=None) -> tuple[int, str]:
+    """(allocations, source): what the relay published ("published"), or, where it doesn't
+    publish, its unexpired grants ("grants"), as selection counts it (relays.snapshot)."""
+    if relay.publishes_stats(now):
+        return relay.live_allocations, "published"
+    return relay_live_grants(relay=relay, now=now), "grants"
+
+
 def relay_traffic_since(*, relay: Relay, hours: float = 24, now=None) -> int:
     """Bytes callers moved through this relay (both ways, the client's side) in grants active
     over the last `hours`, as its coturn published them."""

@@ -30,7 +30,7 @@ from django.utils import timezone
 from .ice_urls import IceUrlError, parse_ice_url
 from .models import RegionRange, Relay
 from .scoring import Candidate, eligible_but_for_time
-from .states import RelayStatus, stale_after
+from .states import RelayStatus, published_lately
 
 _FIELDS = (
     "id",
@@ -101,9 +101,6 @@ class Fleet:
 
 def build() -> Fleet:
     now = timezone.now()
-    # A relay that published lately (its coturn's redis-statsdb) is as loaded as it says; one
-    # that doesn't, as many unexpired grants as name it.
-    publishing_since = now - stale_after(settings.RELAY_SWEEP_INTERVAL)
     candidates: dict[str, Candidate] = {}
     rows: dict[str, dict] = {}
     for r in (
@@ -116,7 +113,11 @@ def build() -> Fleet:
         except IceUrlError:
             has_turn = False
         relay_id = str(r["id"])
-        published = r["stats_at"] is not None and r["stats_at"] >= publishing_since
+        # Published lately (coturn's redis-statsdb): as loaded as it says; else as many
+        # unexpired grants as name it.
+        published = published_lately(
+            r["stats_at"], now=now, sweep_interval=settings.RELAY_SWEEP_INTERVAL
+        )
         candidates[relay_id] = Candidate(
             id=relay_id,
             name=r["name"],

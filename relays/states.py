@@ -3,7 +3,7 @@ their choices, and the decisions (relays.health, relays.decisions) speak them.""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 
@@ -51,3 +51,9 @@ STATUS_EVENT = {
 def stale_after(sweep_interval: float) -> timedelta:
     """A relay with no probe newer than this is stale: we no longer know that it works."""
     return timedelta(seconds=3 * sweep_interval)
+
+
+def published_lately(stats_at: datetime | None, *, now: datetime, sweep_interval: float) -> bool:
+    """A relay whose coturn published allocation events within the stale window: its load is
+    what it published (relays.allocations), not its unexpired grants."""
+    return stats_at is not None and now - stats_at <= stale_after(sweep_interval)
