@@ -46,6 +46,9 @@ APT_PACKAGES = {
     "openssl": "openssl",  # a self-signed certificate for the TLS (turns:) test relay
     "node": "nodejs",  # ESLint for static/js (package-lock.json pins it, with hashes)
     "npm": "npm",
+    # The NAT lab (tests/nat): network namespaces, and NAT routers between them.
+    "ip": "iproute2",
+    "iptables": "iptables",
 }
 
 
@@ -369,10 +372,16 @@ def secure_var_dir() -> None:
 
 
 def platform_commands(
-    *, python: str, port: int, concurrency: int, beat_schedule: Path, extra_worker_args=()
+    *,
+    python: str,
+    port: int,
+    concurrency: int,
+    beat_schedule: Path,
+    extra_worker_args=(),
+    host: str = "127.0.0.1",
 ) -> dict[str, list[str]]:
     """The platform's own processes, as the run command starts them (the browser and fault
-    tests start the same commands)."""
+    tests start the same commands; the NAT lab serves on its own address, `host`)."""
     celery = [python, "-m", "celery", "-A", "config"]
     return {
         "web": [
@@ -380,7 +389,7 @@ def platform_commands(
             "-m",
             "daphne",
             "-b",
-            "127.0.0.1",
+            host,
             "-p",
             str(port),
             "config.asgi:application",

@@ -185,7 +185,8 @@ def coturn(tmp_path, request):
     extra_secrets: more static-auth-secret lines (rotation). tls: a turns: listener with a
     self-signed certificate. udp_only: no TCP listener. clock_offset: run the relay under
     faketime with its clock that far off ("+600s"). netns: run it in a namespace from the
-    relay_netns fixture, on that namespace's own address.
+    relay_netns fixture, on that namespace's own address. host: listen on another address of
+    this namespace (the NAT lab's).
     """
     binary = need_binary("turnserver")
     started: list[Coturn] = []
@@ -200,9 +201,11 @@ def coturn(tmp_path, request):
         udp_only: bool = False,
         clock_offset: str | None = None,
         netns: dict | None = None,
+        host: str | None = None,
     ) -> Coturn:
         secret = secret or secrets.token_urlsafe(24)
         port = free_port()
+        listen_ip = netns["address"] if netns else host or "127.0.0.1"
         state = tmp_path / f"coturn-{port}"
         state.mkdir()
         lo, hi = _next_relay_range()
@@ -216,7 +219,7 @@ def coturn(tmp_path, request):
         conf = state / "turnserver.conf"
         conf.write_text(
             render_coturn_config(
-                listen_ip=netns["address"] if netns else "127.0.0.1",
+                listen_ip=listen_ip,
                 port=port,
                 secret=secret,
                 realm="test.traverse",
@@ -243,7 +246,7 @@ def coturn(tmp_path, request):
             argv=argv,
             tls_port=tls_port,
             udp_only=udp_only,
-            host=netns["address"] if netns else "127.0.0.1",
+            host=listen_ip,
         )
         started.append(relay)
         relay.start()

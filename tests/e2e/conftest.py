@@ -64,25 +64,18 @@ def child_env() -> dict:
     return env
 
 
-@pytest.fixture(scope="module")
-def services(django_db_setup, django_db_blocker, tmp_path_factory, request):
-    """Daphne serving the ASGI app and a Celery worker, both on the test database and Redis.
-    A test module can set SERVICES_ENV (e.g. a short ring timeout) for both processes."""
-    from django.db import connection
-
-    if connection.vendor == "sqlite":
-        pytest.skip(
-            "end-to-end tests share the database with child processes: they run on PostgreSQL"
-        )
-    logs = tmp_path_factory.mktemp("e2e-logs")
+@contextlib.contextmanager
+def platform_running(logs: Path, env: dict, host: str = "127.0.0.1"):
+    """Daphne serving the ASGI app and a Celery worker, on the test database and Redis,
+    listening on `host`; yields the base URL."""
     port = free_port()
-    env = {**child_env(), **getattr(request.module, "SERVICES_ENV", {})}
     commands = platform_commands(
         python=sys.executable,
         port=port,
         concurrency=1,
         beat_schedule=logs / "beat-schedule",
         extra_worker_args=("--without-gossip", "--without-mingle"),
+        host=host,
     )
     procs = {
         name: subprocess.Popen(
@@ -94,7 +87,7 @@ def services(django_db_setup, django_db_blocker, tmp_path_factory, request):
         )
         for name in ("web", "worker")
     }
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{host}:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -107,7 +100,7 @@ def services(django_db_setup, django_db_blocker, tmp_path_factory, request):
                 ) from None
             time.sleep(0.1)
     try:
-        yield {"base": base, "logs": logs}
+        yield base
     finally:
         for p in procs.values():
             p.terminate()
@@ -116,6 +109,26 @@ def services(django_db_setup, django_db_blocker, tmp_path_factory, request):
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def need_postgres() -> None:
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        pytest.skip(
+            "end-to-end tests share the database with child processes: they run on PostgreSQL"
+        )
+
+
+@pytest.fixture(scope="module")
+def services(django_db_setup, django_db_blocker, tmp_path_factory, request):
+    """Daphne serving the ASGI app and a Celery worker, both on the test database and Redis.
+    A test module can set SERVICES_ENV (e.g. a short ring timeout) for both processes."""
+    need_postgres()
+    logs = tmp_path_factory.mktemp("e2e-logs")
+    env = {**child_env(), **getattr(request.module, "SERVICES_ENV", {})}
+    with platform_running(logs, env) as base:
+        yield {"base": base, "logs": logs}
 
 
 @pytest.fixture(scope="module")

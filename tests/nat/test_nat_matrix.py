@@ -1,0 +1,141 @@
+"""Direct where possible, relayed where necessary: two browsers in two home networks call each
+other through the real UI (no forced relay), and the path each takes is the one the NATs allow.
+
+The table below was written before the runs (issue 11). Why two cells are `relay`: Linux
+conntrack filters inbound packets by address and port on every NAT here. A symmetric-like NAT
+(`--random-fully`) sends its side's checks from a port the other side never learned, so the
+other NAT drops them; and the other side's checks go to a port mapped only towards the STUN
+server. Only a side with no NAT (`open`) takes such a check in and answers it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from calls.models import Call, ConnectionType
+from tests.e2e.conftest import CONNECTED, answer, dial, sweep_through_worker, wait_until
+from tests.nat.lab import APD, EIM, OPEN, SERVER_ADDRESS, UDP_BLOCKED
+
+pytestmark = [pytest.mark.e2e, pytest.mark.nat, pytest.mark.django_db(transaction=True)]
+
+DIRECT, RELAY, RELAY_TCP = "direct", "relay", "relay over TCP"
+
+EXPECTED = {
+    (OPEN, OPEN): DIRECT,
+    (OPEN, EIM): DIRECT,
+    (OPEN, APD): DIRECT,
+    (OPEN, UDP_BLOCKED): RELAY_TCP,
+    (EIM, OPEN): DIRECT,
+    (EIM, EIM): DIRECT,
+    (EIM, APD): RELAY,
+    (EIM, UDP_BLOCKED): RELAY_TCP,
+    (APD, OPEN): DIRECT,
+    (APD, EIM): RELAY,
+    (APD, APD): RELAY,
+    (APD, UDP_BLOCKED): RELAY_TCP,
+}
+
+
+def sign_in_lab(browser, base: str, username: str, password: str):
+    """Signs in on the home page; the privacy switch stays off (direct calls allowed)."""
+    page = browser.new_context().new_page()
+    page.on("pageerror", lambda e: print(f"[{username}] pageerror: {e}"))
+    page.goto(base + "/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(base + "/")
+    assert not page.is_checked("#force-relay")
+    page.wait_for_selector("#conn-status:has-text('Online')")
+    return page
+
+
+def lab_relay(coturn):
+    from relays.services import relay_create
+
+    server = coturn(host=SERVER_ADDRESS, allow_loopback_peers=False)
+    relay_create(
+        name="lab-relay",
+        urls=server.urls,
+        secret=server.secret,
+        allow_private=True,
+        private_reason="the NAT lab's documentation address (203.0.113.0/24)",
+    )
+    assert sweep_through_worker() == {"lab-relay": "up"}
+    return server
+
+
+def reported(call_id) -> dict:
+    """Each participant's reported path, once both have reported."""
+    deadline = time.monotonic() + 15
+    while True:
+        parts = {p.user.username: p for p in Call.objects.get(pk=call_id).participants.all()}
+        if all(p.connection_type for p in parts.values()) or time.monotonic() > deadline:
+            return parts
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    ("caller_type", "callee_type"), list(EXPECTED), ids=[f"{a}-calls-{b}" for a, b in EXPECTED]
+)
+def test_call_takes_the_path_the_nats_allow(
+    caller_type,
+    callee_type,
+    nat_lab,
+    lab_platform,
+    lab_browser,
+    coturn,
+    alice,
+    bob,
+    password,
+    e2e_figures,
+):
+    expected = EXPECTED[(caller_type, callee_type)]
+    base = lab_platform["base"]
+    lab_relay(coturn)
+    caller_side, callee_side = nat_lab.side(1, caller_type), nat_lab.side(2, callee_type)
+    a = sign_in_lab(lab_browser(caller_side), base, "alice", password)
+    b = sign_in_lab(lab_browser(callee_side), base, "bob", password)
+
+    t0 = time.perf_counter()
+    dial(a, "bob")
+    answer(b)
+    for page in (a, b):
+        wait_until(page, CONNECTED, timeout=30_000)
+    dial_to_connected = round((time.perf_counter() - t0) * 1000)
+
+    seen = {}
+    for name, page in (("alice", a), ("bob", b)):
+        seen[name] = wait_until(page, "window.traverseCall.selectedPair()", timeout=10_000)
+    call_id = a.evaluate("window.traverseCall.id")
+    parts = reported(call_id)
+    e2e_figures.append(
+        f"NAT lab {caller_type} calls {callee_type}: {seen['alice']['connectionType']} "
+        f"({seen['alice']['localType']}/{seen['alice']['remoteType']}"
+        f"{', ' + seen['alice']['relayProtocol'] if seen['alice']['relayProtocol'] else ''} | "
+        f"{seen['bob']['localType']}/{seen['bob']['remoteType']}"
+        f"{', ' + seen['bob']['relayProtocol'] if seen['bob']['relayProtocol'] else ''}), "
+        f"dial to connected {dial_to_connected} ms"
+    )
+
+    # The call record states what getStats() shows, on both sides.
+    for name in ("alice", "bob"):
+        assert parts[name].connection_type == seen[name]["connectionType"], (name, seen)
+    call = Call.objects.prefetch_related("participants").get(pk=call_id)
+    if expected == DIRECT:
+        # 0 needless relays: neither side's pair uses one.
+        for name in ("alice", "bob"):
+            assert seen[name]["connectionType"] != ConnectionType.RELAY, (name, seen)
+            assert parts[name].relay_id is None
+        assert call.path_summary == "direct"
+    else:
+        for name in ("alice", "bob"):
+            assert seen[name]["connectionType"] == ConnectionType.RELAY, (name, seen)
+        assert call.path_summary == "relayed"
+    if expected == RELAY_TCP:
+        # The UDP-blocked side (the callee) reaches its relay over TCP.
+        assert seen["bob"]["localType"] == "relay", seen
+        assert seen["bob"]["relayProtocol"] == "tcp", seen
+        assert "transport=tcp" in parts["bob"].relay_url
