@@ -16,6 +16,7 @@ from integrations.api import (
 )
 from relays.api import (
     IceServersApi,
+    NetworkTestsApi,
     RelayApi,
     RelayDrainApi,
     RelayExplainApi,
@@ -41,6 +42,7 @@ urlpatterns = [
     path("webhooks/<int:webhook_id>/", WebhookApi.as_view(), name="api-webhook"),
     path("users/<str:external_id>/", EndUserApi.as_view(), name="api-user"),
     path("ice-servers/", IceServersApi.as_view(), name="api-ice-servers"),
+    path("network-tests/", NetworkTestsApi.as_view(), name="api-network-tests"),
     path("relays/", RelaysApi.as_view(), name="api-relays"),
     path("relays/explain/", RelayExplainApi.as_view(), name="api-relays-explain"),
     path("relays/failures/", RelayFailureApi.as_view(), name="api-relay-failures"),

@@ -35,6 +35,7 @@ ERROR_CODES: dict[str, str] = {
     "ice_limited": "Relay credentials asked for more often than ICE_ISSUE_RATE allows.",
     "report_limited": "Relay failure reports past RELAY_REPORT_RATE.",
     "measure_limited": "Relay gather-time reports past RELAY_GATHER_RATE.",
+    "network_test_limited": "Network test results past NETWORK_TEST_RATE.",
     "unavailable": "Briefly unavailable (Redis or the database can't be reached), or the person is.",
     "internal": "The server failed on this frame; the socket stays up.",
     # calls

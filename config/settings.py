@@ -227,6 +227,9 @@ RELAY_GATHER_RATE = env.str("RELAY_GATHER_RATE", default="30/m")
 CLIENT_RTT_HALF_LIFE_HOURS = env.float("CLIENT_RTT_HALF_LIFE_HOURS", default=6.0)
 CLIENT_RTT_MIN_WEIGHT = env.float("CLIENT_RTT_MIN_WEIGHT", default=0.5)
 CLIENT_RTT_RETENTION_DAYS = env.int("CLIENT_RTT_RETENTION_DAYS", default=30)
+# The network test (/network-test/): runs per user, and how long their results are kept.
+NETWORK_TEST_RATE = env.str("NETWORK_TEST_RATE", default="20/h")
+NETWORK_TEST_RETENTION_DAYS = env.int("NETWORK_TEST_RETENTION_DAYS", default=30)
 # Relays that publish their allocations (coturn's redis-statsdb) publish to this Redis; the
 # listener (`manage.py relay_stats`) counts live allocations per relay and bytes per grant from
 # it. Empty: REDIS_URL. Counts are written every RELAY_STATS_FLUSH_SECONDS; a standby listener

@@ -9,6 +9,7 @@ from drf_spectacular.views import (
 )
 
 from integrations.views import embed_call
+from relays.views import network_test
 from signaling.views import health
 
 urlpatterns = [
@@ -33,5 +34,6 @@ urlpatterns = [
     ),
     path("api/v1/", include("config.api")),
     path("embed/call/<uuid:call_id>", embed_call, name="embed-call"),
+    path("network-test/", network_test, name="network-test"),
     path("", include("calls.urls")),
 ]

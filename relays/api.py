@@ -20,9 +20,16 @@ from integrations.models import Scope
 from integrations.selectors import end_user
 
 from .models import MIN_SECRET_LENGTH, Relay
+from .nettest import Facts, Mapping, RelayCheck
 from .scoring import network_key
 from .selectors import explain_selection, relay_load
-from .serializers import IceServersSerializer, RelayFailureSerializer, RelayGatherSerializer
+from .serializers import (
+    IceServersSerializer,
+    NetworkTestResultSerializer,
+    NetworkTestSerializer,
+    RelayFailureSerializer,
+    RelayGatherSerializer,
+)
 from .services import (
     IceLimited,
     MeasureLimited,
@@ -37,6 +44,7 @@ from .services import (
     relay_sweep,
     relay_update,
 )
+from .services.nettest import NetworkTestLimited, network_test_record
 from .services.registry import KEEP
 from .tasks import reprobe_relay
 
@@ -379,3 +387,44 @@ class RelayDrainApi(APIView):
     def post(self, request: Request, name: str) -> Response:
         relay = relay_drain(relay=_relay_or_404(name), actor=_actor(request))
         return Response(RelaySerializer(relay).data)
+
+
+class NetworkTestRateLimited(RateLimited):
+    default_code = "network_test_limited"
+
+
+class NetworkTestsApi(APIView):
+    """The network test's results: the page (/network-test/) posts what the browser found and
+    gets the verdict; GET lists the signed-in user's own recent runs."""
+
+    @extend_schema(responses=NetworkTestResultSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        rows = request.user.network_tests.all()[:20]
+        return Response(NetworkTestResultSerializer(rows, many=True).data)
+
+    @extend_schema(request=NetworkTestSerializer, responses={201: NetworkTestResultSerializer})
+    def post(self, request: Request) -> Response:
+        ser = NetworkTestSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        data = ser.validated_data
+        facts = Facts(
+            mappings=[
+                Mapping(m["server"], str(m["address"]), m["port"], m.get("base", ""))
+                for m in data["mappings"]
+            ],
+            host_addresses=list(data["hostAddresses"]),
+            stun_servers=data["stunServers"],
+            relays=[RelayCheck(r["url"], r["ok"], r.get("ms")) for r in data["relays"]],
+            loopback_ok=(data.get("loopback") or {}).get("ok"),
+            client_ip=request_client_ip(request) or "",
+        )
+        try:
+            result = network_test_record(
+                user=request.user,
+                network=network_key(ip=facts.client_ip or None),
+                facts=facts,
+                details=request.data if isinstance(request.data, dict) else {},
+            )
+        except NetworkTestLimited as exc:
+            raise NetworkTestRateLimited(str(exc), retry_after=exc.retry_after) from exc
+        return Response(NetworkTestResultSerializer(result).data, status=201)

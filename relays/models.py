@@ -14,6 +14,7 @@ from django.db import models
 from django.utils import timezone
 
 from .ice_urls import IceUrl, IceUrlError, parse_ice_url
+from .nettest import NetworkType, Verdict
 from .states import Observation, RelayEventKind, RelayStatus, published_lately, stale_after
 
 
@@ -374,3 +375,29 @@ class GrantTraffic(models.Model):
     @property
     def total_bytes(self) -> int:
         return self.received_bytes + self.sent_bytes
+
+
+class NetworkTestResult(models.Model):
+    """One run of the network test (/network-test/): what the user's browser found, and the
+    verdict (relays.nettest). Kept NETWORK_TEST_RETENTION_DAYS; deleted with the user."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="network_tests"
+    )
+    # The browser's /24 or /48 (relays.scoring.network_key), as the server saw it.
+    network = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    network_type = models.CharField(
+        max_length=32, choices=[(t.value, t.value) for t in NetworkType]
+    )
+    verdict = models.CharField(max_length=16, choices=[(v.value, v.value) for v in Verdict])
+    udp = models.BooleanField(help_text="Whether any UDP got out (STUN, or a relay over UDP).")
+    # The facts the browser sent: mappings, relays per transport with their times, loopback.
+    details = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["user", "-created_at"], name="nettest_user_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.network or '?'}: {self.network_type} → {self.verdict}"

@@ -62,3 +62,60 @@ class RelayGatherSerializer(RejectUnknownFields, serializers.Serializer):
         help_text="The region the client declares, if any (its measurements are shared with "
         "callers declaring the same); else its address's /24 or /48.",
     )
+
+
+class MappingSerializer(RejectUnknownFields, serializers.Serializer):
+    server = StrictCharField(max_length=300, help_text="The STUN URL that saw this address.")
+    address = serializers.IPAddressField(help_text="The server-reflexive address.")
+    port = serializers.IntegerField(min_value=1, max_value=65535)
+    base = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=80,
+        help_text="The local socket (address:port) it maps, when the browser shows it.",
+    )
+
+
+class RelayCheckSerializer(RejectUnknownFields, serializers.Serializer):
+    url = StrictCharField(max_length=300, help_text="A turn: or turns: URL, with its transport.")
+    ok = serializers.BooleanField(help_text="Whether it gave a relay candidate.")
+    ms = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        max_value=60_000,
+        help_text="How long it took.",
+    )
+
+
+class LoopbackSerializer(RejectUnknownFields, serializers.Serializer):
+    ok = serializers.BooleanField()
+    ms = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=60_000)
+
+
+class NetworkTestSerializer(RejectUnknownFields, serializers.Serializer):
+    """What the browser found; the server decides the verdict (relays.nettest)."""
+
+    mappings = MappingSerializer(many=True, max_length=16, default=list)
+    hostAddresses = serializers.ListField(  # noqa: N815 - the API's JSON is camelCase
+        child=StrictCharField(max_length=80), max_length=16, default=list
+    )
+    stunServers = serializers.IntegerField(min_value=0, max_value=8, default=0)  # noqa: N815
+    relays = RelayCheckSerializer(many=True, max_length=24, default=list)
+    loopback = LoopbackSerializer(required=False, allow_null=True)
+
+
+class NetworkTestResultSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
+    network = serializers.CharField()
+    networkType = serializers.CharField(source="network_type")  # noqa: N815
+    verdict = serializers.CharField()
+    sentence = serializers.SerializerMethodField()
+    udp = serializers.BooleanField()
+    details = serializers.JSONField()
+
+    def get_sentence(self, result) -> str:
+        from .nettest import SENTENCES
+
+        return SENTENCES[result.verdict]

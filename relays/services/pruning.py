@@ -7,7 +7,14 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from ..models import ClientRelayRtt, CredentialGrant, GrantTraffic, ProbeResult, Relay
+from ..models import (
+    ClientRelayRtt,
+    CredentialGrant,
+    GrantTraffic,
+    NetworkTestResult,
+    ProbeResult,
+    Relay,
+)
 
 
 def relay_prune_history(*, now=None) -> dict:
@@ -31,7 +38,11 @@ def relay_prune_history(*, now=None) -> dict:
     traffic, _ = GrantTraffic.objects.filter(
         last_at__lt=now - timedelta(days=settings.RELAY_TRAFFIC_RETENTION_DAYS)
     ).delete()
+    network_tests, _ = NetworkTestResult.objects.filter(
+        created_at__lt=now - timedelta(days=settings.NETWORK_TEST_RETENTION_DAYS)
+    ).delete()
     return {
+        "network_tests_deleted": network_tests,
         "client_rtts_deleted": rtts,
         "traffic_rows_deleted": traffic,
         "probe_results_deleted": deleted,

@@ -1,0 +1,79 @@
+"""The network test (/network-test/) in every network type of the NAT lab: its verdict is the
+one the network deserves. Expected values written before the runs (issue 11)."""
+
+from __future__ import annotations
+
+import pytest
+
+from relays.models import NetworkTestResult
+from tests.e2e.conftest import sweep_through_worker, wait_until
+from tests.nat.lab import APD, EIM, OPEN, SERVER_ADDRESS, UDP_BLOCKED
+from tests.nat.test_nat_matrix import sign_in_lab
+
+pytestmark = [pytest.mark.e2e, pytest.mark.nat, pytest.mark.django_db(transaction=True)]
+
+EXPECTED = {
+    OPEN: (OPEN, "direct", "Direct calls should work from this network."),
+    EIM: (EIM, "direct", "Direct calls should work from this network."),
+    APD: (APD, "relay", "Calls from here will need a relay."),
+    UDP_BLOCKED: (
+        UDP_BLOCKED,
+        "tcp",
+        "Your network blocks UDP: calls will use TURN over TCP or TLS.",
+    ),
+}
+
+
+def two_lab_relays(coturn) -> None:
+    """Two relays on the lab's internet address (two ports): two STUN servers to compare a
+    NAT's mappings against."""
+    from relays.services import relay_create
+
+    for name in ("lab-a", "lab-b"):
+        server = coturn(host=SERVER_ADDRESS, allow_loopback_peers=False)
+        relay_create(
+            name=name,
+            urls=server.urls,
+            secret=server.secret,
+            allow_private=True,
+            private_reason="the NAT lab's documentation address (203.0.113.0/24)",
+        )
+    assert sweep_through_worker() == {"lab-a": "up", "lab-b": "up"}
+
+
+@pytest.mark.parametrize("network_type", list(EXPECTED))
+def test_network_test_verdict(
+    network_type, nat_lab, lab_platform, lab_browser, coturn, alice, password, e2e_figures
+):
+    kind, verdict, sentence = EXPECTED[network_type]
+    two_lab_relays(coturn)
+    side = nat_lab.side(1, network_type)
+    page = sign_in_lab(lab_browser(side), lab_platform["base"], "alice", password)
+    page.click("#network-test-link")
+    page.wait_for_url("**/network-test/")
+    page.click("#nettest-start")
+    state = wait_until(
+        page,
+        "window.traverseNetworkTest && !window.traverseNetworkTest.running"
+        " && window.traverseNetworkTest",
+        timeout=40_000,
+    )
+    assert state["error"] is None, state
+    result = state["result"]
+    e2e_figures.append(
+        f"network test in {network_type}: {result['networkType']} → {result['verdict']}; "
+        + "; ".join(
+            f"{r['url'].split('?')[-1]} {str(r['ms']) + ' ms' if r['ok'] else 'failed'}"
+            for r in result["details"]["relays"]
+        )
+        + f"; loopback {result['details']['loopback']}"
+    )
+    assert (result["networkType"], result["verdict"]) == (kind, verdict), result
+    assert page.inner_text("#nettest-verdict") == sentence
+    stored = NetworkTestResult.objects.get(pk=result["id"])
+    assert stored.user.username == "alice"
+    assert (stored.network_type, stored.verdict) == (kind, verdict)
+    # The network is the /24 the server saw the page come from (the home's public address).
+    assert stored.network == f"{side.public_address.rsplit('.', 1)[0]}.0/24"
+    if network_type != UDP_BLOCKED:
+        assert result["details"]["loopback"]["ok"] is True
