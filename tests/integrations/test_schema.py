@@ -25,6 +25,8 @@ SCOPES = {
     ("/api/v1/relays/explain/", "get"): None,
     ("/api/v1/relays/failures/", "post"): None,
     ("/api/v1/relays/gather/", "post"): None,
+    ("/api/v1/network-tests/", "get"): None,
+    ("/api/v1/network-tests/", "post"): None,
     ("/api/v1/tickets/", "post"): "users:write",
     ("/api/v1/users/", "post"): "users:write",
     ("/api/v1/users/{external_id}/", "get"): "users:write",

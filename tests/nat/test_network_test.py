@@ -3,6 +3,9 @@ one the network deserves. Expected values written before the runs (issue 11)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from relays.models import NetworkTestResult
@@ -10,6 +13,7 @@ from tests.e2e.conftest import sweep_through_worker, wait_until
 from tests.nat.lab import APD, EIM, OPEN, SERVER_ADDRESS, UDP_BLOCKED
 from tests.nat.test_nat_matrix import sign_in_lab
 
+SCREENSHOTS = Path(os.environ.get("E2E_SCREENSHOTS", "/tmp/traverse-screenshots"))
 pytestmark = [pytest.mark.e2e, pytest.mark.nat, pytest.mark.django_db(transaction=True)]
 
 EXPECTED = {
@@ -70,6 +74,8 @@ def test_network_test_verdict(
     )
     assert (result["networkType"], result["verdict"]) == (kind, verdict), result
     assert page.inner_text("#nettest-verdict") == sentence
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"network-test-{network_type}.png"), full_page=True)
     stored = NetworkTestResult.objects.get(pk=result["id"])
     assert stored.user.username == "alice"
     assert (stored.network_type, stored.verdict) == (kind, verdict)
