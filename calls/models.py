@@ -71,20 +71,26 @@ class Call(models.Model):
 
     @property
     def path_summary(self) -> str:
-        """ "relayed" when any side went through a TURN relay, "direct" when both reported a
-        direct path, "" before anyone reported (uses prefetched participants)."""
-        types = {p.connection_type for p in self.participants.all()}
-        if ConnectionType.RELAY in types:
-            return "relayed"
-        if types and "" not in types:
-            return "direct"
-        return ""
+        """ "relayed" when any side went through a TURN relay, "direct" when every side reported
+        a direct path, "" before they did. Only those who joined count (an invitee who declined
+        took no path). Uses prefetched participants."""
+        return call_path({p.connection_type for p in self.participants.all() if p.joined_at})
 
     @property
     def duration_seconds(self) -> float | None:
         if self.answered_at and self.ended_at:
             return (self.ended_at - self.answered_at).total_seconds()
         return None
+
+
+def call_path(connection_types: set[str]) -> str:
+    """A call's path from its participants' reported connection types: "relayed" when any side
+    went through a relay, "direct" when every side reported a direct path, else ""."""
+    if ConnectionType.RELAY in connection_types:
+        return "relayed"
+    if connection_types and "" not in connection_types:
+        return "direct"
+    return ""
 
 
 class ParticipantRole(models.TextChoices):
@@ -149,6 +155,9 @@ class Participant(models.Model):
     relay_url = models.CharField(max_length=300, blank=True)
     rtt_ms = models.FloatField(null=True, blank=True)
     reported_at = models.DateTimeField(null=True, blank=True)
+    # What the user's latest network test found on the network this device reported from
+    # (relays.nettest: "endpoint-independent", …), "" when they never tested there.
+    network_type = models.CharField(max_length=32, blank=True)
     # The relays this device was handed for the call (issued with the call in mind: the other
     # side's relay, or the nearest to it). `relay` and `relay_url` above are the path it used.
     assigned_relays = models.ManyToManyField(

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, time, timedelta
 
 from django.contrib.auth import get_user_model
 from django.db.models import Prefetch, Q, QuerySet
+from django.utils import timezone
 
 from .models import (
     LIVE_STATES,
     AssignedRelay,
     Call,
     CallState,
+    EndReason,
     Participant,
     ParticipantRole,
     ParticipantState,
     QualitySample,
+    call_path,
 )
 
 
@@ -172,3 +176,91 @@ def call_quality_for(*, call) -> list[dict]:
             }
         )
     return out
+
+
+def path_stats(*, days: int = 14, now=None, failed_limit: int = 50) -> dict:
+    """The fleet's truth for admins, over the last `days` days (by the day a call started):
+    calls that went direct, relayed, or failed, per day; the same share per NAT type that the
+    participants' network tests found; which relays carried how many calls and minutes; and
+    the failed calls, with the path each side tried. Two queries, whatever the number of calls."""
+    now = now or timezone.now()
+    first_day = timezone.localdate(now) - timedelta(days=days - 1)
+    since = timezone.make_aware(datetime.combine(first_day, time.min))
+    calls = {
+        c["id"]: c
+        for c in Call.objects.filter(created_at__gte=since).values(
+            "id", "created_at", "answered_at", "ended_at", "end_reason", "state"
+        )
+    }
+    sides: dict = {call_id: [] for call_id in calls}
+    for p in (
+        Participant.objects.filter(call_id__in=list(calls))
+        .values(
+            "call_id",
+            "connection_type",
+            "relay_id",
+            "relay__name",
+            "network_type",
+            "user__username",
+            "joined_at",
+        )
+        .order_by("call_id", "pk")
+    ):
+        sides[p["call_id"]].append(p)
+    per_day = {
+        first_day + timedelta(days=i): {"direct": 0, "relayed": 0, "failed": 0} for i in range(days)
+    }
+    per_type: dict[str, dict[str, int]] = {}
+    relays: dict[str, dict] = {}
+    failed = []
+    for call_id, call in sorted(calls.items(), key=lambda kv: kv[1]["created_at"]):
+        parts = sides[call_id]
+        path = call_path({p["connection_type"] for p in parts if p["joined_at"]})
+        day = per_day.setdefault(
+            timezone.localdate(call["created_at"]), {"direct": 0, "relayed": 0, "failed": 0}
+        )
+        if call["end_reason"] == EndReason.FAILED:
+            day["failed"] += 1
+            failed.append(
+                {
+                    "id": str(call_id),
+                    "at": call["created_at"],
+                    "sides": [
+                        {
+                            "user": p["user__username"],
+                            "path": p["connection_type"] or "never connected",
+                            "relay": p["relay__name"] or "",
+                            "networkType": p["network_type"] or "untested",
+                        }
+                        for p in parts
+                    ],
+                }
+            )
+        elif path:
+            day[path] += 1
+        if not path:
+            continue
+        for p in parts:
+            if p["joined_at"]:
+                seen = per_type.setdefault(
+                    p["network_type"] or "untested", {"direct": 0, "relayed": 0}
+                )
+                seen[path] += 1
+        if call["answered_at"]:
+            seconds = ((call["ended_at"] or now) - call["answered_at"]).total_seconds()
+            for name in {p["relay__name"] for p in parts if p["relay_id"]}:
+                carried = relays.setdefault(name, {"calls": 0, "minutes": 0.0})
+                carried["calls"] += 1
+                carried["minutes"] += max(0.0, seconds) / 60
+    return {
+        "days": [{"day": d, **counts} for d, counts in sorted(per_day.items())],
+        "networkTypes": [{"networkType": t, **c} for t, c in sorted(per_type.items())],
+        "relays": sorted(
+            (
+                {"relay": n, "calls": c["calls"], "minutes": round(c["minutes"], 1)}
+                for n, c in relays.items()
+            ),
+            key=lambda r: (-r["calls"], r["relay"]),
+        ),
+        "failed": list(reversed(failed))[:failed_limit],
+    }

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from accounts.models import Block
 from integrations.webhooks import webhook_emit
-from relays.selectors import relay_given_to
+from relays.selectors import network_type_seen, relay_given_to
 from relays.services import ice_servers_issue, relay_rtt_observe
 from signaling.broadcast import (
     BROADCAST_ERRORS,
@@ -874,8 +874,16 @@ def participant_report(
     participant.relay_url = relay_url[:300] if connection_type == ConnectionType.RELAY else ""
     participant.rtt_ms = rtt_ms
     participant.reported_at = timezone.now()
+    participant.network_type = network_type_seen(user_id=participant.user_id, network=network)
     participant.save(
-        update_fields=["connection_type", "relay", "relay_url", "rtt_ms", "reported_at"]
+        update_fields=[
+            "connection_type",
+            "relay",
+            "relay_url",
+            "rtt_ms",
+            "reported_at",
+            "network_type",
+        ]
     )
     Call.objects.filter(pk=participant.call_id).update(updated_at=participant.reported_at)
     if relay is not None and rtt_ms is not None:

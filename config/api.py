@@ -15,6 +15,7 @@ from integrations.api import (
     WhoAmIApi,
 )
 from relays.api import (
+    FleetPathsApi,
     IceServersApi,
     NetworkTestsApi,
     RelayApi,
@@ -43,6 +44,7 @@ urlpatterns = [
     path("users/<str:external_id>/", EndUserApi.as_view(), name="api-user"),
     path("ice-servers/", IceServersApi.as_view(), name="api-ice-servers"),
     path("network-tests/", NetworkTestsApi.as_view(), name="api-network-tests"),
+    path("fleet/paths/", FleetPathsApi.as_view(), name="api-fleet-paths"),
     path("relays/", RelaysApi.as_view(), name="api-relays"),
     path("relays/explain/", RelayExplainApi.as_view(), name="api-relays-explain"),
     path("relays/failures/", RelayFailureApi.as_view(), name="api-relay-failures"),

@@ -230,6 +230,8 @@ CLIENT_RTT_RETENTION_DAYS = env.int("CLIENT_RTT_RETENTION_DAYS", default=30)
 # The network test (/network-test/): runs per user, and how long their results are kept.
 NETWORK_TEST_RATE = env.str("NETWORK_TEST_RATE", default="20/h")
 NETWORK_TEST_RETENTION_DAYS = env.int("NETWORK_TEST_RETENTION_DAYS", default=30)
+# The fleet page's paths (direct, relayed, failed): how many days back it shows.
+FLEET_PATH_DAYS = env.int("FLEET_PATH_DAYS", default=14)
 # Relays that publish their allocations (coturn's redis-statsdb) publish to this Redis; the
 # listener (`manage.py relay_stats`) counts live allocations per relay and bytes per grant from
 # it. Empty: REDIS_URL. Counts are written every RELAY_STATS_FLUSH_SECONDS; a standby listener

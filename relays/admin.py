@@ -14,10 +14,10 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from calls.selectors import relays_of_call
+from calls.selectors import path_stats, relays_of_call
 from config.admin_lookups import RefuseSecretLookups
 
-from .charts import rtt_loss_svg
+from .charts import paths_svg, rtt_loss_svg
 from .models import CredentialGrant, GrantTraffic, ProbeResult, RegionRange, Relay, RelayEvent
 from .scoring import eligible
 from .selectors import (
@@ -501,9 +501,31 @@ class RelayAdmin(RefuseSecretLookups, admin.ModelAdmin):
             c = load.get(str(card["relay"].pk))
             card["assignable"] = str(card["relay"].pk) in assignable
             card["load"] = load_text(c) if c else "—"
+        paths = path_stats(days=settings.FLEET_PATH_DAYS)
+        shares = [
+            {
+                **row,
+                "total": row["direct"] + row["relayed"],
+                "direct_pct": round(100 * row["direct"] / max(1, row["direct"] + row["relayed"])),
+            }
+            for row in paths["networkTypes"]
+        ]
+        totals = {
+            key: sum(d[key] for d in paths["days"]) for key in ("direct", "relayed", "failed")
+        }
         context = {
             **self.admin_site.each_context(request),
             "title": "Relay fleet",
+            "paths": paths,
+            "path_days": settings.FLEET_PATH_DAYS,
+            "path_totals": totals,
+            "path_relayed_pct": round(
+                100 * totals["relayed"] / max(1, totals["direct"] + totals["relayed"])
+            ),
+            "path_shares": shares,
+            "paths_chart": mark_safe(  # noqa: S308 - numbers and escaped labels only
+                paths_svg(paths["days"], title="Calls per day: direct, relayed, failed")
+            ),
             "assignable": len(assignable),
             "stun_fallback": stun_fallback_urls() if not assignable else [],
             "opts": self.model._meta,

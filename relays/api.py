@@ -2,6 +2,7 @@
 
 import ipaddress
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
@@ -11,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from calls.selectors import relays_of_call
+from calls.selectors import path_stats, relays_of_call
 from calls.services import NotInCall, call_ice_issue
 from config.api_errors import RateLimited, RejectUnknownFields, StrictCharField
 from config.client_ip import request_client_ip
@@ -428,3 +429,28 @@ class NetworkTestsApi(APIView):
         except NetworkTestLimited as exc:
             raise NetworkTestRateLimited(str(exc), retry_after=exc.retry_after) from exc
         return Response(NetworkTestResultSerializer(result).data, status=201)
+
+
+class FleetPathsApi(APIView):
+    """The fleet's truth (staff, or a key with relays:admin): calls that went direct, relayed or
+    failed per day; the direct share per NAT type the callers' network tests found; the relays
+    that carried calls, with minutes; the failed calls, with the path each side tried."""
+
+    permission_classes = [StaffOrRelayKey]
+    key_scopes = {"GET": Scope.RELAYS_ADMIN}
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("days", int, description="How many days back (1-90; default 14).")
+        ],
+        responses=dict,
+    )
+    def get(self, request: Request) -> Response:
+        raw = request.query_params.get("days", "")
+        try:
+            days = int(raw) if raw else settings.FLEET_PATH_DAYS
+        except ValueError:
+            raise ValidationError({"days": ["A whole number of days, 1-90."]}) from None
+        if not 1 <= days <= 90:
+            raise ValidationError({"days": ["A whole number of days, 1-90."]})
+        return Response(path_stats(days=days))

@@ -93,3 +93,58 @@ def rtt_loss_svg(
     )
     parts.append("</svg>")
     return "".join(parts)
+
+
+PATH_COLOURS = {"direct": "#1a7f37", "relayed": "#0969da", "failed": "#cf222e"}
+
+
+def paths_svg(days: list[dict], *, title: str) -> str:
+    """Calls per day, stacked: direct (green), relayed (blue), failed (red). `days`: dicts with
+    day, direct, relayed, failed, oldest first."""
+    if not days:
+        return '<p class="help">No calls yet.</p>'
+    top, bottom = PAD_T, H - PAD_B
+    most = max((d["direct"] + d["relayed"] + d["failed"] for d in days), default=0)
+    most = max(2, most + most % 2)  # even: the middle gridline is a whole number of calls
+    slot = (W - PAD_L - PAD_R) / len(days)
+    bar = max(2.0, slot * 0.7)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+        f'role="img" aria-label="{escape(title)}" class="paths-chart" font-family="sans-serif" font-size="11">',
+        f'<rect x="{PAD_L}" y="{top}" width="{W - PAD_L - PAD_R}" height="{bottom - top}" fill="#fafbfc" stroke="#d0d7de"/>',
+    ]
+    for frac in (0, 0.5, 1):
+        y = bottom - frac * (bottom - top)
+        parts.append(
+            f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>'
+        )
+        parts.append(
+            f'<text x="{PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end" fill="#57606a">{most * frac:g}</text>'
+        )
+    for i, d in enumerate(days):
+        x = PAD_L + i * slot + (slot - bar) / 2
+        y = float(bottom)
+        for key in ("direct", "relayed", "failed"):
+            n = d[key]
+            if not n:
+                continue
+            h = n / most * (bottom - top)
+            y -= h
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" '
+                f'fill="{PATH_COLOURS[key]}"><title>{escape(str(d["day"]))}: {n} {key}</title></rect>'
+            )
+        if len(days) <= 16 or i % max(1, len(days) // 8) == 0:
+            label = d["day"].strftime("%m-%d") if hasattr(d["day"], "strftime") else str(d["day"])
+            parts.append(
+                f'<text x="{x + bar / 2:.1f}" y="{H - 10}" text-anchor="middle" fill="#57606a">{escape(label)}</text>'
+            )
+    legend_x = W - PAD_R - 200
+    for j, key in enumerate(("direct", "relayed", "failed")):
+        lx = legend_x + j * 68
+        parts.append(
+            f'<rect x="{lx}" y="{top + 4}" width="10" height="10" fill="{PATH_COLOURS[key]}"/>'
+        )
+        parts.append(f'<text x="{lx + 14}" y="{top + 13}" fill="#24292f">{key}</text>')
+    parts.append("</svg>")
+    return "".join(parts)

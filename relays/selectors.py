@@ -16,6 +16,7 @@ from .models import (
     ClientRelayRtt,
     CredentialGrant,
     GrantTraffic,
+    NetworkTestResult,
     ProbeResult,
     Relay,
 )
@@ -278,4 +279,23 @@ def relay_probe_history(*, relay: Relay, hours: float = 6) -> list[ProbeResult]:
         ProbeResult.objects.filter(relay=relay, checked_at__gte=since)
         .only("checked_at", "ok", "observation", "rtt_ms", "loss", "jitter_ms")
         .order_by("checked_at")
+    )
+
+
+def network_type_seen(*, user_id, network: str, now=None) -> str:
+    """The NAT type `user_id`'s latest network test found on `network` (a /24 or /48) within
+    NETWORK_TEST_RETENTION_DAYS, or "" when they never tested there."""
+    if not network or network.startswith("region:"):
+        return ""
+    now = now or timezone.now()
+    return (
+        NetworkTestResult.objects.filter(
+            user_id=user_id,
+            network=network,
+            created_at__gte=now - timedelta(days=settings.NETWORK_TEST_RETENTION_DAYS),
+        )
+        .order_by("-created_at")
+        .values_list("network_type", flat=True)
+        .first()
+        or ""
     )

@@ -27,6 +27,7 @@ SCOPES = {
     ("/api/v1/relays/gather/", "post"): None,
     ("/api/v1/network-tests/", "get"): None,
     ("/api/v1/network-tests/", "post"): None,
+    ("/api/v1/fleet/paths/", "get"): "relays:admin",
     ("/api/v1/tickets/", "post"): "users:write",
     ("/api/v1/users/", "post"): "users:write",
     ("/api/v1/users/{external_id}/", "get"): "users:write",
