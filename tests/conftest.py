@@ -186,7 +186,8 @@ def coturn(tmp_path, request):
     self-signed certificate. udp_only: no TCP listener. clock_offset: run the relay under
     faketime with its clock that far off ("+600s"). netns: run it in a namespace from the
     relay_netns fixture, on that namespace's own address. host: listen on another address of
-    this namespace (the NAT lab's).
+    this namespace (the NAT lab's); tls_port: the turns: port (else a free one); certificate:
+    (cert, key) files for it (else a self-signed one for 127.0.0.1).
     """
     binary = need_binary("turnserver")
     started: list[Coturn] = []
@@ -202,6 +203,8 @@ def coturn(tmp_path, request):
         clock_offset: str | None = None,
         netns: dict | None = None,
         host: str | None = None,
+        tls_port: int | None = None,
+        certificate: tuple[str, str] | None = None,
     ) -> Coturn:
         secret = secret or secrets.token_urlsafe(24)
         port = free_port()
@@ -210,10 +213,12 @@ def coturn(tmp_path, request):
         state.mkdir()
         lo, hi = _next_relay_range()
         more = [f"static-auth-secret={s}" for s in extra_secrets or []] + list(extra or [])
-        tls_port = cert = key = None
+        cert = key = None
+        if not tls:
+            tls_port = None
         if tls:
-            cert, key = request.getfixturevalue("self_signed_cert")
-            tls_port = free_port()
+            cert, key = certificate or request.getfixturevalue("self_signed_cert")
+            tls_port = tls_port or free_port()
         if udp_only:
             more.append("no-tcp")
         conf = state / "turnserver.conf"

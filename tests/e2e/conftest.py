@@ -65,10 +65,10 @@ def child_env() -> dict:
 
 
 @contextlib.contextmanager
-def platform_running(logs: Path, env: dict, host: str = "127.0.0.1"):
+def platform_running(logs: Path, env: dict, host: str = "127.0.0.1", port: int | None = None):
     """Daphne serving the ASGI app and a Celery worker, on the test database and Redis,
-    listening on `host`; yields the base URL."""
-    port = free_port()
+    listening on `host` (and `port`, else a free one); yields the base URL."""
+    port = port or free_port()
     commands = platform_commands(
         python=sys.executable,
         port=port,
@@ -87,7 +87,7 @@ def platform_running(logs: Path, env: dict, host: str = "127.0.0.1"):
         )
         for name in ("web", "worker")
     }
-    base = f"http://{host}:{port}"
+    base = f"http://{host}" if port == 80 else f"http://{host}:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
 from tests.conftest import IN_CI, need_binary
 from tests.e2e.conftest import CHROMIUM_ARGS, child_env, need_postgres, platform_running
-from tests.nat.lab import SERVER_ADDRESS, NatLab, missing
+from tests.nat.lab import SECOND_ADDRESS, SERVER_ADDRESS, WEB_PORT, NatLab, missing
 
 
 @pytest.fixture(scope="module")
@@ -28,18 +29,51 @@ def nat_lab():
         lab.stop()
 
 
+@pytest.fixture(scope="session")
+def lab_certificate(tmp_path_factory) -> tuple[str, str]:
+    """A certificate for the lab relays' TLS (turns: on 443), for both lab addresses. The
+    prober verifies relay certificates, so the lab's worker trusts this one (SSL_CERT_FILE)."""
+    openssl = need_binary("openssl")
+    d = tmp_path_factory.mktemp("lab-tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={SERVER_ADDRESS}",
+            "-addext",
+            f"subjectAltName=IP:{SERVER_ADDRESS},IP:{SECOND_ADDRESS}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
 @pytest.fixture(scope="module")
-def lab_platform(nat_lab, django_db_setup, django_db_blocker, tmp_path_factory):
-    """Daphne and a Celery worker listening on the lab's internet address."""
+def lab_platform(nat_lab, lab_certificate, django_db_setup, django_db_blocker, tmp_path_factory):
+    """Daphne and a Celery worker listening on the lab's internet address (port 80)."""
     need_postgres()
     logs = tmp_path_factory.mktemp("nat-logs")
     env = {
         **child_env(),
+        "SSL_CERT_FILE": lab_certificate[0],
         "DJANGO_ALLOWED_HOSTS": f"{SERVER_ADDRESS},127.0.0.1,localhost",
         # Each caller gets the lab's one relay (no fallback to fail over to: the path is the one).
         "RELAYS_PER_CALLER": "1",
     }
-    with platform_running(logs, env, host=SERVER_ADDRESS) as base:
+    with platform_running(logs, env, host=SERVER_ADDRESS, port=WEB_PORT) as base:
         yield {"base": base, "logs": logs}
 
 
@@ -52,8 +86,25 @@ def playwright_driver():
         yield pw
 
 
+def spki_hash(cert: str) -> str:
+    """The base64 SHA-256 of a certificate's public key, as Chromium's
+    --ignore-certificate-errors-spki-list takes it."""
+    import base64
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    with open(cert, "rb") as f:
+        public = x509.load_pem_x509_certificate(f.read()).public_key()
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
 @pytest.fixture
-def lab_browser(playwright_driver, nat_lab, lab_platform, tmp_path):
+def lab_browser(playwright_driver, nat_lab, lab_platform, lab_certificate, tmp_path):
     """Launches Chromium inside a side's namespace. Playwright talks to it over a pipe, which
     crosses namespaces; the browser's own traffic leaves only through the home's network."""
     opened = []
@@ -70,6 +121,9 @@ def lab_browser(playwright_driver, nat_lab, lab_platform, tmp_path):
                 # A page on http://203.0.113.10 is a secure context only with this (no camera
                 # otherwise); the exact origin.
                 f"--unsafely-treat-insecure-origin-as-secure={lab_platform['base']}",
+                # Chromium verifies a TURN server's TLS certificate: it trusts the lab's own
+                # (that key only), as it would a real relay's from a public CA.
+                f"--ignore-certificate-errors-spki-list={spki_hash(lab_certificate[0])}",
             ],
             env={**os.environ},
         )

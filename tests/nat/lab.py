@@ -15,7 +15,8 @@ own, of one network type, named as RFC 4787 names the behaviour:
   mapping serves every destination);
 - `address-and-port-dependent`: MASQUERADE --random-fully (a new port for every destination:
   symmetric-like);
-- `udp-blocked`: MASQUERADE, and the router drops UDP both ways (only TURN over TCP or TLS gets out).
+- `udp-blocked`: MASQUERADE, and the router drops UDP both ways and lets TCP out only to ports
+  80 and 443, as corporate firewalls do (only TURN over TLS on 443 gets out).
 
 Linux conntrack filters inbound traffic by address and port on every NAT type here: a packet
 gets in only as a reply to one the home sent to that exact address and port.
@@ -37,6 +38,8 @@ UDP_BLOCKED = "udp-blocked"
 NETWORK_TYPES = (OPEN, EIM, APD, UDP_BLOCKED)
 
 SERVER_ADDRESS = "203.0.113.10"
+SECOND_ADDRESS = "203.0.113.11"  # a second relay's (two STUN servers, as RFC 5780 has)
+WEB_PORT = 80  # Traverse serves the lab on 80, and its relays TURN over TLS on 443
 PREFIX = 24
 
 
@@ -103,6 +106,7 @@ class NatLab:
         _run("ip", "-n", n, "link", "set", "up0", "master", "br0")
         _run("ip", "-n", n, "link", "set", "up0", "up")
         _run("ip", "addr", "add", f"{SERVER_ADDRESS}/{PREFIX}", "dev", self.host_if)
+        _run("ip", "addr", "add", f"{SECOND_ADDRESS}/{PREFIX}", "dev", self.host_if)
         _run("ip", "link", "set", self.host_if, "up")
 
     def stop(self) -> None:
@@ -213,7 +217,25 @@ class NatLab:
                 "DROP",
             )
             if network_type == UDP_BLOCKED:
+                # A corporate firewall: no UDP, and TCP out only to the web's ports. TURN gets
+                # out only over TLS on 443 (deploy/coturn/turnserver-443.conf).
                 _run(*nat, "-A", "FORWARD", "-p", "udp", "-j", "DROP")
+                _run(
+                    *nat,
+                    "-A",
+                    "FORWARD",
+                    "-o",
+                    "wan0",
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "multiport",
+                    "!",
+                    "--dports",
+                    "80,443",
+                    "-j",
+                    "DROP",
+                )
             side = Side(index, network_type, home, lan_home, public, [home, router])
         self.sides.append(side)
         return side

@@ -10,8 +10,8 @@ import pytest
 
 from relays.models import NetworkTestResult
 from tests.e2e.conftest import sweep_through_worker, wait_until
-from tests.nat.lab import APD, EIM, OPEN, SERVER_ADDRESS, UDP_BLOCKED
-from tests.nat.test_nat_matrix import sign_in_lab
+from tests.nat.lab import APD, EIM, OPEN, SECOND_ADDRESS, SERVER_ADDRESS, UDP_BLOCKED
+from tests.nat.test_nat_matrix import lab_relay, sign_in_lab
 
 SCREENSHOTS = Path(os.environ.get("E2E_SCREENSHOTS", "/tmp/traverse-screenshots"))
 pytestmark = [pytest.mark.e2e, pytest.mark.nat, pytest.mark.django_db(transaction=True)]
@@ -20,37 +20,37 @@ EXPECTED = {
     OPEN: (OPEN, "direct", "Direct calls should work from this network."),
     EIM: (EIM, "direct", "Direct calls should work from this network."),
     APD: (APD, "relay", "Calls from here will need a relay."),
+    # The lab's UDP-blocked firewall lets TCP out only to 80 and 443 (tests/nat/lab.py).
     UDP_BLOCKED: (
         UDP_BLOCKED,
-        "tcp",
-        "Your network blocks UDP: calls will use TURN over TCP or TLS.",
+        "tls-443",
+        "Your network lets only port 443 out: calls will use TURN over TLS on 443.",
     ),
 }
 
 
-def two_lab_relays(coturn) -> None:
-    """Two relays on the lab's internet address (two ports): two STUN servers to compare a
-    NAT's mappings against."""
-    from relays.services import relay_create
-
-    for name in ("lab-a", "lab-b"):
-        server = coturn(host=SERVER_ADDRESS, allow_loopback_peers=False)
-        relay_create(
-            name=name,
-            urls=server.urls,
-            secret=server.secret,
-            allow_private=True,
-            private_reason="the NAT lab's documentation address (203.0.113.0/24)",
-        )
+def two_lab_relays(coturn, certificate) -> None:
+    """Two relays on the lab's internet, one per address: two STUN servers to compare a NAT's
+    mappings against."""
+    lab_relay(coturn, certificate, name="lab-a", host=SERVER_ADDRESS)
+    lab_relay(coturn, certificate, name="lab-b", host=SECOND_ADDRESS)
     assert sweep_through_worker() == {"lab-a": "up", "lab-b": "up"}
 
 
 @pytest.mark.parametrize("network_type", list(EXPECTED))
 def test_network_test_verdict(
-    network_type, nat_lab, lab_platform, lab_browser, coturn, alice, password, e2e_figures
+    network_type,
+    nat_lab,
+    lab_platform,
+    lab_browser,
+    lab_certificate,
+    coturn,
+    alice,
+    password,
+    e2e_figures,
 ):
     kind, verdict, sentence = EXPECTED[network_type]
-    two_lab_relays(coturn)
+    two_lab_relays(coturn, lab_certificate)
     side = nat_lab.side(1, network_type)
     page = sign_in_lab(lab_browser(side), lab_platform["base"], "alice", password)
     page.click("#network-test-link")
@@ -67,7 +67,7 @@ def test_network_test_verdict(
     e2e_figures.append(
         f"network test in {network_type}: {result['networkType']} → {result['verdict']}; "
         + "; ".join(
-            f"{r['url'].split('?')[-1]} {str(r['ms']) + ' ms' if r['ok'] else 'failed'}"
+            f"{r['url']} {str(r['ms']) + ' ms' if r['ok'] else 'failed'}"
             for r in result["details"]["relays"]
         )
         + f"; loopback {result['details']['loopback']}"
