@@ -182,7 +182,8 @@ def path_stats(*, days: int = 14, now=None, failed_limit: int = 50) -> dict:
     """The fleet's truth for admins, over the last `days` days (by the day a call started):
     calls that went direct, relayed, or failed, per day; the same share per NAT type that the
     participants' network tests found; which relays carried how many calls and minutes; and
-    the failed calls, with the path each side tried. Two queries, whatever the number of calls."""
+    the failed calls, with the path each side tried and the relays it was given. Three queries,
+    whatever the number of calls."""
     now = now or timezone.now()
     first_day = timezone.localdate(now) - timedelta(days=days - 1)
     since = timezone.make_aware(datetime.combine(first_day, time.min))
@@ -252,6 +253,15 @@ def path_stats(*, days: int = 14, now=None, failed_limit: int = 50) -> dict:
                 carried = relays.setdefault(name, {"calls": 0, "minutes": 0.0})
                 carried["calls"] += 1
                 carried["minutes"] += max(0.0, seconds) / 60
+    failed = list(reversed(failed))[:failed_limit]
+    given: dict[tuple[str, str], list[str]] = {}
+    for row in AssignedRelay.objects.filter(
+        participant__call_id__in=[f["id"] for f in failed]
+    ).values_list("participant__call_id", "participant__user__username", "relay__name"):
+        given.setdefault((str(row[0]), row[1]), []).append(row[2])
+    for f in failed:
+        for side in f["sides"]:
+            side["relaysGiven"] = given.get((f["id"], side["user"]), [])
     return {
         "days": [{"day": d, **counts} for d, counts in sorted(per_day.items())],
         "networkTypes": [{"networkType": t, **c} for t, c in sorted(per_type.items())],
@@ -262,5 +272,5 @@ def path_stats(*, days: int = 14, now=None, failed_limit: int = 50) -> dict:
             ),
             key=lambda r: (-r["calls"], r["relay"]),
         ),
-        "failed": list(reversed(failed))[:failed_limit],
+        "failed": failed,
     }

@@ -17,6 +17,24 @@ def _scale(values: list[float], lo: float, hi: float, top: float, bottom: float)
     return [bottom - (v - lo) / span * (bottom - top) for v in values]
 
 
+def _frame(title: str, css_class: str, left_label) -> list[str]:
+    """The chart's opening tag, plot area and three gridlines; `left_label(frac)` is the text at
+    each gridline's left end (0, half, top)."""
+    top, bottom = PAD_T, H - PAD_B
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+        f'role="img" aria-label="{escape(title)}" class="{css_class}" font-family="sans-serif" font-size="11">',
+        f'<rect x="{PAD_L}" y="{top}" width="{W - PAD_L - PAD_R}" height="{bottom - top}" fill="#fafbfc" stroke="#d0d7de"/>',
+    ]
+    for frac in (0, 0.5, 1):
+        y = bottom - frac * (bottom - top)
+        parts.append(
+            f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>'
+        )
+        parts.append(left_label(frac, y))
+    return parts
+
+
 def rtt_loss_svg(
     points: list[tuple[datetime, float | None, float | None]],
     *,
@@ -34,22 +52,14 @@ def rtt_loss_svg(
     known = [r for r in rtts if r is not None]
     rtt_max = max(known) * 1.2 if known else 1.0
     top, bottom = PAD_T, H - PAD_B
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
-        f'role="img" aria-label="{escape(title)}" class="relay-chart" font-family="sans-serif" font-size="11">',
-        f'<rect x="{PAD_L}" y="{top}" width="{W - PAD_L - PAD_R}" height="{bottom - top}" fill="#fafbfc" stroke="#d0d7de"/>',
-    ]
-    for frac in (0, 0.5, 1):
-        y = bottom - frac * (bottom - top)
-        parts.append(
-            f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>'
-        )
-        parts.append(
+    parts = _frame(
+        title,
+        "relay-chart",
+        lambda frac, y: (
             f'<text x="{PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end" fill="#0969da">{rtt_max * frac:.1f}</text>'
-        )
-        parts.append(
             f'<text x="{W - PAD_R + 4}" y="{y + 4:.1f}" fill="#cf222e">{frac * 100:.0f}%</text>'
-        )
+        ),
+    )
     segment: list[str] = []
     previous: datetime | None = None
     for x, r, p in zip(xs, rtts, points, strict=True):
@@ -108,19 +118,13 @@ def paths_svg(days: list[dict], *, title: str) -> str:
     most = max(2, most + most % 2)  # even: the middle gridline is a whole number of calls
     slot = (W - PAD_L - PAD_R) / len(days)
     bar = max(2.0, slot * 0.7)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
-        f'role="img" aria-label="{escape(title)}" class="paths-chart" font-family="sans-serif" font-size="11">',
-        f'<rect x="{PAD_L}" y="{top}" width="{W - PAD_L - PAD_R}" height="{bottom - top}" fill="#fafbfc" stroke="#d0d7de"/>',
-    ]
-    for frac in (0, 0.5, 1):
-        y = bottom - frac * (bottom - top)
-        parts.append(
-            f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eaeef2"/>'
-        )
-        parts.append(
+    parts = _frame(
+        title,
+        "paths-chart",
+        lambda frac, y: (
             f'<text x="{PAD_L - 4}" y="{y + 4:.1f}" text-anchor="end" fill="#57606a">{most * frac:g}</text>'
-        )
+        ),
+    )
     for i, d in enumerate(days):
         x = PAD_L + i * slot + (slot - bar) / 2
         y = float(bottom)

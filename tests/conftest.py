@@ -149,11 +149,14 @@ class Coturn:
         self.start()
 
 
-@pytest.fixture(scope="session")
-def self_signed_cert(tmp_path_factory) -> tuple[str, str]:
+def make_certificate(
+    directory: Path, *, common_name: str, alt_names: str | None = None
+) -> tuple[str, str]:
+    """A self-signed certificate and its key (cert.pem, key.pem in `directory`), valid 2 days.
+    `alt_names`: a subjectAltName value, e.g. "IP:203.0.113.10"."""
     openssl = need_binary("openssl")
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    extra = ["-addext", f"subjectAltName={alt_names}"] if alt_names else []
     subprocess.run(
         [
             openssl,
@@ -165,7 +168,8 @@ def self_signed_cert(tmp_path_factory) -> tuple[str, str]:
             "-days",
             "2",
             "-subj",
-            "/CN=127.0.0.1",
+            f"/CN={common_name}",
+            *extra,
             "-keyout",
             str(key),
             "-out",
@@ -175,6 +179,11 @@ def self_signed_cert(tmp_path_factory) -> tuple[str, str]:
         capture_output=True,
     )
     return str(cert), str(key)
+
+
+@pytest.fixture(scope="session")
+def self_signed_cert(tmp_path_factory) -> tuple[str, str]:
+    return make_certificate(tmp_path_factory.mktemp("tls"), common_name="127.0.0.1")
 
 
 @pytest.fixture

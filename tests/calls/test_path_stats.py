@@ -9,7 +9,15 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from calls.models import Call, CallState, ConnectionType, EndReason, Participant, ParticipantRole
+from calls.models import (
+    AssignedRelay,
+    Call,
+    CallState,
+    ConnectionType,
+    EndReason,
+    Participant,
+    ParticipantRole,
+)
 from calls.selectors import path_stats
 from calls.services import participant_report
 from relays.models import NetworkTestResult
@@ -62,7 +70,10 @@ def history(alice, bob):
         types=("address-and-port-dependent", "endpoint-independent"),
     )
     a_call(alice, bob, paths=("relay", "srflx"), relay=relay, minutes=1.5, ago=timedelta(days=2))
-    a_call(alice, bob, paths=("", ""), failed=True, types=("udp-blocked", ""))
+    lost = a_call(alice, bob, paths=("", ""), failed=True, types=("udp-blocked", ""))
+    AssignedRelay.objects.create(
+        participant=lost.participants.get(user=alice), relay=relay, position=0
+    )
     a_call(alice, bob, paths=("srflx", "srflx"), ago=timedelta(days=30))  # out of the window
     return relay
 
@@ -88,6 +99,7 @@ def test_paths_per_day_per_nat_type_per_relay_and_failures(history):
     (failed,) = stats["failed"]
     assert [s["path"] for s in failed["sides"]] == ["never connected", "never connected"]
     assert failed["sides"][0]["networkType"] == "udp-blocked"
+    assert [s["relaysGiven"] for s in failed["sides"]] == [["carrier"], []]
 
 
 def test_a_report_takes_the_nat_type_of_the_users_latest_network_test_there(alice, bob):
@@ -144,3 +156,4 @@ def test_the_fleet_page_shows_the_paths(client, history, django_user_model):
     assert 'data-network-type="address-and-port-dependent"' in page
     assert 'data-relay="carrier"' in page and "<td>4.5</td>" in page
     assert "never connected" in page
+    assert "given carrier" in page and "given no relay" in page

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 
 import pytest
 
-from tests.conftest import IN_CI, need_binary
+from tests.conftest import IN_CI, make_certificate, need_binary
 from tests.e2e.conftest import CHROMIUM_ARGS, child_env, need_postgres, platform_running
 from tests.nat.lab import SECOND_ADDRESS, SERVER_ADDRESS, WEB_PORT, NatLab, missing
 
@@ -33,32 +32,11 @@ def nat_lab():
 def lab_certificate(tmp_path_factory) -> tuple[str, str]:
     """A certificate for the lab relays' TLS (turns: on 443), for both lab addresses. The
     prober verifies relay certificates, so the lab's worker trusts this one (SSL_CERT_FILE)."""
-    openssl = need_binary("openssl")
-    d = tmp_path_factory.mktemp("lab-tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={SERVER_ADDRESS}",
-            "-addext",
-            f"subjectAltName=IP:{SERVER_ADDRESS},IP:{SECOND_ADDRESS}",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
+    return make_certificate(
+        tmp_path_factory.mktemp("lab-tls"),
+        common_name=SERVER_ADDRESS,
+        alt_names=f"IP:{SERVER_ADDRESS},IP:{SECOND_ADDRESS}",
     )
-    return str(cert), str(key)
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,16 @@ def _run(*argv: str) -> None:
         raise LabUnavailable(f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}")
 
 
+def _namespace(name: str) -> None:
+    _run("ip", "netns", "add", name)
+    _run("ip", "-n", name, "link", "set", "lo", "up")
+
+
+def _address(netns: str, device: str, cidr: str) -> None:
+    _run("ip", "-n", netns, "addr", "add", cidr, "dev", device)
+    _run("ip", "-n", netns, "link", "set", device, "up")
+
+
 def missing() -> str | None:
     """Why the lab can't run here, or None."""
     if os.geteuid() != 0:
@@ -121,29 +131,10 @@ class NatLab:
         if network_type not in NETWORK_TYPES:
             raise ValueError(f"unknown network type {network_type!r}")
         home, router = f"th{index}n{self.tag}", f"tr{index}n{self.tag}"
-        port = f"s{index}p{self.tag}"  # the bridge's port towards this side
-        _run("ip", "netns", "add", home)
-        _run("ip", "-n", home, "link", "set", "lo", "up")
+        _namespace(home)
         if network_type == OPEN:
             public = f"203.0.113.{20 + index}"
-            _run(
-                "ip",
-                "link",
-                "add",
-                "wan0",
-                "netns",
-                home,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                port,
-                "netns",
-                self.inet,
-            )
-            self._plug(port)
-            _run("ip", "-n", home, "addr", "add", f"{public}/{PREFIX}", "dev", "wan0")
-            _run("ip", "-n", home, "link", "set", "wan0", "up")
+            self._internet_leg(home, index, public)
             side = Side(index, network_type, home, public, public, [home])
         else:
             public, lan_router, lan_home = (
@@ -151,94 +142,44 @@ class NatLab:
                 f"10.0.{index}.1",
                 f"10.0.{index}.2",
             )
-            _run("ip", "netns", "add", router)
-            _run("ip", "-n", router, "link", "set", "lo", "up")
-            _run(
-                "ip",
-                "link",
-                "add",
-                "wan0",
-                "netns",
-                router,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                port,
-                "netns",
-                self.inet,
-            )
-            self._plug(port)
-            _run("ip", "-n", router, "addr", "add", f"{public}/{PREFIX}", "dev", "wan0")
-            _run("ip", "-n", router, "link", "set", "wan0", "up")
-            _run(
-                "ip",
-                "link",
-                "add",
-                "lan0",
-                "netns",
-                home,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "lan0",
-                "netns",
-                router,
-            )
-            _run("ip", "-n", router, "addr", "add", f"{lan_router}/24", "dev", "lan0")
-            _run("ip", "-n", router, "link", "set", "lan0", "up")
-            _run("ip", "-n", home, "addr", "add", f"{lan_home}/24", "dev", "lan0")
-            _run("ip", "-n", home, "link", "set", "lan0", "up")
+            _namespace(router)
+            self._internet_leg(router, index, public)
+            _run("ip", "link", "add", "lan0", "netns", home, "type", "veth", "peer", "name", "lan0", "netns", router)  # fmt: skip
+            _address(router, "lan0", f"{lan_router}/24")
+            _address(home, "lan0", f"{lan_home}/24")
             _run("ip", "-n", home, "route", "add", "default", "via", lan_router)
             _run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            nat = ["ip", "netns", "exec", router, "iptables"]
-            masquerade = [*nat, "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE"]
-            if network_type == APD:
-                masquerade.append("--random-fully")
-            _run(*masquerade)
-            # A home router's firewall: nothing unsolicited from the internet reaches the router
-            # itself. Without it, a peer's check that arrives before this side's first packet
-            # to that peer is delivered to the router, and conntrack keeps it as a connection of
-            # its own; this side's packet to that peer then clashes with it, and MASQUERADE
-            # gives it another port (a mapping that depends on the destination, which
-            # `endpoint-independent` must not do). Dropped here, the entry is never confirmed.
-            _run(
-                *nat,
-                "-A",
-                "INPUT",
-                "-i",
-                "wan0",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "NEW",
-                "-j",
-                "DROP",
-            )
-            if network_type == UDP_BLOCKED:
-                # A corporate firewall: no UDP, and TCP out only to the web's ports. TURN gets
-                # out only over TLS on 443 (deploy/coturn/turnserver-443.conf).
-                _run(*nat, "-A", "FORWARD", "-p", "udp", "-j", "DROP")
-                _run(
-                    *nat,
-                    "-A",
-                    "FORWARD",
-                    "-o",
-                    "wan0",
-                    "-p",
-                    "tcp",
-                    "-m",
-                    "multiport",
-                    "!",
-                    "--dports",
-                    "80,443",
-                    "-j",
-                    "DROP",
-                )
+            self._firewall(router, network_type)
             side = Side(index, network_type, home, lan_home, public, [home, router])
         self.sides.append(side)
         return side
+
+    def _internet_leg(self, netns: str, index: int, address: str) -> None:
+        """A veth from `netns` (wan0) into the internet's bridge, with `address` on it."""
+        port = f"s{index}p{self.tag}"  # the bridge's port towards this side
+        _run("ip", "link", "add", "wan0", "netns", netns, "type", "veth", "peer", "name", port, "netns", self.inet)  # fmt: skip
+        self._plug(port)
+        _address(netns, "wan0", f"{address}/{PREFIX}")
+
+    @staticmethod
+    def _firewall(router: str, network_type: str) -> None:
+        nat = ["ip", "netns", "exec", router, "iptables"]
+        masquerade = [*nat, "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE"]
+        if network_type == APD:
+            masquerade.append("--random-fully")
+        _run(*masquerade)
+        # A home router's firewall: nothing unsolicited from the internet reaches the router
+        # itself. Without it, a peer's check that arrives before this side's first packet to
+        # that peer is delivered to the router, and conntrack keeps it as a connection of its
+        # own; this side's packet to that peer then clashes with it, and MASQUERADE gives it
+        # another port (a mapping that depends on the destination, which
+        # `endpoint-independent` must not do). Dropped here, the entry is never confirmed.
+        _run(*nat, "-A", "INPUT", "-i", "wan0", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP")  # fmt: skip
+        if network_type == UDP_BLOCKED:
+            # A corporate firewall: no UDP, and TCP out only to the web's ports. TURN gets out
+            # only over TLS on 443 (deploy/coturn/turnserver-443.conf).
+            _run(*nat, "-A", "FORWARD", "-p", "udp", "-j", "DROP")
+            _run(*nat, "-A", "FORWARD", "-o", "wan0", "-p", "tcp", "-m", "multiport", "!", "--dports", "80,443", "-j", "DROP")  # fmt: skip
 
     def _plug(self, port: str) -> None:
         _run("ip", "-n", self.inet, "link", "set", port, "master", "br0")
