@@ -213,7 +213,7 @@ def path_stats(*, days: int = 14, now=None, failed_limit: int = 50) -> dict:
     }
     per_type: dict[str, dict[str, int]] = {}
     relays: dict[str, dict] = {}
-    failed = []
+    failed: list[dict] = []
     for call_id, call in sorted(calls.items(), key=lambda kv: kv[1]["created_at"]):
         parts = sides[call_id]
         path = call_path({p["connection_type"] for p in parts if p["joined_at"]})
