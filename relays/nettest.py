@@ -30,6 +30,7 @@ class Verdict(StrEnum):
     TCP = "tcp"  # no UDP: TURN over TCP or TLS
     TLS_443 = "tls-443"  # only TURN over TLS on port 443 gets out
     NONE = "none"  # nothing got out: calls won't connect
+    UNTESTED = "untested"  # the server had no STUN or TURN server to test against
 
 
 SENTENCES = {
@@ -39,6 +40,8 @@ SENTENCES = {
     Verdict.TCP: "Your network blocks UDP: calls will use TURN over TCP or TLS.",
     Verdict.TLS_443: "Your network lets only port 443 out: calls will use TURN over TLS on 443.",
     Verdict.NONE: "Calls can't get out of this network: neither STUN nor any relay answered.",
+    Verdict.UNTESTED: "There was nothing to test against: this server has no relay up. "
+    "Ask its admin to add one.",
 }
 
 
@@ -113,6 +116,8 @@ def network_type(facts: Facts) -> NetworkType:
 
 
 def verdict(facts: Facts) -> tuple[NetworkType, Verdict]:
+    if not facts.stun_servers and not facts.relays:
+        return NetworkType.UNKNOWN, Verdict.UNTESTED
     kind = network_type(facts)
     relayed = [r for r in facts.relays if r.ok]
     if kind in (NetworkType.OPEN, NetworkType.ENDPOINT_INDEPENDENT):

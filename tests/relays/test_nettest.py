@@ -83,7 +83,9 @@ def relays(*ok: str, failed: tuple[str, ...] = ()) -> list[RelayCheck]:
             (NetworkType.UDP_BLOCKED, Verdict.NONE),
             id="nothing-gets-out",
         ),
-        pytest.param(Facts(), (NetworkType.UNKNOWN, Verdict.NONE), id="nothing-tried"),
+        pytest.param(
+            Facts(), (NetworkType.UNKNOWN, Verdict.UNTESTED), id="nothing-to-test-against"
+        ),
     ],
 )
 def test_verdict(facts, expected):
