@@ -72,9 +72,11 @@ class Call(models.Model):
     @property
     def path_summary(self) -> str:
         """ "relayed" when any side went through a TURN relay, "direct" when every side reported
-        a direct path, "" before they did. Only those who joined count (an invitee who declined
-        took no path). Uses prefetched participants."""
-        return call_path({p.connection_type for p in self.participants.all() if p.joined_at})
+        a direct path, "" before they did. Only those who took part count (joined, or reported a
+        path): an invitee who declined took no path. Uses prefetched participants."""
+        return call_path(
+            {p.connection_type for p in self.participants.all() if p.joined_at or p.connection_type}
+        )
 
     @property
     def duration_seconds(self) -> float | None:

@@ -216,7 +216,8 @@ def path_stats(*, days: int = 14, now=None, failed_limit: int = 50) -> dict:
     failed: list[dict] = []
     for call_id, call in sorted(calls.items(), key=lambda kv: kv[1]["created_at"]):
         parts = sides[call_id]
-        path = call_path({p["connection_type"] for p in parts if p["joined_at"]})
+        took_part = [p for p in parts if p["joined_at"] or p["connection_type"]]
+        path = call_path({p["connection_type"] for p in took_part})
         day = per_day.setdefault(
             timezone.localdate(call["created_at"]), {"direct": 0, "relayed": 0, "failed": 0}
         )
@@ -241,12 +242,9 @@ def path_stats(*, days: int = 14, now=None, failed_limit: int = 50) -> dict:
             day[path] += 1
         if not path:
             continue
-        for p in parts:
-            if p["joined_at"]:
-                seen = per_type.setdefault(
-                    p["network_type"] or "untested", {"direct": 0, "relayed": 0}
-                )
-                seen[path] += 1
+        for p in took_part:
+            seen = per_type.setdefault(p["network_type"] or "untested", {"direct": 0, "relayed": 0})
+            seen[path] += 1
         if call["answered_at"]:
             seconds = ((call["ended_at"] or now) - call["answered_at"]).total_seconds()
             for name in {p["relay__name"] for p in parts if p["relay_id"]}:

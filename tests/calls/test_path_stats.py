@@ -157,3 +157,13 @@ def test_the_fleet_page_shows_the_paths(client, history, django_user_model):
     assert 'data-relay="carrier"' in page and "<td>4.5</td>" in page
     assert "never connected" in page
     assert "given carrier" in page and "given no relay" in page
+
+
+def test_an_invitee_who_never_joined_does_not_hide_a_calls_path(alice, bob, charlie):
+    """One rule for a call's path (calls.models.call_path), on the call and in the figures:
+    only those who took part count."""
+    call = a_call(alice, bob, paths=("srflx", "host"))
+    Participant.objects.create(call=call, user=charlie, role=ParticipantRole.INVITEE)
+    call = Call.objects.prefetch_related("participants").get(pk=call.pk)
+    assert call.path_summary == "direct"
+    assert sum(d["direct"] for d in path_stats(days=1, now=NOW)["days"]) == 1
