@@ -204,3 +204,23 @@ def test_the_page_plans_two_stun_servers_and_shows_earlier_results(client, alice
     assert "Your network blocks UDP" in text
     client.logout()
     assert client.get("/network-test/").status_code == 302  # sign in first
+
+
+@pytest.mark.django_db
+def test_allocation_times_feed_the_relays_figure_for_that_network(client_of, alice):
+    """The network test's times count as the call page's gather reports do: for relays this
+    user was handed, on the network the request came from."""
+    from relays.models import ClientRelayRtt
+    from relays.services import ice_servers_issue
+    from tests.conftest import up_relay
+
+    relay = up_relay("measured", urls=[UDP])
+    assert ice_servers_issue(user=alice)["relays"][0]["name"] == "measured"
+    body = {
+        **BODY,
+        "relays": [{"url": UDP, "ok": True, "ms": 42.0}, {"url": TLS, "ok": True, "ms": 9.0}],
+    }
+    assert client_of(alice).post("/api/v1/network-tests/", body, format="json").status_code == 201
+    (figure,) = ClientRelayRtt.objects.all()  # TLS was never handed to alice: not taken
+    assert (figure.relay, figure.network, figure.kind) == (relay, "198.51.100.0/24", "gather")
+    assert figure.rtt_ms == pytest.approx(42.0)
