@@ -582,6 +582,26 @@ export function init(root) {
     }
   }
 
+  function sendReport(peer, sel) {
+    peer.report = { connectionType: sel.connectionType, relayUrl: sel.relayUrl, rttMs: sel.rttMs, localType: sel.localType };
+    showPath(peer, sel);
+    // The server keeps one path per participant: the first peer's (the other party 1:1).
+    if (peer === first()) signal.send("report", call.id, { connectionType: sel.connectionType, relayUrl: sel.relayUrl, rttMs: sel.rttMs });
+  }
+
+  // The path at "connected" is not the last word: a remote candidate that was peer-reflexive
+  // turns host or srflx once its own candidate arrives, and ICE may move to a better pair. The
+  // record follows: report again whenever the selected pair's path changes.
+  function pathChanged(peer, sel) {
+    return !peer.report || sel.connectionType !== peer.report.connectionType || sel.relayUrl !== peer.report.relayUrl;
+  }
+
+  async function recheckPath(peer) {
+    if (!peer.pc || call.ended) return;
+    const sel = await selectedPair(peer.pc);
+    if (sel && pathChanged(peer, sel)) sendReport(peer, sel);
+  }
+
   // Right at "connected" getStats() may not name the selected pair yet: try again shortly.
   async function reportConnection(peer, tries = 20) {
     const sel = await selectedPair(peer.pc);
@@ -589,10 +609,12 @@ export function init(root) {
       if (tries > 0 && peer.pc && !call.ended) setTimeout(() => reportConnection(peer, tries - 1), 250);
       return;
     }
-    peer.report = { connectionType: sel.connectionType, relayUrl: sel.relayUrl, rttMs: sel.rttMs, localType: sel.localType };
-    showPath(peer, sel);
-    // The server keeps one path per participant: the first peer's (the other party 1:1).
-    if (peer === first()) signal.send("report", call.id, { connectionType: sel.connectionType, relayUrl: sel.relayUrl, rttMs: sel.rttMs });
+    sendReport(peer, sel);
+    setTimeout(() => recheckPath(peer).catch(() => {}), 1000);
+    const ice = peer.pc.getSenders().map((s) => s.transport && s.transport.iceTransport).find(Boolean);
+    if (ice && "onselectedcandidatepairchange" in ice) {
+      ice.onselectedcandidatepairchange = () => recheckPath(peer).catch(() => {});
+    }
   }
 
   async function sample(peer) {
@@ -615,7 +637,8 @@ export function init(root) {
     const pill = peer.tile.querySelector(".tile-quality");
     pill.textContent = text;
     pill.className = `pill tile-quality quality-${q}`;
-    showPath(peer, sel);
+    if (pathChanged(peer, sel)) sendReport(peer, sel);
+    else showPath(peer, sel);
     if (peer !== first()) return;
     ui.quality.textContent = text;
     ui.quality.className = `pill quality-${q}`;

@@ -78,14 +78,23 @@ def lab_relay(coturn, certificate, *, name="lab-relay", host=SERVER_ADDRESS):
     return server
 
 
-def reported(call_id) -> dict:
-    """Each participant's reported path, once both have reported."""
-    deadline = time.monotonic() + 15
+def agreed(call_id, pages: dict, timeout: float = 15.0) -> tuple[dict, dict]:
+    """What each page's getStats() shows and what the call record holds, once they agree (or
+    the last look, after `timeout`). The path at "connected" can change right after (a
+    peer-reflexive remote candidate resolves to host or srflx when its own candidate arrives;
+    ICE can move to a better pair): the page reports again, and the record follows."""
+    deadline = time.monotonic() + timeout
     while True:
+        seen = {
+            name: wait_until(page, "window.traverseCall.selectedPair()", timeout=10_000)
+            for name, page in pages.items()
+        }
         parts = {p.user.username: p for p in Call.objects.get(pk=call_id).participants.all()}
-        if all(p.connection_type for p in parts.values()) or time.monotonic() > deadline:
-            return parts
-        time.sleep(0.2)
+        if all(parts[n].connection_type == seen[n]["connectionType"] for n in pages):
+            return seen, parts
+        if time.monotonic() > deadline:
+            return seen, parts
+        time.sleep(0.25)
 
 
 @pytest.mark.parametrize(
@@ -119,11 +128,8 @@ def test_call_takes_the_path_the_nats_allow(
         wait_until(page, CONNECTED, timeout=30_000)
     dial_to_connected = round((time.perf_counter() - t0) * 1000)
 
-    seen = {}
-    for name, page in (("alice", a), ("bob", b)):
-        seen[name] = wait_until(page, "window.traverseCall.selectedPair()", timeout=10_000)
     call_id = a.evaluate("window.traverseCall.id")
-    parts = reported(call_id)
+    seen, parts = agreed(call_id, {"alice": a, "bob": b})
     e2e_figures.append(
         f"NAT lab {caller_type} calls {callee_type}: {seen['alice']['connectionType']} "
         f"({seen['alice']['localType']}/{seen['alice']['remoteType']}"
