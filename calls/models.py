@@ -75,7 +75,11 @@ class Call(models.Model):
         a direct path, "" before they did. Only those who took part count (joined, or reported a
         path): an invitee who declined took no path. Uses prefetched participants."""
         return call_path(
-            {p.connection_type for p in self.participants.all() if p.joined_at or p.connection_type}
+            {
+                p.connection_type
+                for p in self.participants.all()
+                if took_part(p.joined_at, p.connection_type)
+            }
         )
 
     @property
@@ -83,6 +87,12 @@ class Call(models.Model):
         if self.answered_at and self.ended_at:
             return (self.ended_at - self.answered_at).total_seconds()
         return None
+
+
+def took_part(joined_at, connection_type: str) -> bool:
+    """Whether a participant counts towards the call's path: it joined, or reported a path (an
+    invitee who declined took none)."""
+    return bool(joined_at or connection_type)
 
 
 def call_path(connection_types: set[str]) -> str:

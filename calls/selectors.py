@@ -20,6 +20,7 @@ from .models import (
     ParticipantState,
     QualitySample,
     call_path,
+    took_part,
 )
 
 
@@ -216,8 +217,8 @@ def path_stats(*, days: int = 14, now=None, failed_limit: int = 50) -> dict:
     failed: list[dict] = []
     for call_id, call in sorted(calls.items(), key=lambda kv: kv[1]["created_at"]):
         parts = sides[call_id]
-        took_part = [p for p in parts if p["joined_at"] or p["connection_type"]]
-        path = call_path({p["connection_type"] for p in took_part})
+        sides_in = [p for p in parts if took_part(p["joined_at"], p["connection_type"])]
+        path = call_path({p["connection_type"] for p in sides_in})
         day = per_day.setdefault(
             timezone.localdate(call["created_at"]), {"direct": 0, "relayed": 0, "failed": 0}
         )
@@ -242,7 +243,7 @@ def path_stats(*, days: int = 14, now=None, failed_limit: int = 50) -> dict:
             day[path] += 1
         if not path:
             continue
-        for p in took_part:
+        for p in sides_in:
             seen = per_type.setdefault(p["network_type"] or "untested", {"direct": 0, "relayed": 0})
             seen[path] += 1
         if call["answered_at"]:

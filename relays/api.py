@@ -417,7 +417,6 @@ class NetworkTestsApi(APIView):
             host_addresses=list(data["hostAddresses"]),
             stun_servers=data["stunServers"],
             relays=[RelayCheck(r["url"], r["ok"], r.get("ms")) for r in data["relays"]],
-            loopback_ok=(data.get("loopback") or {}).get("ok"),
             client_ip=request_client_ip(request) or "",
         )
         try:
@@ -431,7 +430,7 @@ class NetworkTestsApi(APIView):
             raise NetworkTestRateLimited(str(exc), retry_after=exc.retry_after) from exc
         # How long each relay took to allocate is what a call's page reports too: it feeds
         # that relay's figure for this network (only relays handed to this user count).
-        timed = [(r.url, r.ms) for r in facts.relays if r.ok and r.ms is not None]
+        timed = [(r.url.url, r.ms) for r in facts.relays if r.ok and r.ms is not None]
         if timed and result.network:
             with contextlib.suppress(MeasureLimited):
                 relay_gather_report(user=request.user, network=result.network, gathered=timed)

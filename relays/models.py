@@ -14,7 +14,7 @@ from django.db import models
 from django.utils import timezone
 
 from .ice_urls import IceUrl, IceUrlError, parse_ice_url
-from .nettest import NetworkType, Verdict
+from .nettest import SENTENCES, NetworkType, Verdict
 from .states import Observation, RelayEventKind, RelayStatus, published_lately, stale_after
 
 
@@ -401,3 +401,8 @@ class NetworkTestResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.network or '?'}: {self.network_type} → {self.verdict}"
+
+    @property
+    def sentence(self) -> str:
+        """The verdict in one plain sentence (relays.nettest.SENTENCES)."""
+        return SENTENCES[Verdict(self.verdict)]

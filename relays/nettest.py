@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from .ice_urls import IceUrl
+
 
 class NetworkType(StrEnum):
     OPEN = "open"
@@ -57,21 +59,14 @@ class Mapping:
 
 @dataclass(frozen=True)
 class RelayCheck:
-    url: str  # turn:/turns: URL, with its transport
+    url: IceUrl  # a turn: or turns: URL
     ok: bool
     ms: float | None = None
 
     @property
     def transport(self) -> str:
-        if self.url.startswith("turns:"):
-            return "tls"
-        return "tcp" if "transport=tcp" in self.url else "udp"
-
-    @property
-    def port(self) -> int | None:
-        host_port = self.url.split(":", 1)[1].split("?", 1)[0]
-        tail = host_port.rsplit(":", 1)
-        return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else None
+        """udp, tcp or tls."""
+        return self.url.label
 
 
 @dataclass
@@ -81,7 +76,11 @@ class Facts:
     stun_servers: int = 0  # how many distinct STUN servers were asked
     client_ip: str = ""  # the address the server saw the browser come from
     relays: list[RelayCheck] = field(default_factory=list)
-    loopback_ok: bool | None = None
+
+    @property
+    def udp(self) -> bool:
+        """Whether any UDP got out: a STUN answer, or a relay over UDP."""
+        return bool(self.mappings) or any(r.ok and r.transport == "udp" for r in self.relays)
 
 
 def network_type(facts: Facts) -> NetworkType:
@@ -94,9 +93,8 @@ def network_type(facts: Facts) -> NetworkType:
     """
     udp_relay = any(r.ok and r.transport == "udp" for r in facts.relays)
     udp_tried = facts.stun_servers > 0 or any(r.transport == "udp" for r in facts.relays)
-    udp = bool(facts.mappings) or udp_relay
     if facts.client_ip and facts.client_ip in facts.host_addresses:
-        if udp:
+        if facts.udp:
             return NetworkType.OPEN
         return NetworkType.UDP_BLOCKED if udp_tried else NetworkType.UNKNOWN
     if facts.mappings:
@@ -129,8 +127,8 @@ def verdict(facts: Facts) -> tuple[NetworkType, Verdict]:
     if any(r.transport == "udp" for r in relayed):
         return kind, Verdict.RELAY
     if relayed:
-        if all(r.transport == "tls" and r.port == 443 for r in relayed) and any(
-            r.port != 443 for r in facts.relays
+        if all(r.transport == "tls" and r.url.port == 443 for r in relayed) and any(
+            r.url.port != 443 for r in facts.relays
         ):
             return NetworkType.UDP_BLOCKED, Verdict.TLS_443
         return NetworkType.UDP_BLOCKED, Verdict.TCP

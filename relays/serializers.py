@@ -2,6 +2,8 @@ from rest_framework import serializers
 
 from config.api_errors import RejectUnknownFields, StrictCharField
 
+from .ice_urls import IceUrl, IceUrlError, parse_ice_url
+
 
 class IceServerSerializer(serializers.Serializer):
     urls = serializers.ListField(child=serializers.CharField())
@@ -78,6 +80,16 @@ class MappingSerializer(RejectUnknownFields, serializers.Serializer):
 
 class RelayCheckSerializer(RejectUnknownFields, serializers.Serializer):
     url = StrictCharField(max_length=300, help_text="A turn: or turns: URL, with its transport.")
+
+    def validate_url(self, value: str) -> IceUrl:
+        try:
+            url = parse_ice_url(value)
+        except IceUrlError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+        if not url.is_turn:
+            raise serializers.ValidationError("A turn: or turns: URL.")
+        return url
+
     ok = serializers.BooleanField(help_text="Whether it gave a relay candidate.")
     ms = serializers.FloatField(
         required=False,
@@ -116,6 +128,4 @@ class NetworkTestResultSerializer(serializers.Serializer):
     details = serializers.JSONField()
 
     def get_sentence(self, result) -> str:
-        from .nettest import SENTENCES
-
-        return SENTENCES[result.verdict]
+        return result.sentence

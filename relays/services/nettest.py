@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from ..models import NetworkTestResult
-from ..nettest import SENTENCES, Facts, verdict
+from ..nettest import Facts, verdict
 from ..selectors import stun_fallback_urls
 from .limits import per_user_retry_after
 
@@ -31,16 +31,11 @@ def network_test_record(*, user, network: str, facts: Facts, details: dict) -> N
     if wait is not None:
         raise NetworkTestLimited(wait)
     kind, decided = verdict(facts)
-    udp = bool(facts.mappings) or any(r.ok and r.transport == "udp" for r in facts.relays)
     return NetworkTestResult.objects.create(
         user=user,
         network=network,
         network_type=kind,
         verdict=decided,
-        udp=udp,
+        udp=facts.udp,
         details=details,
     )
-
-
-def network_test_sentence(result: NetworkTestResult) -> str:
-    return SENTENCES[result.verdict]  # type: ignore[index]

@@ -85,9 +85,6 @@ class Side:
     public_address: str  # what the internet sees
     namespaces: list[str] = field(default_factory=list)
 
-    def exec_prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.netns]
-
 
 class NatLab:
     """The internet segment, and sides built on it and torn down per test."""
@@ -97,7 +94,6 @@ class NatLab:
         self.inet = f"tinet{self.tag}"
         self.host_if = f"tlab{self.tag}"
         self.sides: list[Side] = []
-        self.up = False
 
     # --- the internet ----------------------------------------------------------------------
     def start(self) -> None:
@@ -106,7 +102,6 @@ class NatLab:
             raise LabUnavailable(why)
         self.stop()
         _run("ip", "netns", "add", self.inet)
-        self.up = True
         n = self.inet
         _run("ip", "-n", n, "link", "set", "lo", "up")
         _run("ip", "-n", n, "link", "add", "br0", "type", "bridge")
@@ -123,7 +118,6 @@ class NatLab:
         self.clear_sides()
         subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.inet], capture_output=True)
-        self.up = False
 
     # --- the homes -------------------------------------------------------------------------
     def side(self, index: int, network_type: str) -> Side:

@@ -38,7 +38,7 @@ EXPECTED = {
 }
 
 
-def sign_in_lab(browser, base: str, username: str, password: str):
+def sign_in_lab(browser, base: str, username: str):
     """The user's home page, signed in; the privacy switch stays off (direct calls allowed).
     The session is made here rather than through the sign-in form: the form's per-username
     rate limit (10/min) would refuse the lab's many sign-ins of one user (the form has tests of
@@ -110,7 +110,6 @@ def test_call_takes_the_path_the_nats_allow(
     coturn,
     alice,
     bob,
-    password,
     e2e_figures,
 ):
     expected = EXPECTED[(caller_type, callee_type)]
@@ -118,8 +117,8 @@ def test_call_takes_the_path_the_nats_allow(
     lab_relay(coturn, lab_certificate)
     assert sweep_through_worker() == {"lab-relay": "up"}
     caller_side, callee_side = nat_lab.side(1, caller_type), nat_lab.side(2, callee_type)
-    a = sign_in_lab(lab_browser(caller_side), base, "alice", password)
-    b = sign_in_lab(lab_browser(callee_side), base, "bob", password)
+    a = sign_in_lab(lab_browser(caller_side), base, "alice")
+    b = sign_in_lab(lab_browser(callee_side), base, "bob")
 
     t0 = time.perf_counter()
     dial(a, "bob")

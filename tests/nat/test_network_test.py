@@ -46,13 +46,12 @@ def test_network_test_verdict(
     lab_certificate,
     coturn,
     alice,
-    password,
     e2e_figures,
 ):
     kind, verdict, sentence = EXPECTED[network_type]
     two_lab_relays(coturn, lab_certificate)
     side = nat_lab.side(1, network_type)
-    page = sign_in_lab(lab_browser(side), lab_platform["base"], "alice", password)
+    page = sign_in_lab(lab_browser(side), lab_platform["base"], "alice")
     page.click("#network-test-link")
     page.wait_for_url("**/network-test/")
     page.click("#nettest-start")

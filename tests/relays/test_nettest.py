@@ -9,6 +9,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from relays.ice_urls import parse_ice_url
 from relays.models import NetworkTestResult
 from relays.nettest import Facts, Mapping, NetworkType, RelayCheck, Verdict, verdict
 from relays.services.pruning import relay_prune_history
@@ -20,7 +21,9 @@ TLS_443 = "turns:203.0.113.10:443?transport=tcp"
 
 
 def relays(*ok: str, failed: tuple[str, ...] = ()) -> list[RelayCheck]:
-    return [RelayCheck(u, True, 20.0) for u in ok] + [RelayCheck(u, False) for u in failed]
+    return [RelayCheck(parse_ice_url(u), True, 20.0) for u in ok] + [
+        RelayCheck(parse_ice_url(u), False) for u in failed
+    ]
 
 
 @pytest.mark.parametrize(
@@ -142,6 +145,8 @@ def test_each_user_sees_only_their_own_results(client_of, alice, bob):
         ({"stunServers": 99}, "stunServers"),
         ({"verdict": "direct"}, "verdict"),  # the client does not decide
         ({"relays": [{"url": UDP, "ok": True}] * 25}, "relays"),
+        ({"relays": [{"url": "stun:203.0.113.10:3478", "ok": True}]}, "relays"),
+        ({"relays": [{"url": "not a url", "ok": True}]}, "relays"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_field_and_nothing_is_stored(client_of, alice, change, field):
