@@ -1,5 +1,7 @@
-"""What every page shows about calls: the count of missed calls not yet seen (the nav badge)."""
+"""What every page shows about calls: the count of missed calls not yet seen (the nav badge),
+and whether a ringing page negotiates before the answer (CALL_EARLY_ICE)."""
 
+from django.conf import settings
 from django.utils.functional import SimpleLazyObject
 
 from .selectors import missed_count_for
@@ -10,4 +12,7 @@ def missed_calls(request) -> dict:
     if user is None or not user.is_authenticated:
         return {}
     # Lazy: only pages that render the badge pay for the query.
-    return {"missed_count": SimpleLazyObject(lambda: missed_count_for(user=user))}
+    return {
+        "missed_count": SimpleLazyObject(lambda: missed_count_for(user=user)),
+        "early_ice": settings.CALL_EARLY_ICE,
+    }

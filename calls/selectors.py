@@ -76,6 +76,21 @@ def peers_reachable(*, call_id, user) -> list[Participant]:
     )
 
 
+def early_peers_for(*, participant: Participant) -> list[Participant] | None:
+    """The devices a ringing callee's device negotiates with before anyone answers (early ICE,
+    docs/signaling.md): the call's devices that joined, while the call rings this participant.
+    None when it doesn't (answered, ended, or an invitation into a call that goes on, which
+    negotiates after the answer)."""
+    call = participant.call
+    if (
+        call.state != CallState.RINGING
+        or participant.role != ParticipantRole.CALLEE
+        or participant.state != ParticipantState.RINGING
+    ):
+        return None
+    return peers_reachable(call_id=call.pk, user=participant.user_id)
+
+
 def call_history_for(*, user) -> QuerySet[Call]:
     return (
         Call.objects.filter(participants__user=user)
@@ -188,9 +203,10 @@ def path_stats(*, days: int = 14, now=None, failed_limit: int = 50) -> dict:
     now = now or timezone.now()
     first_day = timezone.localdate(now) - timedelta(days=days - 1)
     since = timezone.make_aware(datetime.combine(first_day, time.min))
+    until = timezone.make_aware(datetime.combine(first_day + timedelta(days=days), time.min))
     calls = {
         c["id"]: c
-        for c in Call.objects.filter(created_at__gte=since).values(
+        for c in Call.objects.filter(created_at__gte=since, created_at__lt=until).values(
             "id", "created_at", "answered_at", "ended_at", "end_reason", "state"
         )
     }
@@ -219,9 +235,7 @@ def path_stats(*, days: int = 14, now=None, failed_limit: int = 50) -> dict:
         parts = sides[call_id]
         sides_in = [p for p in parts if took_part(p["joined_at"], p["connection_type"])]
         path = call_path({p["connection_type"] for p in sides_in})
-        day = per_day.setdefault(
-            timezone.localdate(call["created_at"]), {"direct": 0, "relayed": 0, "failed": 0}
-        )
+        day = per_day[timezone.localdate(call["created_at"])]
         if call["end_reason"] == EndReason.FAILED:
             day["failed"] += 1
             failed.append(

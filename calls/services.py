@@ -919,6 +919,11 @@ def call_ice_issue(
         peers=call_peer_relays(call_id=call_uuid, user=user),
     )
     with transaction.atomic():
+        # Under the call's lock (the one lock order for a call's participants): two devices of
+        # one user asking at once (two ringing pages, early ICE) each deleted the other's rows
+        # unseen, then both inserted, and the second broke the unique relay per participant
+        # (a 500).
+        _lock_call(call_uuid)
         AssignedRelay.objects.filter(participant=participant).delete()
         AssignedRelay.objects.bulk_create(
             [

@@ -69,7 +69,12 @@ def call_page(request: HttpRequest, call_id) -> HttpResponse:
         call.ended_at is None or timezone.now() - call.ended_at > ENDED_SCREEN
     ):
         return redirect("calls:detail", call_id=call_id)
-    return render(request, "calls/call.html", call_page_context(request, me))
+    context = call_page_context(request, me)
+    if request.GET.get("fragment") == "1":
+        # The call screen alone, for a page where it rings: that page shows it when answered
+        # (static/js/ringer.js), with no page load between the click and the media.
+        context["base_template"] = "calls/fragment.html"
+    return render(request, "calls/call.html", context)
 
 
 def call_page_context(request: HttpRequest, me, **extra) -> dict:

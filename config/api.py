@@ -60,6 +60,7 @@ urlpatterns = [
         CallInvitationApi.as_view(),
         name="api-call-invitations",
     ),
-    # Last: whatever the endpoints above don't match.
-    re_path(r"^(?P<rest>.*)$", api_not_found),
+    # Last: whatever the endpoints above don't match, line breaks included (`.` stops at one,
+    # and `$` matches before a trailing one).
+    re_path(r"^(?P<rest>[\s\S]*)\Z", api_not_found),
 ]

@@ -17,11 +17,20 @@ from signaling.routing import websocket_urlpatterns  # noqa: E402
 
 if "daphne.server" in sys.modules:  # served by Daphne: tell sockets to move before it stops
     from signaling.hub import install_daphne_drain  # noqa: E402
-    from signaling.under_daphne import quiet_autobahn_debug_arguments, thin_daphne_sweeps  # noqa: E402
+    from signaling.under_daphne import (  # noqa: E402
+        drop_handshake_leftovers,
+        eager_tcp_writes,
+        quiet_autobahn_debug_arguments,
+        slim_input_queues,
+        thin_daphne_sweeps,
+    )
 
     install_daphne_drain()
     quiet_autobahn_debug_arguments()
     thin_daphne_sweeps()
+    eager_tcp_writes()
+    slim_input_queues()
+    drop_handshake_leftovers()
 
 application = ProtocolTypeRouter(
     {

@@ -49,6 +49,8 @@ ERROR_CODES: dict[str, str] = {
     "not_answered": "Only once the call is answered.",
     "not_joined": "Join the call first.",
     "not_ringing": "The call doesn't ring any more.",
+    "early_ice_off": "`early` on a server with CALL_EARLY_ICE off: negotiate after the answer.",
+    "early_full": "`early` from one device too many of a call: this one negotiates after answering.",
     "wrong_role": "Only the other side may do that (e.g. the callee declines).",
     "not_a_peer": "`to` names no device in this call.",
     "peer_not_present": "The device `to` names is not in the call right now.",

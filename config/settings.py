@@ -266,6 +266,11 @@ SIGNALING_GRACE_SECONDS = env.float("SIGNALING_GRACE_SECONDS", default=30.0)
 PRESENCE_TTL_SECONDS = env.float("PRESENCE_TTL_SECONDS", default=30.0)
 # A call nobody answers ends with `no_answer` after this many seconds.
 CALL_RING_TIMEOUT = env.float("CALL_RING_TIMEOUT", default=60.0)
+# Negotiate while it rings (docs/signaling.md, "Early ICE"): each ringing device of the callee
+# sets up its peer connection with the caller, with no media, so answering only starts the
+# media. The caller then learns the callee devices' ICE candidates (their addresses) before
+# anyone answers, even when nobody does. Off: nothing is negotiated before the answer.
+CALL_EARLY_ICE = env.bool("CALL_EARLY_ICE", default=True)
 # How often the reaper ends grace windows, unanswered calls and dead processes' sockets.
 # A group call is a mesh (every device sends its media to every other): past 4 to 6 people the
 # uplinks give out. Invitations above this are refused with `call_full`.

@@ -16,6 +16,15 @@ def signaling_settings_check(app_configs, **kwargs):
                 id="signaling.E001",
             )
         )
+    backend = settings.CHANNEL_LAYERS.get("default", {}).get("BACKEND", "")
+    if backend != "channels_redis.core.RedisChannelLayer":
+        errors.append(
+            Error(
+                f"CHANNEL_LAYERS['default'] is {backend!r}: signaling reads channels-redis's "
+                "RedisChannelLayer (one reader per process, signaling/layer_reader.py).",
+                id="signaling.E004",
+            )
+        )
     return errors
 
 

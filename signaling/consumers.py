@@ -23,7 +23,13 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from calls.models import CallState, Participant, ParticipantRole, ParticipantState
-from calls.selectors import NotCallable, callee_for, calls_ringing_for, participant_for
+from calls.selectors import (
+    NotCallable,
+    callee_for,
+    calls_ringing_for,
+    early_peers_for,
+    participant_for,
+)
 from calls.services import (
     CallError,
     NotInCall,
@@ -57,8 +63,10 @@ from relays.services import (
 from relays.tasks import reprobe_relay
 
 from .broadcast import BROADCAST_ERRORS, in_db_pool, run_and_announce
+from .early import early_add, early_devices, early_remove
 from .groups import user_group
 from .hub import PeerUnreachable, deliver, hub_for, process_drain
+from .layer_reader import reader_for
 from .presence import node_of, presence_for, redis_for_loop
 from .protocol import ClientMessage, ProtocolError, parse_frame
 from .sessions import (
@@ -90,7 +98,9 @@ UNAVAILABLE_CLOSE_CODE = 4503
 # "Your session was resumed on another socket": this one is stale (the page has moved on).
 SESSION_MOVED_CLOSE_CODE = 4409
 # Frames of its own session that change what a consumer knows of a call's devices.
-MEMBERSHIP_FRAMES = frozenset({"peer-joined", "peer-left", "hangup", "taken-over"})
+MEMBERSHIP_FRAMES = frozenset(
+    {"peer-joined", "peer-left", "hangup", "taken-over", "early-peer", "early-left"}
+)
 # A live session's lifetime in Redis is pushed back this often, by the frame that comes then.
 _TTL_REFRESH_SECONDS = 3600
 _store_warned = [0.0]  # when a failed store was last logged: once a minute, not once a frame
@@ -122,6 +132,11 @@ def _ice_for(*, user, region: str, ip, keep: str, call: str) -> dict:
     return ice_servers_issue(user=user, region=region, ip=ip, keep=keep)
 
 
+def _device(user_id: int, session: str, card: dict) -> dict:
+    """One device of a user, as the early-ICE frames name it."""
+    return {"user": user_id, "session": session, "username": card["username"], "name": card["name"]}
+
+
 def _ringing_for(user) -> list[dict]:
     return [
         {
@@ -134,13 +149,21 @@ def _ringing_for(user) -> list[dict]:
 
 
 class SignalConsumer(AsyncWebsocketConsumer):
+    task: asyncio.Task | None = None  # the one this consumer runs in
+    failure: BaseException | None = None  # see layer_failed
+    closing: asyncio.Future | None = None  # a close under way (see _stored)
+
     async def __call__(self, scope, receive, send) -> None:
         # disconnect() only runs when the server tells the consumer the socket closed. A consumer
         # that dies (its channel layer read failed, the task was cancelled) never hears that, so
         # the same clean-up runs here too: a drop is a drop, however the socket went.
+        self.task = asyncio.current_task()
         try:
             await self._serve(scope, receive, send)
         except asyncio.CancelledError:
+            if self.failure is not None:  # layer_failed: a failure, not a shutdown
+                await self._release()
+                raise self.failure from None
             # The server is shutting down (Daphne cancels every consumer before it exits): tell
             # the page to reconnect now (4012, "service restart"), and it resumes its session on
             # another process (rolling restarts), rather than wait for a drop to be noticed.
@@ -149,8 +172,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
             # those that don't come back are found through presence (this process stops
             # beating), as after a crash.
             process_drain()
-            with contextlib.suppress(Exception):
-                await self.close(code=RESTART_CLOSE_CODE)
+            await self._close_quietly(RESTART_CLOSE_CODE)
             await self._release(record=False)
             raise
         except BaseException:
@@ -160,29 +182,21 @@ class SignalConsumer(AsyncWebsocketConsumer):
             await self._release()
 
     async def _serve(self, scope, receive, send) -> None:
-        """AsyncConsumer.__call__ with a loop per source instead of await_many_dispatch, which
-        makes a task and an asyncio.wait for every frame (measured with py-spy under the
-        closed-loop benchmark). Frames from the socket are handled one at a time, in order;
-        channel-layer events (ringing, sign-out) in a loop of their own. Whichever loop ends or
-        fails first ends the consumer, as before."""
+        """AsyncConsumer.__call__ without await_many_dispatch, which makes a task and an
+        asyncio.wait for every frame (measured with py-spy under the closed-loop benchmark).
+        Frames from the socket are handled one at a time, in order, in this task; channel-layer
+        events (ringing, sign-out) come from the process's one reader of the layer
+        (layer_reader.py), which ends the consumer if the layer fails (layer_failed)."""
         self.scope = scope
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         self.base_send = send
-        loops = {
-            asyncio.ensure_future(self._socket_frames(receive)),
-            asyncio.ensure_future(self._layer_events()),
-        }
+        reader = reader_for(self.channel_layer)
+        reader.listen(self.channel_name, self)
         try:
-            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()  # what failed, fails the consumer
+            await self._socket_frames(receive)
         finally:
-            for task in loops:
-                task.cancel()
-            for task in loops:
-                with contextlib.suppress(asyncio.CancelledError, StopConsumer):
-                    await task
+            await reader.stop(self.channel_name, self)
 
     async def _socket_frames(self, receive) -> None:
         try:
@@ -191,9 +205,20 @@ class SignalConsumer(AsyncWebsocketConsumer):
         except StopConsumer:
             pass
 
-    async def _layer_events(self) -> None:
-        while True:
-            await self.dispatch(await self.channel_layer.receive(self.channel_name))
+    async def layer_event(self, message: dict) -> None:
+        """A channel-layer message for this consumer (from layer_reader)."""
+        await self.dispatch(message)
+
+    def layer_failed(self, exc: BaseException) -> None:
+        """The channel layer failed (Redis went), or a handler of one of its events raised: the
+        consumer ends with that error, as when it read the layer in a task of its own."""
+        self.failure = exc
+        if self.task is not None:
+            self.task.cancel()
+
+    async def _close_quietly(self, code: int) -> None:
+        with contextlib.suppress(Exception):  # the socket is going already
+            await self.close(code=code)
 
     async def dispatch(self, message: dict) -> None:
         """As AsyncConsumer.dispatch, without its `aclose_old_connections()` per message: that
@@ -220,6 +245,9 @@ class SignalConsumer(AsyncWebsocketConsumer):
         # call id -> {peer user id: the device session that holds them}, for each call this
         # socket joined: what the hot path checks `to` against.
         self.joined: dict[str, dict[int, str]] = {}
+        # call id -> {device session: user id}: the devices this socket may negotiate with
+        # before an answer (early ICE): a ringing device's members, a member's ringing devices.
+        self.early: dict[str, dict[str, int]] = {}
         self.ended: set[str] = set()
         self.bucket = _TokenBucket(
             settings.SIGNALING_RATE_PER_SECOND, settings.SIGNALING_RATE_BURST
@@ -286,8 +314,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
     async def drain(self) -> None:
         """This process is stopping (hub.process_drain_sockets): the page reconnects elsewhere
         now and resumes its session there. No database (see __call__)."""
-        with contextlib.suppress(Exception):
-            await self.close(code=RESTART_CLOSE_CODE)
+        await self._close_quietly(RESTART_CLOSE_CODE)
         await self._release(record=False)
 
     async def disconnect(self, code: int) -> None:
@@ -301,6 +328,9 @@ class SignalConsumer(AsyncWebsocketConsumer):
             return
         self.released = True
         joined, self.joined = (list(self.joined) if record else []), {}
+        early, self.early = self.early, {}
+        if record and self.session:
+            await self._early_gone(early)
         if self.session:
             self.hub.release(self.session, self)
             # At once: from here frames for the session are numbered in Redis, after what this
@@ -325,6 +355,27 @@ class SignalConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(user_group(self.user.pk), self.channel_name)
         except Exception as exc:
             logger.warning("signaling: clean-up of %s incomplete: %s", self.channel_name, exc)
+
+    async def _early_gone(self, early: dict[str, dict[str, int]]) -> None:
+        """This ringing device's socket went: the devices it negotiated with close their side
+        (a member's own early entries are the ringing devices', which stay)."""
+        for call_id, peers in early.items():
+            if call_id in self.joined or call_id in self.ended:
+                continue
+            try:
+                await early_remove(self.redis, call=call_id, session=self.session)
+                for session in peers:
+                    await self._push(session, "early-left", call_id, {"session": self.session})
+            except Exception as exc:
+                logger.info("signaling: early devices of call %s not told: %s", call_id, exc)
+
+    async def _push(self, session: str, frame: str, call: str, body: dict) -> None:
+        """A server frame into another device session; one that is gone is skipped."""
+        text = frame_text(frame, call=call, body=body)
+        with contextlib.suppress(PeerUnreachable):
+            await deliver(
+                self.redis, session=session, frame=frame, call=call, text=text, hub=self.hub
+            )
 
     # --- sending ------------------------------------------------------------------------
     async def emit(
@@ -378,7 +429,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
             logger.warning("signaling: session %s was lost by Redis; closing its socket", session)
             self.hub.release(session, self)
             self.session = None
-            asyncio.ensure_future(self.close(code=UNAVAILABLE_CLOSE_CODE))
+            self.closing = asyncio.ensure_future(self._close_quietly(UNAVAILABLE_CLOSE_CODE))
 
     async def _send_on(self, session: str, frame: str, call, text: str) -> None:
         try:
@@ -472,6 +523,14 @@ class SignalConsumer(AsyncWebsocketConsumer):
 
     async def _emit_joined(self, msg: ClientMessage, call, me: Participant, peers, resumed: bool):
         self._hold_call(msg.call, peers)  # type: ignore[arg-type]
+        self.early.pop(msg.call, None)  # type: ignore[arg-type]
+        early = []
+        if call.state == CallState.RINGING:
+            early = await self._early_meet(msg.call)  # type: ignore[arg-type]
+        elif me.role != ParticipantRole.CALLER:
+            # Answered here: nobody negotiates early any more.
+            with contextlib.suppress(*BROADCAST_ERRORS):
+                await early_remove(self.redis, call=msg.call)  # type: ignore[arg-type]
         await self.emit(
             "joined",
             call=msg.call,
@@ -493,6 +552,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
                     for p in peers
                     if p.present
                 ],
+                "early": early,
             },
         )
 
@@ -532,6 +592,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
         )
         for call_id, peers in resumed:
             self._hold_call(call_id, peers)
+            # Still ringing: the devices negotiating early hear of this socket again.
+            await self._early_meet(call_id)
         calls = [call_id for call_id, _ in resumed]
         # Unnumbered, and before the replay: the page knows that what follows is numbered in the
         # resumed session (frames before it were numbered in the socket's fresh one).
@@ -579,6 +641,67 @@ class SignalConsumer(AsyncWebsocketConsumer):
             )
             await self._emit_joined(msg, call, me, peers, False)
 
+    async def on_early(self, msg: ClientMessage) -> None:
+        """This device rings and negotiates now, with no media (early ICE): the call's devices
+        that joined are told (`early-peer`), and so is this one (`early-ready`); those that
+        join later are told when they do (_emit_joined)."""
+        if not settings.CALL_EARLY_ICE:
+            raise ProtocolError(
+                "early_ice_off", "This server negotiates calls only once they are answered.", msg.id
+            )
+        if not self.session:
+            raise ProtocolError("not_joined", "This connection has no device session.", msg.id)
+        me = await self._member(msg)
+        if await in_db_pool(early_peers_for)(participant=me) is None:
+            raise ProtocolError("not_ringing", "This call doesn't ring this device.", msg.id)
+        card = self.user.card()
+        # Registered first, then the devices in the call read: a caller's device joining at
+        # this moment commits its join, then reads the registered devices (_early_meet). Each
+        # side writes before it reads, so at least one of them sees the other (both may: the
+        # pages ignore a device they know).
+        added = await early_add(
+            self.redis,
+            call=msg.call,  # type: ignore[arg-type]
+            session=self.session,
+            card=card,
+            ttl=int(settings.CALL_RING_TIMEOUT) + 30,
+        )
+        if not added:
+            raise ProtocolError(
+                "early_full",
+                "Too many devices negotiate this call already: this one will after answering.",
+                msg.id,
+            )
+        members = await in_db_pool(early_peers_for)(participant=me) or []
+        mine = self.early.setdefault(msg.call, {})  # type: ignore[arg-type]
+        me_body = _device(card["id"], self.session, card)
+        peers = []
+        for p in members:
+            mine[p.session] = p.user_id
+            await self._push(p.session, "early-peer", msg.call, me_body)  # type: ignore[arg-type]
+            peers.append(_device(p.user_id, p.session, p.user.card()))
+        await self.emit("early-ready", call=msg.call, ref=msg.id, body={"peers": peers})
+
+    async def _early_meet(self, call_id: str) -> list[dict]:
+        """A device joined a ringing call: it and the devices that ring early are told of each
+        other. Returns the early devices (for its `joined`)."""
+        if not settings.CALL_EARLY_ICE or not self.session:
+            return []
+        try:
+            devices = await early_devices(self.redis, call=call_id)
+        except BROADCAST_ERRORS:
+            return []
+        card = self.user.card()
+        me_body = _device(card["id"], self.session, card)
+        found = []
+        for session, who in devices.items():
+            if who["id"] == self.user.pk:
+                continue
+            self.early.setdefault(call_id, {})[session] = who["id"]
+            await self._push(session, "early-peer", call_id, me_body)
+            found.append(_device(who["id"], session, who))
+        return found
+
     async def on_take_over(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
         async with self._holding_frames():
@@ -608,18 +731,23 @@ class SignalConsumer(AsyncWebsocketConsumer):
         await self.emit("left", call=msg.call, ref=msg.id)
 
     async def _relay(self, msg: ClientMessage) -> None:
-        """offer / answer / candidate to one device of the call (`to`), or to the only one."""
-        peers = self._peers(msg)
+        """offer / answer / candidate to one device of the call (`to`), or to the only one;
+        while it rings, between a ringing device and the devices that joined (early ICE)."""
+        early = self.early.get(msg.call)  # type: ignore[arg-type]
+        if early and msg.call not in self.joined and msg.call not in self.ended:
+            peers: dict[int, str] = {}
+        else:
+            peers = self._peers(msg)
         to = msg.body.pop("to", None)
         if to is None:
-            if len(peers) > 1:
+            if early or len(peers) > 1:
                 raise ProtocolError(
                     "to_required", "Several devices are in this call: say which (`to`).", msg.id
                 )
             to = next(iter(peers.values()), None)
             if to is None:
                 raise ProtocolError("peer_not_present", "Nobody else is in the call yet.", msg.id)
-        elif to not in peers.values():
+        elif to not in peers.values() and not (early and to in early):
             raise ProtocolError("not_a_peer", "That device is not in this call.", msg.id)
         msg.body["from"] = self.user.pk
         msg.body["fromSession"] = self.session
@@ -721,13 +849,25 @@ class SignalConsumer(AsyncWebsocketConsumer):
         """Keep the devices of each joined call current, from the frames that change them."""
         if frame in ("hangup", "taken-over"):
             self.joined.pop(call, None)
+            self.early.pop(call, None)
             if frame == "hangup":
                 self.ended.add(call)
             return
+        body = json.loads(text).get("body", {})
+        if frame == "early-peer" and body.get("session"):
+            self.early.setdefault(call, {})[body["session"]] = body["user"]
+            return
+        if frame == "early-left":
+            self.early.get(call, {}).pop(body.get("session"), None)
+            return
+        if frame == "peer-joined":
+            # Answered: that user's devices that rang early are done (one of them is in).
+            early = self.early.get(call, {})
+            for session in [s for s, user in early.items() if user == body.get("user")]:
+                del early[session]
         peers = self.joined.get(call)
         if peers is None:
             return
-        body = json.loads(text).get("body", {})
         if frame == "peer-joined" and body.get("session"):
             peers[body["user"]] = body["session"]
         elif frame == "peer-left":
@@ -746,6 +886,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
 
     async def call_answered(self, event: dict) -> None:
         if event.get("session") != self.session:
+            self.early.pop(event["call"], None)  # another device answered: this one is done
             await self.emit("answered", call=event["call"], body={"elsewhere": True})
 
     async def call_ended(self, event: dict) -> None:
@@ -754,6 +895,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
         if event["call"] in self.ended or event["call"] in self.joined:
             return
         self.ended.add(event["call"])
+        self.early.pop(event["call"], None)
         await self.emit(
             "hangup", call=event["call"], body={"by": event["by"], "reason": event["reason"]}
         )

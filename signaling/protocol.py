@@ -30,6 +30,7 @@ CLIENT_TYPES: dict[str, bool] = {
     "report": True,
     "resume": False,
     "accept": True,
+    "early": True,
     "decline": True,
     "cancel": True,
     "take-over": True,

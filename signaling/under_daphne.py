@@ -3,7 +3,9 @@ config/asgi.py when Daphne serves the app; each measured with benchmarks/signali
 
 from __future__ import annotations
 
+import asyncio
 import time
+from functools import partial
 from typing import Any
 
 # How often Daphne's two sweeps over every connection run. Upstream: the application sweep
@@ -69,3 +71,146 @@ def quiet_autobahn_debug_arguments() -> None:
         for name in ("hltype", "hlval", "hlid"):
             if hasattr(module, name):
                 setattr(module, name, _no_highlight)
+
+
+def eager_tcp_writes() -> None:
+    """Send what a TCP connection writes at once when nothing is queued before it, as asyncio's
+    own transports do. Twisted always queues a write and waits for the socket to be writable:
+    two epoll_ctl calls and one more turn of the loop for every frame out, which was more than
+    half of Daphne's CPU with 5,000 idle sockets (their keepalive pings) in a profile (issue 8).
+    Whatever the socket doesn't take goes to Twisted's queue, in order, the usual way; TLS
+    connections, a connection being closed, and an error on send are all left to Twisted."""
+    from twisted.internet import tcp
+
+    Connection: Any = tcp.Connection
+    if getattr(Connection, "_traverse_eager", False):
+        return
+    queued_write = Connection.write  # the TLS-aware write of Twisted's connection mixin
+
+    def write(self, data: bytes) -> None:
+        if (
+            data
+            and type(data) is bytes
+            and not self.TLS
+            and self.connected
+            and not self.disconnecting
+            and not self._writeDisconnected
+            and not self._tempDataLen
+            and self.offset == len(self.dataBuffer)
+        ):
+            sent = self.writeSomeData(data)
+            if isinstance(sent, int) and sent >= 0:
+                if sent == len(data):
+                    return
+                data = data[sent:]
+        queued_write(self, data)
+
+    Connection.write = write
+    Connection._traverse_eager = True
+
+
+class SlimQueue:
+    """What Daphne's application input queue is asked for (`put_nowait`, `get`), with a list
+    and one waiter: asyncio.Queue keeps four deques and an Event, about 2.4 KiB per idle socket
+    (tracemalloc, issue 8). Items come out in the order they went in; one getter at a time (the
+    consumer's), as Daphne's `receive` has."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list | None = None
+        self._waiter: asyncio.Future | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(item)
+        elif self._items is None:
+            self._items = [item]
+        else:
+            self._items.append(item)
+
+    def qsize(self) -> int:
+        return len(self._items or ())
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Any:
+        if self._items:
+            item = self._items.pop(0)
+            if not self._items:
+                self._items = None
+            return item
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if self._waiter is waiter:
+                self._waiter = None
+            elif waiter.done() and not waiter.cancelled():  # handed over, then cancelled
+                self._items = [waiter.result(), *(self._items or ())]
+            raise
+
+
+def slim_input_queues() -> None:
+    """Daphne's Server.create_application (4.2.3), with a SlimQueue for the input queue.
+    tests/signaling/test_daphne_tuning.py checks that upstream's is still the one mirrored."""
+    from daphne.server import Server as DaphneServer
+
+    Server: Any = DaphneServer
+    if getattr(Server, "_traverse_slim_queues", False):
+        return
+
+    def create_application(self, protocol, scope):
+        assert "application_instance" not in self.connections[protocol]
+        input_queue = SlimQueue()
+        scope.setdefault("asgi", {"version": "3.0"})
+        application_instance = self.application(
+            scope=scope,
+            receive=input_queue.get,
+            send=partial(self.handle_reply, protocol),
+        )
+        if protocol not in self.connections:
+            return None
+        self.connections[protocol]["application_instance"] = asyncio.ensure_future(
+            application_instance,
+            loop=asyncio.get_event_loop(),
+        )
+        return input_queue
+
+    Server.create_application = create_application
+    Server._traverse_slim_queues = True
+
+
+def drop_handshake_leftovers() -> None:
+    """Once a socket is open, let go of what only its handshake needed. Daphne upgrades an HTTP
+    request to a WebSocket on the same TCP transport, whose registered producer stays the HTTP
+    channel: that channel, its request, the request's Twisted headers and its buffers lived as
+    long as the socket (about 3.3 KiB; tracemalloc, and gc referrers: `transport.producer`).
+    autobahn keeps the raw request and its parsed headers too (about 1.8 KiB). Nothing reads
+    them after the handshake: Daphne logs `request.path`, which stays; the application has its
+    scope. The HTTP channel resumed the transport's reading when it handed it over, so no
+    producer is needed (autobahn registers none of its own)."""
+    from daphne.ws_protocol import WebSocketProtocol
+    from twisted.web.http import HTTPChannel
+
+    Protocol: Any = WebSocketProtocol
+    if getattr(Protocol, "_traverse_light", False):
+        return
+    upstream = Protocol.onOpen
+
+    def onOpen(self):
+        upstream(self)
+        transport = self.transport
+        channel = getattr(transport, "producer", None)
+        if isinstance(channel, HTTPChannel):
+            transport.unregisterProducer()
+            channel.requests = []  # the channel and its request refer to each other
+        self.http_request_data = b""
+        self.http_headers = {}
+        if getattr(self, "request", None) is not None:
+            self.request.headers = {}
+
+    Protocol.onOpen = onOpen
+    Protocol._traverse_light = True

@@ -3,6 +3,11 @@
 // perfect negotiation over the signaling socket (messages addressed `to` its device session),
 // ICE restart when its path breaks, and its own tile: video, path and quality. Mute/camera/screen
 // state both ways, invitations, chat, a timer, and quality reported to the server.
+// Early ICE (docs/signaling.md): while it rings, each ringing device of the callee and each
+// device in the call set up a peer connection with no media (`call.early`, by device session),
+// so answering only opens the callee's devices and attaches the tracks (replaceTrack): the
+// first remote frame follows the click within a round trip, with no page load and no
+// renegotiation. A ringing page mounts this screen hidden (ringer.js) and shows it on answer.
 // All of the call's state lives in one object, `call` (window.traverseCall, the tests' hook);
 // `call.pc`, `call.peerMedia`, `call.quality` and `call.report` describe the first peer (the
 // other party of a one-to-one call), and `call.peerList()` every peer.
@@ -40,8 +45,10 @@ function pairType(local, remote) {
   return "host";
 }
 
-export function init(root) {
-  const $ = (id) => document.getElementById(id);
+export function init(root, opts = {}) {
+  // Mounted by a ringing page (ringer.js): that page's socket, and no page of our own.
+  const mounted = !!opts.signal;
+  const $ = (id) => root.querySelector(`#${id}`);
   const data = root.dataset;
   const ui = {
     status: $("call-status"), conn: $("conn-type"), quality: $("quality"), timer: $("timer"),
@@ -50,7 +57,7 @@ export function init(root) {
     accept: $("accept"), acceptAudio: $("accept-audio"), decline: $("decline"), takeOver: $("take-over"),
     mic: $("mic"), cam: $("cam"), ringing: $("ringing-actions"), controls: $("in-call-controls"),
     inviteForm: $("invite-form"), inviteName: $("invite-username"), invites: $("invites"),
-    title: $("call-title"),
+    title: $("call-title"), warning: $("relay-warning"),
     chatForm: $("chat-form"), chatText: $("chat-text"), chatLog: $("chat-log"),
   };
   const call = (window.traverseCall = {
@@ -59,6 +66,12 @@ export function init(root) {
     kind: data.kind,
     serverState: data.state,
     ringingMe: data.ringing === "1",
+    earlyIce: data.earlyIce === "1",
+    early: new Map(), // device session -> peer negotiating before the answer (early ICE)
+    earlyErrors: [],
+    accepting: false,
+    mounted,
+    shown: !mounted, // a mounted screen shows once answered
     me: null, // my user id (from welcome)
     status: "starting",
     endReason: null,
@@ -84,11 +97,12 @@ export function init(root) {
     signal: null,
     localStream: null,
     ended: false,
-    rtcConfig: { iceServers: [] },
+    rtcConfig: { iceServers: [], iceTransportPolicy: "all" },
     peers: new Map(), // user id -> peer (one device per person in a call)
     primary: null, // the user id of the first peer: the header pills and the first tile
   });
   // The first peer, as a one-to-one call has it.
+  call.rtcConfig.iceTransportPolicy = call.forceRelay ? "relay" : "all";
   const first = () => (call.primary != null ? call.peers.get(call.primary) : null) || null;
   Object.defineProperties(call, {
     pc: { get: () => (first() ? first().pc : null) },
@@ -98,6 +112,10 @@ export function init(root) {
     report: { get: () => (first() ? first().report : null) },
     polite: { get: () => (first() ? first().polite : data.role !== "caller") },
   });
+  call.earlyList = () => [...call.early.values()].map((p) => ({
+    user: p.user, session: p.session,
+    pc: p.pc ? { signaling: p.pc.signalingState, connection: p.pc.connectionState, ice: p.pc.iceConnectionState } : null,
+  }));
   call.peerList = () => [...call.peers.values()].map((p) => ({
     user: p.user, session: p.session, name: p.name, status: p.status, media: p.media,
     quality: p.quality, path: p.report ? p.report.connectionType : null,
@@ -127,33 +145,53 @@ export function init(root) {
     clearInterval(timers.stats);
     clearInterval(timers.clock);
     for (const peer of call.peers.values()) closePeerConnection(peer);
+    closeEarly(() => true);
     if (call.localStream) for (const t of call.localStream.getTracks()) t.stop();
     if (call.screenTrack) call.screenTrack.stop();
-    if (call.signal) call.signal.close();
+    if (mounted) for (const [type, fn] of listening) signal.off(type, fn);
+    else if (call.signal) call.signal.close();
     for (const b of [ui.hangup, ui.mute, ui.camera, ui.screen, ui.accept, ui.acceptAudio, ui.decline]) if (b) b.disabled = true;
     if (reason === "busy") { tones.play("busy"); setTimeout(() => tones.stop(), 3000); }
     // Embedded (an integrator's page) there is no history page here: the ended screen stays.
-    if (redirect && data.detailUrl) setTimeout(() => { location.href = data.detailUrl; }, 3500);
+    if (redirect && data.detailUrl && call.shown) setTimeout(() => { location.href = data.detailUrl; }, 3500);
+    if (opts.onEnd) opts.onEnd(call);
   }
 
+  // Declared before anything can end the call (finish() clears them).
+  const timers = { stats: null, clock: null };
+  let refreshTimer = null;
+  // The handlers this screen added to the socket: a mounted screen takes them off when it ends,
+  // and hears only its own call.
+  const listening = [];
   if (data.state === "ended") { finish(data.endReason || "hangup"); return call; }
 
-  const signal = (call.signal = new Signal(data.wsPath));
+  const signal = (call.signal = opts.signal || new Signal(data.wsPath));
+  const PAGE_FRAMES = new Set(["welcome", "resumed", "close", "finished"]);
+  const listen = {
+    on(type, fn) {
+      const wrapped = (msg) => {
+        if (!PAGE_FRAMES.has(type) && msg && msg.call && msg.call !== call.id) return;
+        fn(msg);
+      };
+      listening.push([type, wrapped]);
+      signal.on(type, wrapped);
+      return listen;
+    },
+  };
   // A reconnect keeps this device's relays and credential grant (the server extends it).
   // The call's id: relays are chosen with its other side in mind (the relay they hold).
   // Embedded, the page has no session: the ticket it was opened with brings it in once, then
   // the device token from the welcome (reconnects, resumes, ICE refreshes).
   call.deviceToken = null;
-  signal.params = () => ({
+  if (!mounted) signal.params = () => ({
     keep: call.ice && call.ice.grant,
     call: data.call,
     ...(data.ticket ? (call.deviceToken ? { device: call.deviceToken } : { ticket: data.ticket }) : {}),
   });
-  initRinger({ signal, exceptCall: call.id });
-  const timers = { stats: null, clock: null };
+  if (!mounted) initRinger({ signal, exceptCall: call.id });
 
   // --- local media ----------------------------------------------------------------------
-  const wantVideo = data.kind === "video" && !(call.ringingMe && data.video === "0");
+  let wantVideo = data.kind === "video" && !(call.ringingMe && data.video === "0");
   async function openMedia() {
     try {
       call.localStream = await navigator.mediaDevices.getUserMedia({
@@ -168,7 +206,10 @@ export function init(root) {
       }
     }
     if (call.localStream) ui.local.srcObject = call.localStream;
-    ui.camera.hidden = !call.localStream || !call.localStream.getVideoTracks().length;
+    // Answered without the camera, a video call can still turn it on (it opens then).
+    const camera = !!call.localStream && call.localStream.getVideoTracks().length > 0;
+    ui.camera.hidden = !call.localStream || (!camera && data.kind !== "video");
+    if (!camera && data.kind === "video") { ui.camera.textContent = "Camera on"; ui.camera.classList.add("active"); }
     ui.screen.hidden = !navigator.mediaDevices.getDisplayMedia;
     await fillDevicePickers();
   }
@@ -286,20 +327,29 @@ export function init(root) {
     return tile;
   }
 
+  function newPeer({ user, session, name, username }) {
+    return {
+      user, session, name: name || username || `#${user}`, pc: null, media: null, quality: null,
+      report: null, status: "waiting", polite: call.me != null && call.me > user,
+      makingOffer: false, ignoreOffer: false, restartsInARow: 0, restartTimer: null,
+      brokenSince: null, lastSample: null, tile: null, early: false, remoteStream: null,
+    };
+  }
+
+  // A peer in the call gets its tile (and the header pills, if it is the first).
+  function seat(peer) {
+    if (call.primary == null) call.primary = peer.user;
+    call.peers.set(peer.user, peer);
+    peer.tile = tileFor(peer);
+    peer.tile.hidden = false;
+    peer.tile.dataset.user = peer.user;
+  }
+
   function upsertPeer({ user, session, name, username, media }) {
     let peer = call.peers.get(user);
     if (!peer) {
-      if (call.primary == null) call.primary = user;
-      peer = {
-        user, session, name: name || username || `#${user}`, pc: null, media: null, quality: null,
-        report: null, status: "waiting", polite: call.me != null && call.me > user,
-        makingOffer: false, ignoreOffer: false, restartsInARow: 0, restartTimer: null,
-        brokenSince: null, lastSample: null,
-      };
-      call.peers.set(user, peer);
-      peer.tile = tileFor(peer);
-      peer.tile.hidden = false;
-      peer.tile.dataset.user = user;
+      peer = newPeer({ user, session, name, username });
+      seat(peer);
     }
     if (session) peer.session = session;
     if (name) peer.name = name;
@@ -342,6 +392,59 @@ export function init(root) {
     showWho();
   }
 
+  // --- early ICE: negotiating while it rings -------------------------------------------------
+  // A device to negotiate with before the answer. In the call (the caller), this side offers;
+  // ringing, it answers the offer that comes.
+  function earlyPeer(info) {
+    if (!call.earlyIce || call.ended || call.early.has(info.session)) return;
+    if (call.joined && call.peers.has(info.user) && call.peers.get(info.user).session === info.session) return;
+    const peer = newPeer(info);
+    peer.early = true;
+    peer.offers = !!call.joined;
+    call.early.set(info.session, peer);
+    if (peer.offers) startPeerConnection(peer);
+  }
+
+  function closeEarly(which) {
+    for (const [session, peer] of [...call.early]) {
+      if (!which(peer)) continue;
+      closePeerConnection(peer);
+      call.early.delete(session);
+    }
+  }
+
+  // Send what this device sends, on a connection that was set up with nothing (no renegotiation:
+  // its transceivers are sendrecv already).
+  function attachTracks(peer) {
+    if (!peer.pc) return;
+    for (const t of peer.pc.getTransceivers()) {
+      const kind = t.receiver.track && t.receiver.track.kind;
+      const track = kind ? outgoing(kind) : null;
+      if (track && t.sender.track !== track && t.direction === "sendrecv") t.sender.replaceTrack(track).catch(() => {});
+    }
+  }
+
+  // The device that rang early is in the call now: its connection (up already, most likely)
+  // becomes the peer's, and the media starts.
+  function promote(peer) {
+    call.early.delete(peer.session);
+    peer.early = false;
+    peer.polite = call.me != null && call.me > peer.user;
+    seat(peer);
+    peer.tile.querySelector(".tile-name").textContent = peer.name;
+    showWho();
+    attachTracks(peer);
+    if (peer.remoteStream) showRemote(peer);
+    if (peer.pc && peer.pc.connectionState === "connected") onPeerConnected(peer);
+    else setPeerStatus(peer, "connecting");
+    return peer;
+  }
+
+  function showRemote(peer) {
+    peer.tile.querySelector("video").srcObject = peer.remoteStream;
+    watchFirstFrame(peer);
+  }
+
   function closePeerConnection(peer) {
     clearTimeout(peer.restartTimer);
     if (peer.pc) { peer.pc.close(); peer.pc = null; }
@@ -359,19 +462,28 @@ export function init(root) {
     closePeerConnection(peer);
     const pc = (peer.pc = new RTCPeerConnection(call.rtcConfig));
     peer.lastSample = null; // its counters start again from zero
-    let counted = false;
+    peer.counted = false;
     peer.makingOffer = false;
     peer.ignoreOffer = false;
     for (const kind of ["audio", "video"]) {
-      const track = outgoing(kind);
+      if (peer.awaitsEarlyOffer) break; // answered before the early offer came: it brings them
+      const track = peer.early ? null : outgoing(kind);
       if (track) pc.addTrack(track, call.localStream || new MediaStream([track]));
-      else if (kind === "audio" || call.kind === "video") pc.addTransceiver(kind, { direction: "recvonly" });
+      else if (kind !== "audio" && call.kind !== "video") continue;
+      // Early, the offerer's transceivers send nothing yet, but are negotiated to send: the
+      // answer only attaches the tracks. (The ringing side's come with the offer.)
+      else if (peer.early && peer.offers) pc.addTransceiver(kind, { direction: "sendrecv", streams: [call.localStream || new MediaStream()] });
+      else if (!peer.early) pc.addTransceiver(kind, { direction: "recvonly" });
     }
     const send = (type, body) => signal.send(type, call.id, { to: peer.session, ...body });
     pc.ontrack = ({ streams, track }) => {
-      const video = peer.tile.querySelector("video");
-      video.srcObject = streams[0] || new MediaStream([track]);
-      watchFirstFrame(peer);
+      // A track without a stream (the early answerer's) joins the peer's one stream.
+      if (streams[0]) peer.remoteStream = streams[0];
+      else {
+        if (!peer.remoteStream) peer.remoteStream = new MediaStream();
+        if (!peer.remoteStream.getTracks().includes(track)) peer.remoteStream.addTrack(track);
+      }
+      if (peer.tile) showRemote(peer);
     };
     pc.onicecandidateerror = (ev) => {
       (peer.candidateErrors = peer.candidateErrors || []).push(`${ev.errorCode} ${ev.errorText} ${ev.url}`);
@@ -404,6 +516,7 @@ export function init(root) {
       }
     };
     pc.onnegotiationneeded = () => {
+      if (peer.early) { if (peer.offers) makeOffer(); return; } // the ringing side only answers
       // The first offer of a pair comes from its impolite side. Both sides offering at once
       // is resolved by perfect negotiation, but the polite side's rolled-back offer left
       // Chromium's ICE gathering stalled for the answer (seen: no candidates, ICE "new", in 1
@@ -418,22 +531,13 @@ export function init(root) {
     pc.onconnectionstatechange = () => {
       if (peer.pc !== pc || call.ended) return;
       const s = pc.connectionState;
+      if (peer.early) {
+        // Ringing: nothing shows. A connection that fails early is set up again on answer.
+        if (s === "connected") call.earlyConnectedAt = call.earlyConnectedAt || performance.timeOrigin + performance.now();
+        return;
+      }
       if (s === "connected") {
-        clearTimeout(peer.restartTimer);
-        if (peer.brokenSince) {
-          call.lastRecoveryMs = Date.now() - peer.brokenSince;
-          call.recoveries += 1;
-          peer.brokenSince = null;
-        }
-        peer.restartsInARow = 0;
-        if (!call.connectedAt) { call.connectedAt = Date.now(); startClock(); }
-        // Peer connections that got connected: a call that never renegotiates keeps this at
-        // one per peer.
-        if (!counted) { counted = true; call.connections += 1; }
-        setPeerStatus(peer, "connected");
-        setStatus("connected");
-        reportConnection(peer);
-        startStats();
+        onPeerConnected(peer);
       } else if (s === "disconnected") {
         peer.brokenSince = peer.brokenSince || Date.now();
         setPeerStatus(peer, "reconnecting media");
@@ -449,6 +553,24 @@ export function init(root) {
       }
     };
     return pc;
+  }
+
+  function onPeerConnected(peer) {
+    clearTimeout(peer.restartTimer);
+    if (peer.brokenSince) {
+      call.lastRecoveryMs = Date.now() - peer.brokenSince;
+      call.recoveries += 1;
+      peer.brokenSince = null;
+    }
+    peer.restartsInARow = 0;
+    if (!call.connectedAt) { call.connectedAt = Date.now(); startClock(); }
+    // Peer connections that got connected: a call that never renegotiates keeps this at
+    // one per peer.
+    if (!peer.counted) { peer.counted = true; call.connections += 1; }
+    setPeerStatus(peer, "connected");
+    setStatus("connected");
+    reportConnection(peer);
+    startStats();
   }
 
   // A path broke (a relay died, the network changed): restart ICE on the same connection,
@@ -482,16 +604,34 @@ export function init(root) {
   }
 
   function senderOf(msg) {
+    const early = call.early.get(msg.body.fromSession);
+    if (early) return early;
     return upsertPeer({ user: msg.body.from, session: msg.body.fromSession });
   }
 
   async function onDescription(peer, description) {
+    if (peer.early && !peer.offers && description.type === "offer" && peer.pc && peer.pc.remoteDescription) {
+      // Ringing, an offer comes from a fresh connection of that device (its page joined
+      // again): this side starts afresh too (early connections never renegotiate).
+      closePeerConnection(peer);
+      peer.remoteStream = null;
+    }
     if (!peer.pc) startPeerConnection(peer);
     const pc = peer.pc;
     const collision = description.type === "offer" && (peer.makingOffer || pc.signalingState !== "stable");
     peer.ignoreOffer = !peer.polite && collision;
     if (peer.ignoreOffer) return;
+    // Whether this is the early offer is decided now: the answer may promote the peer while
+    // the offer is applied (CI: it then went out receive-only, with nothing attached).
+    const earlyOffer = description.type === "offer" && (peer.early || peer.awaitsEarlyOffer);
     await pc.setRemoteDescription(description);
+    if (earlyOffer) {
+      // Negotiated to send, though nothing is sent until the answer attaches the tracks; if
+      // it came already (while it was applied, or before it came), they go on now.
+      for (const t of pc.getTransceivers()) if (t.direction === "recvonly") t.direction = "sendrecv";
+      peer.awaitsEarlyOffer = false;
+      attachTracks(peer);
+    }
     if (description.type === "offer") {
       await pc.setLocalDescription();
       signal.send("answer", call.id, { to: peer.session, description: pc.localDescription.toJSON() });
@@ -547,6 +687,18 @@ export function init(root) {
       (await peer.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp") total += s.bytesReceived || 0; });
     }
     return total;
+  };
+  // RTP bytes sent and received on every connection, early ones included (none while it rings).
+  call.rtpBytes = async () => {
+    const out = { sent: 0, received: 0 };
+    for (const peer of [...call.peers.values(), ...call.early.values()]) {
+      if (!peer.pc) continue;
+      (await peer.pc.getStats()).forEach((s) => {
+        if (s.type === "outbound-rtp") out.sent += s.bytesSent || 0;
+        if (s.type === "inbound-rtp") out.received += s.bytesReceived || 0;
+      });
+    }
+    return out;
   };
   // What one peer's video shows: its size, and frames decoded so far.
   call.inboundVideo = async (user) => {
@@ -676,15 +828,14 @@ export function init(root) {
       (await peer.pc.getStats()).forEach((s) => {
         if (s.type !== "inbound-rtp" || call.mediaFlowingAt) return;
         if ((s.kind === "video" && s.framesDecoded > 0) || (call.kind === "voice" && s.kind === "audio" && s.totalSamplesReceived > 0)) {
-          call.mediaFlowingAt = Date.now();
+          call.mediaFlowingAt = performance.timeOrigin + performance.now(); // epoch ms, sub-ms
         }
       });
-    }, 100);
+    }, 20);
   }
 
   // TURN credentials expire (ttl); long calls fetch fresh ones before they do, so an ICE restart
   // or a new relay candidate late in the call still authenticates.
-  let refreshTimer = null;
   async function refreshIce() {
     const url = new URL(data.iceUrl, location.href);
     if (call.ice && call.ice.grant) url.searchParams.set("keep", call.ice.grant);
@@ -796,11 +947,14 @@ export function init(root) {
   // --- the call's signaling ---------------------------------------------------------------
   function enter() {
     if (call.ringingMe && !call.joined && call.serverState !== "ended") {
+      if (call.accepting) return; // answered already: acceptCall() sent it (queued while away)
       if (data.answer === "1") { signal.send("accept", call.id, { video: wantVideo }); call.answeredAt = Date.now(); return; }
       ui.ringing.hidden = false; // answer from this page
       ui.controls.hidden = true;
       setStatus("ringing");
-      tones.play("ringtone");
+      if (!mounted) tones.play("ringtone"); // a mounted screen: the page around it rings
+      // Negotiate while it rings (the page's devices stay closed): see the module header.
+      if (call.earlyIce && data.state === "ringing") earlyRef = signal.send("early", call.id);
       return;
     }
     // After a signaling drop that could not resume, the page says whether it still holds its
@@ -808,8 +962,37 @@ export function init(root) {
     signal.send("join", call.id, { resume: [...call.peers.values()].some(pcAlive), replaces: call.heldBy });
   }
 
+  // Answer: open the devices and attach them to the connections that are up already (the
+  // early ones), while the server hears of it and tells the caller, who attaches theirs.
+  async function acceptCall(video) {
+    if (call.accepting || call.joined || call.ended) return;
+    call.accepting = true;
+    call.answeredAt = performance.timeOrigin + performance.now();
+    call.shown = true;
+    tones.stop();
+    wantVideo = video && data.kind === "video";
+    ui.ringing.hidden = true;
+    setStatus("connecting");
+    await iceReady; // a mounted screen answered at once: its relays' credentials first
+    // Nothing negotiated early (an invitation into a call that goes on, early ICE off): the
+    // devices first, then the connections, which then carry them from their first offer.
+    const early = call.early.size > 0;
+    if (!early) await openMedia();
+    signal.send("accept", call.id, { video: wantVideo });
+    if (early) await openMedia();
+    call.devicesOpenAt = performance.timeOrigin + performance.now(); // for the benchmark
+    if (call.ended) { if (call.localStream) for (const t of call.localStream.getTracks()) t.stop(); return; }
+    for (const peer of call.early.values()) attachTracks(peer);
+    // Connections that came up while the devices opened: send on them too.
+    for (const kind of ["audio", "video"]) if (outgoing(kind)) await sendEverywhere(kind, outgoing(kind));
+    sendMediaState();
+  }
+  call.accept = acceptCall;
+
   function onJoined(msg) {
+    call.joinedAt = performance.timeOrigin + performance.now();
     call.joined = true;
+    call.accepting = false;
     call.ringingMe = false;
     call.serverState = msg.body.state;
     call.heldBy = signal.session;
@@ -819,7 +1002,23 @@ export function init(root) {
     ui.takeOver.hidden = true;
     root.classList.add("joined");
     sendMediaState();
-    const peers = msg.body.peers.map((p) => upsertPeer(p));
+    // Answered here: the early connections to the devices in the call are theirs now.
+    const promoted = new Set();
+    const peers = msg.body.peers.map((p) => {
+      const early = call.early.get(p.session);
+      // Answered before the caller's early offer came (a quick click on a busy machine): that
+      // offer is still the connection. Starting one of our own instead raced it, and the media
+      // went out on transceivers the offer never negotiated (connected, but nothing received).
+      if (early && !early.pc && !early.offers) early.awaitsEarlyOffer = true;
+      if (early && (pcAlive(early) || early.awaitsEarlyOffer)) {
+        promoted.add(promote(early));
+        if (p.media) showPeerMedia(early, p.media);
+        return early;
+      }
+      return upsertPeer(p);
+    });
+    closeEarly(() => true);
+    for (const e of msg.body.early || []) earlyPeer(e); // in the call: ringing devices to set up
     if (!peers.length) {
       setStatus("ringing");
       if (call.role === "caller" && msg.body.state === "ringing") { tones.play("ringback"); ui.hangup.textContent = "Cancel"; }
@@ -828,14 +1027,17 @@ export function init(root) {
     tones.stop();
     for (const peer of peers) {
       if (msg.body.resumed && pcAlive(peer)) continue;
+      if (promoted.has(peer)) continue;
       setPeerStatus(peer, "connecting");
       startPeerConnection(peer);
     }
     if (msg.body.resumed && first() && pcAlive(first())) setStatus(first().pc.connectionState === "connected" ? "connected" : first().pc.connectionState);
-    else setStatus("connecting");
+    else setStatus(anyConnected() ? "connected" : "connecting");
   }
 
-  signal
+  let earlyRef = null;
+  let iceReady = Promise.resolve(); // a mounted screen's credentials (the call page's come in its welcome)
+  listen
     .on("welcome", (msg) => {
       call.signalingSessions += 1;
       if (msg.body.deviceToken) call.deviceToken = msg.body.deviceToken;
@@ -851,11 +1053,18 @@ export function init(root) {
         clearTimeout(refreshTimer);
         refreshTimer = setTimeout(() => refreshIce().catch((err) => showError(`Could not refresh relay credentials: ${err.message}`)), msg.body.iceError.retryAfter * 1000);
       }
-      call.rtcConfig = { iceServers: call.ice ? call.ice.iceServers : [], iceTransportPolicy: call.forceRelay ? "relay" : "all" };
+      call.rtcConfig = { ...call.rtcConfig, iceServers: call.ice ? call.ice.iceServers : [] };
       for (const peer of call.peers.values()) if (pcAlive(peer)) peer.pc.setConfiguration(call.rtcConfig);
       enter();
     })
-    .on("resumed", () => { call.signalingSessions += 1; })
+    .on("resumed", () => {
+      call.signalingSessions += 1;
+      // The server's side of the socket is new: it hears again that this device rings early.
+      if (earlyRef && call.ringingMe && !call.joined && !call.accepting) earlyRef = signal.send("early", call.id);
+    })
+    .on("early-ready", (msg) => { for (const p of msg.body.peers) earlyPeer(p); })
+    .on("early-peer", (msg) => earlyPeer(msg.body))
+    .on("early-left", (msg) => closeEarly((p) => p.session === msg.body.session))
     .on("close", () => { call.signalingDrops += 1; })
     .on("finished", (msg) => { if (!call.ended && msg.code === 4401) finish("hangup"); })
     .on("joined", onJoined)
@@ -864,6 +1073,20 @@ export function init(root) {
       if (msg.body.state === "connecting") { tones.stop(); ui.hangup.textContent = "Hang up"; }
     })
     .on("peer-joined", (msg) => {
+      const early = call.early.get(msg.body.session);
+      // The device that answered rang early: its connection is up; the others' are done.
+      closeEarly((p) => p.user === msg.body.user && p !== early);
+      if (early && pcAlive(early)) {
+        promote(early);
+        if (!call.answeredAt) call.answeredAt = Date.now();
+        tones.stop();
+        ui.hangup.textContent = "Hang up";
+        invite({ id: early.user }, "joined");
+        if (early.pc.connectionState !== "connected") setStatus("connecting");
+        sendMediaState();
+        return;
+      }
+      if (early) closeEarly((p) => p === early);
       const peer = upsertPeer(msg.body);
       if (!call.answeredAt) call.answeredAt = Date.now();
       tones.stop();
@@ -907,6 +1130,7 @@ export function init(root) {
     .on("error", (msg) => {
       const code = msg.body.code;
       if (msg.call && msg.call !== call.id) return;
+      if (msg.ref && msg.ref === earlyRef) { call.earlyErrors.push(code); return; } // it negotiates after the answer
       if (msg.ref && msg.ref === inviteRef) {
         call.inviteError = { code, message: msg.body.message };
         ui.invites.hidden = false;
@@ -931,13 +1155,8 @@ export function init(root) {
     const ringingCaller = call.role === "caller" && call.serverState === "ringing";
     signal.send(ringingCaller ? "cancel" : "hangup", call.id);
   });
-  ui.accept.addEventListener("click", () => { call.answeredAt = Date.now(); tones.stop(); signal.send("accept", call.id, { video: wantVideo }); });
-  ui.acceptAudio.addEventListener("click", () => {
-    call.answeredAt = Date.now();
-    tones.stop();
-    if (call.localStream) for (const t of call.localStream.getVideoTracks()) t.enabled = false;
-    signal.send("accept", call.id, { video: false });
-  });
+  ui.accept.addEventListener("click", () => acceptCall(true));
+  ui.acceptAudio.addEventListener("click", () => acceptCall(false));
   ui.decline.addEventListener("click", () => signal.send("decline", call.id));
   ui.takeOver.addEventListener("click", () => signal.send("take-over", call.id));
   ui.mute.addEventListener("click", () => {
@@ -949,9 +1168,24 @@ export function init(root) {
     ui.mute.classList.toggle("active", muted);
     sendMediaState();
   });
-  ui.camera.addEventListener("click", () => {
+  ui.camera.addEventListener("click", async () => {
     if (!call.localStream) return;
     const tracks = call.localStream.getVideoTracks();
+    if (!tracks.length) {
+      try {
+        const fresh = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 } });
+        const track = fresh.getVideoTracks()[0];
+        call.localStream.addTrack(track);
+        ui.local.srcObject = call.localStream;
+        if (!call.screenTrack) await sendEverywhere("video", track);
+        ui.camera.textContent = "Camera off";
+        ui.camera.classList.remove("active");
+        sendMediaState();
+      } catch (err) {
+        showError(`Could not turn the camera on: ${err.message}`);
+      }
+      return;
+    }
     const off = tracks.some((t) => t.enabled);
     tracks.forEach((t) => { t.enabled = !off; });
     ui.camera.textContent = off ? "Camera on" : "Camera off";
@@ -960,9 +1194,20 @@ export function init(root) {
   });
   ui.screen.addEventListener("click", () => (call.screenTrack ? stopScreenShare() : startScreenShare()));
 
-  openMedia().finally(() => signal.connect());
+  // A ringing callee's camera and microphone stay closed until they answer.
+  const media = call.ringingMe && data.answer !== "1" && data.state !== "ended" ? Promise.resolve() : openMedia();
+  if (mounted) {
+    // The page's socket is up (or coming back: its welcome enters then). It carries no relay
+    // credentials (?ice=0): this call's come over HTTP, before anything is negotiated.
+    call.me = signal.welcome ? signal.welcome.body.user.id : null;
+    call.signalingSessions = signal.welcome ? 1 : 0; // the page's, which this screen shares
+    iceReady = refreshIce().catch((err) => showError(`Could not get relay credentials: ${err.message}`));
+    iceReady.then(() => { if (signal.ready && !call.ended) enter(); });
+  } else {
+    media.finally(() => signal.connect());
+  }
   return call;
 }
 
 const root = document.getElementById("call");
-if (root) init(root);
+if (root && !root.closest(".call-overlay")) init(root);

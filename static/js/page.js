@@ -23,7 +23,7 @@ export function init(body = document.body) {
       page.online = false;
       if (status()) status().textContent = "Offline: reconnecting…";
     });
-  page.ringer = initRinger({ signal });
+  page.ringer = initRinger({ signal, mount: true });
   signal.connect();
   window.traverseHome = page; // the browser tests' hook (and for debugging)
   return page;

@@ -1,12 +1,14 @@
 // Incoming calls on any page: a banner with answer and decline, the ringtone (once the page has
 // had a gesture), a flashing title and favicon, and a system notification when the user allowed
 // them. The first answer on any device wins; the others are told "answered on another device".
+// On a page that isn't a call (`mount`), the call screen is mounted hidden while it rings, and
+// negotiates with the caller then (early ICE, call.js): answering shows it, with no page load.
 import * as tones from "./tones.js";
 
 const MISSED = new Set(["no_answer", "cancelled"]);
 
-export function initRinger({ signal, root = document.getElementById("ringer"), exceptCall = null }) {
-  const state = (window.traverseRinger = { ringing: [], notices: [], tone: tones.toneState });
+export function initRinger({ signal, root = document.getElementById("ringer"), exceptCall = null, mount = false }) {
+  const state = (window.traverseRinger = { ringing: [], notices: [], tone: tones.toneState, mounted: null, ringAt: {} });
   if (!root) return state;
   const callUrl = (id) => root.dataset.callUrl.replace("00000000-0000-0000-0000-000000000000", id);
   const list = root.querySelector("ul");
@@ -63,7 +65,7 @@ export function initRinger({ signal, root = document.getElementById("ringer"), e
     what.textContent = ` · ${kind === "voice" ? "voice" : "video"} call`;
     const actions = document.createElement("span");
     actions.className = "actions";
-    const answer = (video) => () => { location.href = `${callUrl(id)}?answer=1&video=${video ? 1 : 0}`; };
+    const answer = (video) => () => answerCall(id, video);
     if (kind !== "voice") actions.append(button("Answer", "primary", "accept-video", answer(true)));
     actions.append(
       button(kind === "voice" ? "Answer" : "Answer without camera", kind === "voice" ? "primary" : "", "accept-audio", answer(false)),
@@ -78,6 +80,59 @@ export function initRinger({ signal, root = document.getElementById("ringer"), e
     }
     calls.set(id, { li, from, kind, notification });
     refresh();
+    // When the banner is on screen (the frame that paints it): for the benchmark.
+    requestAnimationFrame(() => { state.ringAt[id] = performance.timeOrigin + performance.now(); });
+    if (mount && root.dataset.earlyIce === "1" && !screen) mountCall(id);
+  }
+
+  // --- the call screen, mounted while it rings ---------------------------------------------
+  let screen = null; // {id, overlay, call, ready: Promise}
+
+  function mountCall(id) {
+    const overlay = document.createElement("div");
+    overlay.className = "call-overlay";
+    overlay.hidden = true;
+    const current = (screen = { id, overlay, call: null });
+    screen.ready = (async () => {
+      const res = await fetch(`${callUrl(id)}?fragment=1`, { credentials: "same-origin" });
+      if (!res.ok || screen !== current) throw new Error(`HTTP ${res.status}`);
+      overlay.innerHTML = await res.text(); // our own template, rendered for this user
+      const section = overlay.querySelector("#call");
+      if (!section || section.dataset.ringing !== "1") throw new Error("not ringing here");
+      document.body.append(overlay);
+      const { init } = await import("./call.js");
+      if (screen !== current) throw new Error("gone");
+      current.call = init(section, { signal, onEnd: () => unmount(current) });
+      state.mounted = { call: id, shown: false };
+      return current.call;
+    })().catch(() => { if (screen === current) unmount(current); return null; });
+  }
+
+  function unmount(which) {
+    if (screen !== which) return;
+    screen = null;
+    if (!which.call || !which.call.shown) {
+      which.overlay.remove();
+      state.mounted = null;
+    }
+  }
+
+  async function answerCall(id, video) {
+    const mine = screen && screen.id === id ? screen : null;
+    const call = mine ? await mine.ready : null;
+    if (!call || call.ended) {
+      location.href = `${callUrl(id)}?answer=1&video=${video ? 1 : 0}`;
+      return;
+    }
+    call.accept(video);
+    stopRinging(id, null);
+    mine.overlay.hidden = false;
+    document.body.classList.add("in-call");
+    state.mounted = { call: id, shown: true };
+    // The address is the call's (a reload lands on the call page, which takes the call over);
+    // Back leaves the call, as it does from the call page.
+    history.pushState({ call: id }, "", callUrl(id));
+    window.addEventListener("popstate", () => location.reload(), { once: true });
   }
 
   function notice(id, text) {

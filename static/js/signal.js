@@ -37,6 +37,12 @@ export class Signal {
     return this;
   }
 
+  off(type, fn) {
+    const list = this.handlers.get(type);
+    if (list) this.handlers.set(type, list.filter((f) => f !== fn));
+    return this;
+  }
+
   // A listener that throws must not stop the others, nor the reconnect that follows a close.
   dispatch(type, msg) {
     for (const fn of [...(this.handlers.get(type) || []), ...(this.handlers.get("*") || [])]) {

@@ -27,12 +27,15 @@ from tests.integrations.test_api_keys import bearer, make_key
 pytestmark = pytest.mark.django_db
 
 NOW = timezone.now()
+# "Today's" calls start halfway through NOW's day: an hour before NOW would be yesterday when
+# the suite runs just after midnight (it did, in CI, at 00:10).
+TODAY = (NOW - timezone.localtime(NOW).replace(hour=0, minute=0, second=0, microsecond=0)) / 2
 
 
 def a_call(
-    a, b, *, paths, ago=timedelta(hours=1), minutes=5.0, failed=False, relay=None, types=("", "")
+    a, b, *, paths, ago=TODAY, at=None, minutes=5.0, failed=False, relay=None, types=("", "")
 ):
-    started = NOW - ago
+    started = at or NOW - ago
     call = Call.objects.create(
         created_by=a,
         state=CallState.ENDED,
@@ -167,3 +170,17 @@ def test_an_invitee_who_never_joined_does_not_hide_a_calls_path(alice, bob, char
     call = Call.objects.prefetch_related("participants").get(pk=call.pk)
     assert call.path_summary == "direct"
     assert sum(d["direct"] for d in path_stats(days=1, now=NOW)["days"]) == 1
+
+
+@pytest.mark.parametrize("hour", [0, 23])
+def test_a_day_is_the_calendar_day_whatever_the_hour(alice, bob, hour):
+    """Figures for a window ending at `now` count the calls of `now`'s day from its midnight,
+    and none after `now`'s day, at any hour: a minute after midnight and a minute before."""
+    now = timezone.localtime(NOW).replace(hour=hour, minute=1 if hour == 0 else 59)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    a_call(alice, bob, paths=("srflx", "srflx"), at=midnight)  # today
+    a_call(alice, bob, paths=("relay", "relay"), at=midnight - timedelta(seconds=1))  # yesterday
+    a_call(alice, bob, paths=("host", "host"), at=midnight + timedelta(days=1))  # tomorrow
+    days = path_stats(days=2, now=now)["days"]
+    assert [d["day"] for d in days] == [midnight.date() - timedelta(days=1), midnight.date()]
+    assert [(d["direct"], d["relayed"]) for d in days] == [(0, 1), (1, 0)]

@@ -182,6 +182,29 @@ def wait_until(page, expression: str, timeout: float = 20_000, arg=None):
 CONNECTED = "window.traverseCall && window.traverseCall.status === 'connected'"
 
 
+MEDIA_STATE = """async () => {
+  const out = [];
+  const c = window.traverseCall;
+  for (const [where, peers] of [["peer", c.peers], ["early", c.early]]) {
+    for (const p of peers.values()) {
+      const t = p.pc ? p.pc.getTransceivers().map((x) => ({
+        mid: x.mid, direction: x.direction, current: x.currentDirection,
+        sends: x.sender.track ? x.sender.track.kind : null, receives: x.receiver.track.kind,
+      })) : null;
+      out.push({ where, user: p.user, session: p.session, state: p.pc && p.pc.connectionState,
+        signaling: p.pc && p.pc.signalingState, transceivers: t });
+    }
+  }
+  return { status: c.status, rtp: await c.rtpBytes(), peers: out };
+}"""
+
+
+def media_state(page) -> dict:
+    """What a call page's connections negotiated and carry: for the message of a failed media
+    assertion (which side stopped sending, and on which transceiver)."""
+    return page.evaluate(MEDIA_STATE)
+
+
 def sweep_through_worker() -> dict:
     """One real sweep, run by the Celery worker process (not eager mode)."""
     from relays.tasks import sweep_relays
@@ -219,7 +242,9 @@ def answer(callee_page, *, video: bool = True) -> None:
     """The callee answers from the ringing banner (any page of the site)."""
     wait_until(callee_page, RINGING, timeout=10_000)
     callee_page.click(f"#ringer [data-action=accept-{'video' if video else 'audio'}]")
-    callee_page.wait_for_url("**/calls/*/?answer=1*")
+    # The call screen was mounted while it rang (early ICE): it shows, and the address becomes
+    # the call's, with no page load (a page without it navigates to the call page instead).
+    callee_page.wait_for_url("**/calls/*/*")
 
 
 def dial_and_answer(caller_page, callee_page, callee: str) -> None:

@@ -159,9 +159,13 @@ def test_signaling_restarted_mid_call_media_never_stops(
     connected = CONNECTED
     for page in (a, b):
         wait_until(page, "window.traverseCall.report !== null")
+        # "Connected" comes before the media (the connection was up while it rang): the claim
+        # is that media that flows keeps flowing through the fault, so it flows first.
+        wait_until(page, "window.traverseCall.mediaFlowingAt !== null", timeout=10_000)
     call = Call.objects.get()
     joined_at = {p.user_id: p.joined_at for p in call.participants.all()}
     bytes_before = {p: p.evaluate("window.traverseCall.inboundBytes()") for p in (a, b)}
+    assert all(bytes_before.values()), bytes_before
 
     if fault == "redis":
         private_redis.kill()

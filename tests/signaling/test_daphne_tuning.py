@@ -80,3 +80,261 @@ def test_the_sweeps_are_thinned_once_and_still_reschedule_themselves():
     finally:
         Server.application_checker, Server.timeout_checker = original
         Server._traverse_thinned = False
+
+
+EAGER_SERVER = r"""
+import json, sys
+from twisted.internet import asyncioreactor
+asyncioreactor.install()
+from twisted.internet import protocol, reactor
+if sys.argv[1] == "eager":
+    from signaling.under_daphne import eager_tcp_writes
+    eager_tcp_writes()
+    eager_tcp_writes()  # twice: applied once
+queued = [0]
+add_writer = reactor.addWriter
+def counting_add_writer(writer):
+    queued[0] += 1
+    add_writer(writer)
+reactor.addWriter = counting_add_writer
+
+class Sender(protocol.Protocol):
+    def connectionMade(self):
+        for i in range(200):  # small frames, as a signaling socket writes them
+            self.transport.write(b"small %03d\n" % i)
+        self.small = queued[0]
+        blob = bytes(range(256)) * 256  # 64 KiB
+        for i in range(128):  # 8 MiB: more than the reader's socket takes, so some is queued
+            self.transport.write(b"%06d" % i + blob)
+        self.transport.write(b"END")
+        print(json.dumps({"small": self.small, "all": queued[0]}), flush=True)
+        self.transport.loseConnection()  # after what is queued has gone out
+    def connectionLost(self, reason):
+        reactor.callLater(0, reactor.stop)
+
+port = reactor.listenTCP(0, protocol.Factory.forProtocol(Sender), interface="127.0.0.1")
+print(port.getHost().port, flush=True)
+reactor.run()
+"""
+
+
+@pytest.mark.parametrize("mode", ["eager", "upstream"])
+def test_eager_writes_send_at_once_and_queue_the_rest_in_order(mode):
+    """signaling.under_daphne.eager_tcp_writes: a write with nothing queued before it goes out
+    at once (no writer registered with the reactor, so no epoll_ctl and no extra loop turn);
+    one the socket can't take whole is queued, in order, and a close waits for it. A reader
+    with a small receive buffer that starts late makes the sender's socket full."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EAGER_SERVER, mode],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        port = int(proc.stdout.readline())
+        reader = socket.socket()
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.connect(("127.0.0.1", port))
+        counts = json.loads(proc.stdout.readline())  # written (or queued) before we read any
+        received = bytearray()
+        while chunk := reader.recv(65536):
+            received += chunk
+        reader.close()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+    blob = bytes(range(256)) * 256
+    expected = b"".join(b"small %03d\n" % i for i in range(200))
+    expected += b"".join(b"%06d" % i + blob for i in range(128)) + b"END"
+    assert len(received) == len(expected) and received == expected  # whole, in order
+    if mode == "eager":
+        assert counts["small"] == 0  # the 200 small writes went out at once
+        assert counts["all"] >= 1  # the socket filled: the rest was queued
+    else:
+        assert counts["small"] == 200  # upstream: every write queued, a writer asked for each
+
+
+# Daphne 4.2.3's Server.create_application, as slim_input_queues mirrors it (asyncio.Queue
+# there, SlimQueue here). An upgrade of Daphne that changes it fails here, on purpose.
+UPSTREAM_CREATE_APPLICATION = [
+    'assert "application_instance" not in self.connections[protocol]',
+    "input_queue = asyncio.Queue()",
+    'scope.setdefault("asgi", {"version": "3.0"})',
+    "application_instance = self.application(",
+    "scope=scope,",
+    "receive=input_queue.get,",
+    "send=partial(self.handle_reply, protocol),",
+    ")",
+    "if protocol not in self.connections:",
+    "return None",
+    'self.connections[protocol]["application_instance"] = asyncio.ensure_future(',
+    "application_instance,",
+    "loop=asyncio.get_event_loop(),",
+    ")",
+    "return input_queue",
+]
+
+
+def code_lines(function) -> list[str]:
+    import inspect
+
+    lines = [line.strip() for line in inspect.getsource(function).splitlines()[1:]]
+    in_docstring, out = False, []
+    for line in lines:
+        if line.startswith('"""'):
+            in_docstring = not (in_docstring or line.endswith('"""') and len(line) > 3)
+            continue
+        if in_docstring or not line or line.startswith("#"):
+            continue
+        out.append(line.split("  #")[0])
+    return out
+
+
+def test_the_slim_input_queue_mirrors_daphnes_own_create_application():
+    from daphne.server import Server
+
+    from signaling.under_daphne import slim_input_queues
+
+    assert code_lines(Server.__dict__["create_application"]) == UPSTREAM_CREATE_APPLICATION or (
+        getattr(Server, "_traverse_slim_queues", False)
+    )
+    slim_input_queues()
+    mirrored = code_lines(Server.create_application)
+    assert mirrored == [
+        "input_queue = SlimQueue()" if line == "input_queue = asyncio.Queue()" else line
+        for line in UPSTREAM_CREATE_APPLICATION
+    ]
+
+
+async def test_the_slim_queue_keeps_order_and_loses_nothing_to_a_cancelled_get():
+    from signaling.under_daphne import SlimQueue
+
+    q = SlimQueue()
+    for i in range(3):
+        q.put_nowait(i)
+    assert q.qsize() == 3 and [await q.get() for _ in range(3)] == [0, 1, 2] and q.empty()
+
+    # A getter waits, and is handed the next item.
+    getter = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    q.put_nowait("a")
+    q.put_nowait("b")
+    assert await getter == "a" and await q.get() == "b"
+
+    # Cancelled while waiting: nothing taken, and the next getter gets what comes.
+    getter = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    getter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await getter
+    q.put_nowait("c")
+    assert await q.get() == "c"
+
+    # Handed an item, then cancelled before it ran: the item goes back to the front.
+    getter = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    q.put_nowait("d")
+    q.put_nowait("e")
+    getter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await getter
+    assert [await q.get(), await q.get()] == ["d", "e"] and q.empty()
+
+
+LEFTOVERS_SERVER = r"""
+import gc, json, sys, threading, time
+from daphne.server import Server  # installs Twisted's asyncio reactor
+from twisted.internet import reactor
+if sys.argv[1] == "light":
+    from signaling.under_daphne import drop_handshake_leftovers
+    drop_handshake_leftovers()
+
+async def app(scope, receive, send):
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] == "websocket.receive":
+        await send({"type": "websocket.send", "text": message["text"]})
+
+def held():  # what is still referred to (cycles of garbage aside)
+    gc.collect()
+    names = ("HTTPChannel", "WebRequest", "Headers")
+    kinds = [type(o) for o in gc.get_objects()]
+    return {
+        n: sum(1 for k in kinds if k.__name__ == n and k.__module__.startswith(("twisted", "daphne")))
+        for n in names
+    }
+
+out = {}
+def client():
+    from websockets.sync.client import connect
+    for _ in range(100):
+        try:
+            sockets = [connect(f"ws://127.0.0.1:{sys.argv[2]}/ws/") for _ in range(3)]
+            break
+        except OSError:
+            time.sleep(0.1)
+    for i, ws in enumerate(sockets):
+        ws.send(f"hello {i}")
+        out.setdefault("echo", []).append(ws.recv(timeout=5))
+    done = threading.Event()
+    def sweep_and_count():  # Daphne's sweep forgets the upgraded HTTP requests; then count
+        server.application_checker()
+        out.update(held=held())
+        done.set()
+    reactor.callFromThread(sweep_and_count)
+    done.wait(5)
+    for i, ws in enumerate(sockets):  # still working after the leftovers went
+        ws.send(f"again {i}")
+        out["echo"].append(ws.recv(timeout=5))
+        ws.close()
+    print(json.dumps(out), flush=True)
+    reactor.callFromThread(reactor.stop)
+
+threading.Thread(target=client, daemon=True).start()
+server = Server(
+    application=app,
+    endpoints=[f"tcp:port={sys.argv[2]}:interface=127.0.0.1"],
+    signal_handlers=False,
+)
+server.run()
+"""
+
+
+@pytest.mark.parametrize("mode", ["light", "upstream"])
+def test_an_open_socket_lets_go_of_its_http_handshake(mode):
+    """signaling.under_daphne.drop_handshake_leftovers, in a real Daphne: upstream, each open
+    socket keeps the HTTP channel and request it was upgraded from (the transport's producer),
+    with their Twisted headers; here none is left, and the sockets still carry frames."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import free_port
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", LEFTOVERS_SERVER, mode, str(free_port())],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["echo"] == [f"hello {i}" for i in range(3)] + [f"again {i}" for i in range(3)]
+    if mode == "light":
+        assert out["held"] == {"HTTPChannel": 0, "WebRequest": 0, "Headers": 0}
+    else:
+        assert out["held"]["HTTPChannel"] == 3 and out["held"]["WebRequest"] == 3
