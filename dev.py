@@ -491,7 +491,7 @@ def _local_relay(env: dict) -> list[str] | None:
         )
         return None
     sys.path.insert(0, str(ROOT))
-    from relays.coturn import render_coturn_config, statsdb_option
+    from relays.coturn import render_coturn_config, run_command_relay_options, statsdb_option
 
     state = VAR / "coturn"
     state.mkdir(parents=True, exist_ok=True)
@@ -505,6 +505,12 @@ def _local_relay(env: dict) -> list[str] | None:
     except ValueError as exc:
         say(f"the local relay publishes no allocations (load counts grants instead): {exc}")
         stats = []
+    own = run_command_relay_options()
+    if not own:
+        say(
+            "127.0.0.2 can't be bound here: the local relay can't relay between two browsers on this "
+            "machine (they still connect directly where their host addresses allow it)."
+        )
     (state / "turnserver.conf").write_text(
         render_coturn_config(
             listen_ip="127.0.0.1",
@@ -516,6 +522,7 @@ def _local_relay(env: dict) -> list[str] | None:
             state_dir=str(state),
             log_file=str(state / "turn.log"),
             extra=stats,
+            **own,
         )
     )
     (state / "turnserver.conf").chmod(0o600)
@@ -540,6 +547,11 @@ def _local_relay(env: dict) -> list[str] | None:
     )
     say(
         f"local relay 'local' on 127.0.0.1:{port} (coturn, log in {state / 'turn.log'}); the worker probes it every sweep"
+        + (
+            f"; it relays between browsers on this machine (from {own['relay_ip']}, the one peer address it lets through)"
+            if own
+            else ""
+        )
     )
     return [turnserver, "-c", str(state / "turnserver.conf")]
 

@@ -8,6 +8,9 @@ loopback addresses (the SSRF class of CVE-2020-26262 and CVE-2026-27624).
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 # Peers a relay must never reach: loopback, RFC 1918, link-local (cloud metadata), CGNAT,
@@ -42,6 +45,7 @@ def render_coturn_config(
     max_port: int = 49200,
     relay_ip: str | None = None,
     allow_loopback_peers: bool = False,
+    between_own_allocations: bool = False,
     log_file: str = "stdout",
     tls_port: int | None = None,
     cert: str | None = None,
@@ -49,7 +53,23 @@ def render_coturn_config(
     extra: list[str] | None = None,
 ) -> str:
     """A turnserver.conf. `allow_loopback_peers` is for loopback-only test rigs, never production:
-    it is the only way two browsers on one machine can meet through a relay bound to 127.0.0.1."""
+    every loopback and private peer is let through.
+
+    `between_own_allocations` is the safe way for two browsers on one machine to meet through a
+    relay bound to loopback (the run command's local relay): the relay relays from an address of
+    its own on loopback (`relay_ip`, e.g. 127.0.0.2), and lets through that one address as a
+    peer, which is where its other allocations are. Every range stays denied otherwise, so the
+    safety audit still finds 127.0.0.1, ::1 and the private ranges refused."""
+    if between_own_allocations:
+        if allow_loopback_peers:
+            raise ValueError("between_own_allocations narrows the denied ranges; don't combine it")
+        if relay_ip is None or not ipaddress.ip_address(relay_ip).is_loopback:
+            raise ValueError("between_own_allocations needs a relay_ip on loopback")
+        if relay_ip == listen_ip:
+            raise ValueError(
+                "between_own_allocations needs a relay_ip of its own: letting the listening "
+                "address through would let peers reach whatever else listens there"
+            )
     lines = [
         f"listening-ip={listen_ip}",
         f"listening-port={port}",
@@ -76,9 +96,30 @@ def render_coturn_config(
     if allow_loopback_peers:
         lines.append("allow-loopback-peers")
     else:
+        if between_own_allocations:
+            # coturn checks allowed-peer-ip before denied-peer-ip, and loopback peers only
+            # when allow-loopback-peers is on: together, this one loopback address and no other.
+            lines += ["allow-loopback-peers", f"allowed-peer-ip={relay_ip}"]
         lines += [f"denied-peer-ip={r}" for r in DENIED_PEER_RANGES]
     lines += extra or []
     return "\n".join(lines) + "\n"
+
+
+# Where the run command's local relay relays from: an address of its own on loopback, so that
+# letting its allocations reach each other lets nothing else on 127.0.0.1 through.
+RUN_COMMAND_RELAY_IP = "127.0.0.2"
+
+
+def run_command_relay_options() -> dict[str, Any]:
+    """render_coturn_config's options for the run command's local relay (listening on 127.0.0.1):
+    relaying between its own allocations from RUN_COMMAND_RELAY_IP, where it can be bound (all
+    of 127.0.0.0/8 is loopback on Linux; macOS has only 127.0.0.1 unless told), else nothing."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((RUN_COMMAND_RELAY_IP, 0))
+    except OSError:
+        return {}
+    return {"relay_ip": RUN_COMMAND_RELAY_IP, "between_own_allocations": True}
 
 
 def statsdb_option(redis_url: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from relays.coturn import render_coturn_config
+from relays.coturn import render_coturn_config, run_command_relay_options
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -196,7 +196,8 @@ def coturn(tmp_path, request):
     faketime with its clock that far off ("+600s"). netns: run it in a namespace from the
     relay_netns fixture, on that namespace's own address. host: listen on another address of
     this namespace (the NAT lab's); tls_port: the turns: port (else a free one); certificate:
-    (cert, key) files for it (else a self-signed one for 127.0.0.1).
+    (cert, key) files for it (else a self-signed one for 127.0.0.1). like_run_command: configured
+    as `dev.py run`'s local relay (safe, and relaying between its own allocations on loopback).
     """
     binary = need_binary("turnserver")
     started: list[Coturn] = []
@@ -214,6 +215,7 @@ def coturn(tmp_path, request):
         host: str | None = None,
         tls_port: int | None = None,
         certificate: tuple[str, str] | None = None,
+        like_run_command: bool = False,
     ) -> Coturn:
         secret = secret or secrets.token_urlsafe(24)
         port = free_port()
@@ -240,12 +242,13 @@ def coturn(tmp_path, request):
                 state_dir=str(state),
                 min_port=lo,
                 max_port=hi,
-                allow_loopback_peers=allow_loopback_peers,
+                allow_loopback_peers=allow_loopback_peers and not like_run_command,
                 log_file=str(state / "turn.log"),
                 tls_port=tls_port,
                 cert=cert,
                 pkey=key,
                 extra=more,
+                **(run_command_relay_options() if like_run_command else {}),
             )
         )
         argv = [binary, "-c", str(conf)]

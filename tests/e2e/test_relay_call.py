@@ -99,6 +99,41 @@ def test_two_browsers_call_through_the_assigned_relay(
     b.context.close()
 
 
+def test_two_browsers_on_one_machine_call_through_the_run_commands_relay(
+    services, browser, coturn, alice, bob, password
+):
+    """Someone trying Traverse with `dev.py run` on one machine calls between two windows. Its
+    local relay passes the safety audit, with no override, and still carries the call: it
+    relays between its own allocations, from 127.0.0.2. (Before, it refused all of loopback and
+    such a call failed 'no network path' right after the answer.)"""
+    server = coturn(like_run_command=True)
+    relay = relay_create(
+        allow_private=True,
+        private_reason="the run command's local relay, on loopback",
+        name="local",
+        urls=server.urls,
+        secret=server.secret,
+    )
+    assert sweep_through_worker() == {"local": "up"}
+    relay.refresh_from_db()
+    assert not relay.unsafe and not relay.unsafe_override and relay.accepted_peers == []
+
+    a = sign_in(browser, services["base"], "alice", password)
+    b = sign_in(browser, services["base"], "bob", password)
+    dial_and_answer(a, b, "bob")
+    for page in (a, b):
+        pair = wait_until(page, "window.traverseCall.selectedPair()", timeout=5_000)
+        assert pair["connectionType"] == "relay" and pair["relayUrl"] in server.urls, pair
+        assert pair["localCandidate"].startswith("127.0.0.2:"), pair
+    for page in (a, b):  # media flows both ways
+        start = page.evaluate("window.traverseCall.inboundBytes()")
+        wait_until(page, f"window.traverseCall.inboundBytes().then((n) => n > {start} + 20000)")
+    a.click("#hangup")
+    b.wait_for_url("**/details/", timeout=10_000)
+    a.context.close()
+    b.context.close()
+
+
 def test_relay_with_wrong_secret_is_marked_down_and_never_assigned(
     services, coturn, alice, client, password
 ):

@@ -103,8 +103,11 @@ def test_the_deploy_example_passes_the_audit(tmp_path):
 
 
 def test_the_local_relay_of_the_run_command_passes_the_audit(coturn):
-    # dev.py renders the local relay with the same defaults as this fixture's safe relays.
-    server = coturn(allow_loopback_peers=False)
+    """dev.py run's relay (relays.coturn.run_command_relay_options) refuses every audited peer
+    and still relays between its own allocations: the data plane is measured through it, which
+    a relay refusing all of loopback can't be (its allocations are on loopback)."""
+    server = coturn(like_run_command=True)
+    assert "allowed-peer-ip=127.0.0.2" in server.conf.read_text()
     relay = relay_create(
         allow_private=True,
         private_reason="a test rig on loopback",
@@ -112,9 +115,48 @@ def test_the_local_relay_of_the_run_command_passes_the_audit(coturn):
         urls=server.urls,
         secret=server.secret,
     )
-    relay_sweep()
+    (outcome,) = relay_sweep()
     relay.refresh_from_db()
     assert not relay.unsafe and relay.accepted_peers == [] and relay.status == "up"
+    assert sorted(outcome.report.audit.refused) == sorted(AUDIT_PEERS)
+    dp = outcome.report.data_plane
+    assert dp.ok and not dp.not_measurable and dp.sent == dp.received == 10, dp
+    assert relay.last_loss == 0
+
+
+def test_a_safe_loopback_relay_can_not_measure_its_data_plane(coturn):
+    """The baseline for the test above: refusing all of loopback, a relay on 127.0.0.1 can't
+    relay between its own allocations, and the sweep says so rather than call it loss."""
+    server = coturn(allow_loopback_peers=False)
+    relay_create(
+        allow_private=True,
+        private_reason="a test rig on loopback",
+        name="plain",
+        urls=server.urls,
+        secret=server.secret,
+    )
+    (outcome,) = relay_sweep()
+    dp = outcome.report.data_plane
+    assert not dp.ok and dp.not_measurable and "127.0.0.1" in dp.detail, dp
+
+
+def test_relaying_between_own_allocations_needs_an_address_of_its_own():
+    from relays.coturn import render_coturn_config
+
+    common = {"port": 3478, "secret": "s" * 32, "realm": "r", "state_dir": "/tmp"}
+    for bad in (
+        {"listen_ip": "127.0.0.1"},  # no relay address
+        {"listen_ip": "127.0.0.1", "relay_ip": "127.0.0.1"},  # everything on 127.0.0.1
+        {"listen_ip": "127.0.0.1", "relay_ip": "10.0.0.5"},  # not loopback
+        {"listen_ip": "127.0.0.1", "relay_ip": "127.0.0.2", "allow_loopback_peers": True},
+    ):
+        with pytest.raises(ValueError):
+            render_coturn_config(**common, **bad, between_own_allocations=True)
+    conf = render_coturn_config(
+        **common, listen_ip="127.0.0.1", relay_ip="127.0.0.2", between_own_allocations=True
+    )
+    assert "allowed-peer-ip=127.0.0.2" in conf.splitlines()
+    assert "denied-peer-ip=127.0.0.0-127.255.255.255" in conf.splitlines()
 
 
 def test_override_is_recorded_and_lets_the_relay_be_assigned(coturn, alice, django_user_model):
