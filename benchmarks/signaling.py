@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 PEERJS = ROOT / "benchmarks" / "peerjs"
 
-from benchmarks.soak import make_calls, proc_cpu_rss, setup_django  # noqa: E402
+from benchmarks.soak import make_calls, proc_cpu_ns, proc_cpu_rss, setup_django  # noqa: E402
 from dev import platform_commands  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
@@ -313,7 +313,8 @@ class Server:
                     time.sleep(0.2)
 
     def cpu(self) -> float:
-        return sum(proc_cpu_rss(p.pid)[0] for p in self.procs)
+        """Seconds on CPU, to the microsecond (see proc_cpu_ns)."""
+        return sum(proc_cpu_ns(p.pid) for p in self.procs) / 1e9
 
     def rss(self) -> int:
         return sum(proc_cpu_rss(p.pid)[1] for p in self.procs)

@@ -359,12 +359,13 @@ def _a_channel_layer_per_test():
     channel_layers.backends.pop("default", None)
 
 
-def loopback_relay(coturn, name: str, *, rig: bool = False):
-    """A real coturn on 127.0.0.1. `rig`: it reaches loopback peers so two browsers on this
-    machine can meet through it (the audit flags it; the test overrides, as e2e does)."""
+def loopback_relay(coturn, name: str, *, rig: bool = False, like_run_command: bool = False):
+    """A real coturn on 127.0.0.1, registered. `rig`: it reaches loopback peers so two browsers
+    on this machine can meet through it (the audit flags it; the test overrides, as e2e does).
+    `like_run_command`: configured as `dev.py run`'s relay (safe, and browsers still meet)."""
     from relays.services import relay_create
 
-    server = coturn(allow_loopback_peers=rig)
+    server = coturn(allow_loopback_peers=rig, like_run_command=like_run_command)
     relay = relay_create(
         name=name,
         urls=server.urls,

@@ -106,14 +106,7 @@ def test_two_browsers_on_one_machine_call_through_the_run_commands_relay(
     local relay passes the safety audit, with no override, and still carries the call: it
     relays between its own allocations, from 127.0.0.2. (Before, it refused all of loopback and
     such a call failed 'no network path' right after the answer.)"""
-    server = coturn(like_run_command=True)
-    relay = relay_create(
-        allow_private=True,
-        private_reason="the run command's local relay, on loopback",
-        name="local",
-        urls=server.urls,
-        secret=server.secret,
-    )
+    relay, server = loopback_relay(coturn, "local", like_run_command=True)
     assert sweep_through_worker() == {"local": "up"}
     relay.refresh_from_db()
     assert not relay.unsafe and not relay.unsafe_override and relay.accepted_peers == []

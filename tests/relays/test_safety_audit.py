@@ -10,7 +10,7 @@ from relays.models import Relay, RelayEvent
 from relays.probes import AUDIT_PEERS
 from relays.selectors import select_relays_for
 from relays.services import relay_create, relay_sweep
-from tests.conftest import free_port, need_binary
+from tests.conftest import free_port, loopback_relay, need_binary
 from tests.relays.conftest import probe
 
 pytestmark = pytest.mark.django_db
@@ -106,15 +106,8 @@ def test_the_local_relay_of_the_run_command_passes_the_audit(coturn):
     """dev.py run's relay (relays.coturn.run_command_relay_options) refuses every audited peer
     and still relays between its own allocations: the data plane is measured through it, which
     a relay refusing all of loopback can't be (its allocations are on loopback)."""
-    server = coturn(like_run_command=True)
+    relay, server = loopback_relay(coturn, "local", like_run_command=True)
     assert "allowed-peer-ip=127.0.0.2" in server.conf.read_text()
-    relay = relay_create(
-        allow_private=True,
-        private_reason="a test rig on loopback",
-        name="local",
-        urls=server.urls,
-        secret=server.secret,
-    )
     (outcome,) = relay_sweep()
     relay.refresh_from_db()
     assert not relay.unsafe and relay.accepted_peers == [] and relay.status == "up"
@@ -127,14 +120,7 @@ def test_the_local_relay_of_the_run_command_passes_the_audit(coturn):
 def test_a_safe_loopback_relay_can_not_measure_its_data_plane(coturn):
     """The baseline for the test above: refusing all of loopback, a relay on 127.0.0.1 can't
     relay between its own allocations, and the sweep says so rather than call it loss."""
-    server = coturn(allow_loopback_peers=False)
-    relay_create(
-        allow_private=True,
-        private_reason="a test rig on loopback",
-        name="plain",
-        urls=server.urls,
-        secret=server.secret,
-    )
+    loopback_relay(coturn, "plain")
     (outcome,) = relay_sweep()
     dp = outcome.report.data_plane
     assert not dp.ok and dp.not_measurable and "127.0.0.1" in dp.detail, dp
