@@ -213,6 +213,36 @@ async def test_an_owners_stores_are_kept_even_across_a_script_flush(redis, monke
     assert seq == 12 and [n for n, _ in frames] == list(range(1, 13))
 
 
+async def test_a_store_whose_reply_is_owed_when_redis_drops_the_connection_fails(
+    redis, monkeypatch
+):
+    """A store's reply is read later. When Redis has dropped the connection by then, the store
+    fails (the owner logs that a resume won't have the frame) and the next ones are kept on a
+    new connection. Before, the failed read dropped the stores still owed a reply, and their
+    futures never resolved."""
+    monkeypatch.setattr(sessions, "LAZY_REPLY_SECONDS", 0.2)
+    session = "s-test-lazy-cut"
+    await session_forget(redis, session=session)
+    await session_open(redis, session=session, user_id=1, channel="n!c")
+    assert await session_store(redis, session=session, channel="n!c", seq=1, text="{}") == 1
+    connection = sessions._pipelines[redis].connection
+    host, port = connection._writer.get_extra_info("sockname")[:2]
+    assert await redis.client_kill(f"{host}:{port}")
+    for _ in range(50):  # until this side has seen the close (else the write may still go out)
+        if sessions._transport(connection).is_closing():
+            break
+        await asyncio.sleep(0.01)
+    lost = session_store(redis, session=session, channel="n!c", seq=2, text="{}")
+    with pytest.raises((RedisConnectionError, ConnectionError)):
+        await asyncio.wait_for(lost, 5)
+    kept = [session_store(redis, session=session, channel="n!c", seq=n, text="{}") for n in (3, 4)]
+    assert await asyncio.wait_for(asyncio.gather(*kept), 5) == [1, 1]
+    seq, _, frames, _ = await session_adopt(
+        redis, session=session, user_id=1, channel="n!d", last_seq=0
+    )
+    assert [n for n, _ in frames] == [1, 3, 4]
+
+
 @pytest.mark.parametrize(
     "command",
     [
