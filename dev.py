@@ -491,7 +491,12 @@ def _local_relay(env: dict) -> list[str] | None:
         )
         return None
     sys.path.insert(0, str(ROOT))
-    from relays.coturn import render_coturn_config, run_command_relay_options, statsdb_option
+    from relays.coturn import (
+        RUN_COMMAND_RELAY_IP,
+        render_coturn_config,
+        run_command_relay_options,
+        statsdb_option,
+    )
 
     state = VAR / "coturn"
     state.mkdir(parents=True, exist_ok=True)
@@ -508,8 +513,8 @@ def _local_relay(env: dict) -> list[str] | None:
     own = run_command_relay_options()
     if not own:
         say(
-            "127.0.0.2 can't be bound here: the local relay can't relay between two browsers on this "
-            "machine (they still connect directly where their host addresses allow it)."
+            f"{RUN_COMMAND_RELAY_IP} can't be bound here: the local relay can't relay between two "
+            "browsers on this machine (they still connect directly where their host addresses allow it)."
         )
     (state / "turnserver.conf").write_text(
         render_coturn_config(

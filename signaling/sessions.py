@@ -274,8 +274,9 @@ class _AutoPipeline:
     its own result or error, and calls run in the order they were made (one exchange at a
     time, on one connection). Calls that nobody waits for (`lazy`: the owner's stores) go at
     the end of the loop's turn, together; when nothing else is under way they are written
-    there, with no task (`_write_lazy`). Their replies are read later (LAZY_REPLY_SECONDS), with the next exchange's: until then the
-    connection is not read at all, so those replies don't wake the process.
+    there, with no task (`_write_lazy`). Their replies are read later (LAZY_REPLY_SECONDS),
+    with the next exchange's: until then the connection is not read at all, so those replies
+    don't wake the process.
 
     The connection is its own, with no per-read timeout (that made redis-py start a task and a
     timer for every write): each exchange has one deadline, REDIS_SOCKET_TIMEOUT. Each new
@@ -329,12 +330,7 @@ class _AutoPipeline:
             return
         batch, self.pending = self.pending, []
         self.busy = False
-        _transport(connection).write(
-            pack_commands(
-                ("EVALSHA", _sha(source), len(keys), *keys, *args)
-                for source, keys, args, *_ in batch
-            )
-        )
+        _transport(connection).write(pack_commands(_script_calls(batch)))
         self._owe(batch)
 
     def _owe(self, batch: list) -> None:
@@ -435,10 +431,7 @@ class _AutoPipeline:
             commands = list(batch)
             awaited = len(commands)
         else:
-            commands = [
-                ("EVALSHA", _sha(source), len(keys), *keys, *args)
-                for source, keys, args, *_ in batch
-            ]
+            commands = _script_calls(batch)
             # Read up to the last call someone waits for; lazy calls after it stay unread.
             awaited = max((n + 1 for n, item in enumerate(batch) if not item[4]), default=0)
         if commands:
@@ -495,6 +488,11 @@ def pack_commands(commands) -> bytes:
         out.append(b"*%d\r\n" % len(command))
         out.extend(_resp_bulk(arg) for arg in command)
     return b"".join(out)
+
+
+def _script_calls(batch: list) -> list[tuple]:
+    """A batch's calls as Redis commands: each script by its SHA1 (loaded on connecting)."""
+    return [("EVALSHA", _sha(source), len(keys), *keys, *args) for source, keys, args, *_ in batch]
 
 
 def _transport(connection) -> asyncio.Transport:

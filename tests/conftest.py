@@ -58,6 +58,32 @@ def charlie(django_user_model, password):
     )
 
 
+def at_once(*calls, timeout: float = 20.0) -> list:
+    """Run each zero-argument callable on a thread of its own, all released together (a
+    barrier), each closing its database connection after: the races of requests and workers.
+    Returns each call's result, or the exception it raised, in order."""
+    from django.db import connection
+
+    barrier = threading.Barrier(len(calls))
+    outcomes: list = [None] * len(calls)
+
+    def run(n: int, call) -> None:
+        barrier.wait()
+        try:
+            outcomes[n] = call()
+        except Exception as exc:  # noqa: BLE001 - the caller asserts on it
+            outcomes[n] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(n, c)) for n, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return outcomes
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 for both UDP and TCP."""
     for _ in range(100):

@@ -9,7 +9,7 @@ from django.utils import timezone
 from calls.models import Participant
 from calls.services import NotInCall, call_ice_issue, call_start
 from relays.models import Relay
-from tests.conftest import up_relay
+from tests.conftest import at_once, up_relay
 
 URL = "/api/v1/ice-servers/"
 
@@ -170,31 +170,13 @@ def test_two_devices_asking_at_once_both_get_relays_and_one_record(alice, bob):
     """Two ringing pages of bob's fetch their relays for the call at the same moment (early
     ICE): both are answered, and the participant keeps one consistent set of assigned relays.
     (Both once deleted, then inserted, and the second failed on the unique relay per participant.)"""
-    import threading
-
-    from django.db import connection
-
     for i in range(3):
         _relay(f"eu-{i}", rtt=10.0)
     call = call_start(caller=alice, callee=bob)
     for _ in range(5):
-        barrier = threading.Barrier(3)
-        results, errors = [], []
-
-        def ask(barrier=barrier, results=results, errors=errors):
-            barrier.wait()
-            try:
-                results.append(call_ice_issue(user=bob, call_id=call.id))
-            except Exception as exc:  # noqa: BLE001 - the test reports any failure
-                errors.append(exc)
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=ask) for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(20)
+        outcomes = at_once(*[lambda: call_ice_issue(user=bob, call_id=call.id)] * 3)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        results = [o for o in outcomes if o is not None and not isinstance(o, BaseException)]
         assert errors == [] and len(results) == 3
         kept = Participant.objects.get(call=call, user=bob).assigned_relays.count()
         assert kept == len(results[0]["relays"]) == 2

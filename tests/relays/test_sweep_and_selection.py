@@ -1,6 +1,5 @@
 """A sweep stores what it found; selection hands out only relays that are up, best first."""
 
-import threading
 from datetime import timedelta
 
 import pytest
@@ -10,7 +9,7 @@ from django.utils import timezone
 from relays.models import ProbeResult, Relay, RelayEvent, RelayStatus
 from relays.selectors import select_relays_for
 from relays.services import relay_create, relay_sweep
-from tests.conftest import free_port
+from tests.conftest import at_once, free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -108,22 +107,8 @@ def test_concurrent_sweeps_never_probe_a_relay_twice(registered):
         pytest.skip("SQLite serializes writers; the race needs a real server")
     for i in range(4):
         registered(f"c{i}")
-    barrier = threading.Barrier(3)
-    swept: list[list[str]] = []
-
-    def worker():
-        barrier.wait()
-        try:
-            swept.append([o.relay.name for o in relay_sweep()])
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    names = [n for batch in swept for n in batch]
+    swept = at_once(relay_sweep, relay_sweep, relay_sweep)
+    names = [o.relay.name for batch in swept for o in batch]
     assert sorted(names) == ["c0", "c1", "c2", "c3"]  # each exactly once
     assert ProbeResult.objects.count() == 4
 

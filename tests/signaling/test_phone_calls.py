@@ -4,7 +4,6 @@ reason, through the real ASGI app (WebsocketCommunicator), with the races that m
 from __future__ import annotations
 
 import asyncio
-import threading
 from datetime import timedelta
 
 import pytest
@@ -24,6 +23,7 @@ from calls.models import (
 )
 from calls.selectors import missed_count_for
 from calls.services import CallError, call_start, calls_expire
+from tests.conftest import at_once
 
 from .test_signaling import OFFER
 
@@ -318,26 +318,12 @@ async def test_decline_against_cancel(connect, alice, bob, call):
 def test_glare_two_people_calling_each_other_end_up_in_one_call(alice, bob):
     if connection.vendor == "sqlite":
         pytest.skip("row locks: PostgreSQL")
-    results: dict = {}
-    barrier = threading.Barrier(2)
-
-    def dial(caller, callee):
-        from django.db import connection as conn
-
-        barrier.wait()
-        try:
-            results[caller.username] = call_start(caller=caller, callee=callee)
-        finally:
-            conn.close()
-
-    threads = [
-        threading.Thread(target=dial, args=(alice, bob)),
-        threading.Thread(target=dial, args=(bob, alice)),
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    by_alice, by_bob = at_once(
+        lambda: call_start(caller=alice, callee=bob),
+        lambda: call_start(caller=bob, callee=alice),
+        timeout=10,
+    )
+    results = {"alice": by_alice, "bob": by_bob}
     assert results["alice"].pk == results["bob"].pk
     assert Call.objects.count() == 1
     assert "glare" in events(results["alice"])
