@@ -79,8 +79,8 @@ from .sessions import (
     session_adopt,
     session_detach,
     session_forget,
+    session_keep,
     session_open,
-    session_store,
     with_seq,
 )
 
@@ -151,7 +151,7 @@ def _ringing_for(user) -> list[dict]:
 class SignalConsumer(AsyncWebsocketConsumer):
     task: asyncio.Task | None = None  # the one this consumer runs in
     failure: BaseException | None = None  # see layer_failed
-    closing: asyncio.Future | None = None  # a close under way (see _stored)
+    closing: asyncio.Future | None = None  # a close under way (see _unkept)
 
     async def __call__(self, scope, receive, send) -> None:
         # disconnect() only runs when the server tells the consumer the socket closed. A consumer
@@ -402,22 +402,26 @@ class SignalConsumer(AsyncWebsocketConsumer):
         ttl = 0
         if time.monotonic() - self.refreshed > _TTL_REFRESH_SECONDS:
             ttl, self.refreshed = LIVE_TTL_SECONDS, time.monotonic()
-        stored = session_store(
-            self.redis, session=session, channel=self.channel_name, seq=seq, text=text, ttl=ttl
+        session_keep(
+            self.redis,
+            session=session,
+            channel=self.channel_name,
+            seq=seq,
+            text=text,
+            ttl=ttl,
+            unkept=lambda outcome: self._unkept(outcome, session, frame, call, text),
         )
-        stored.add_done_callback(lambda f: self._stored(f, session, frame, call, text))
 
-    def _stored(self, stored: asyncio.Future, session: str, frame: str, call, text: str) -> None:
-        if stored.cancelled():
-            return
-        exc = stored.exception()
-        if exc is not None:  # Redis unreachable: sent, but a resume won't have it
+    def _unkept(self, outcome: int | BaseException, session: str, frame: str, call, text) -> None:
+        """A frame this consumer sent was not kept for resume (sessions.session_keep)."""
+        if isinstance(
+            outcome, BaseException
+        ):  # Redis unreachable: sent, but a resume won't have it
             now = time.monotonic()
             if now - _store_warned[0] > 60:
                 _store_warned[0] = now
-                logger.warning("signaling: frames sent but not kept for resume: %s", exc)
+                logger.warning("signaling: frames sent but not kept for resume: %s", outcome)
             return
-        outcome = stored.result()
         if outcome == 0:
             # The session was resumed on another socket before this frame was kept (and the
             # page there had not seen it): this consumer no longer owns it; send it on.

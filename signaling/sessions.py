@@ -36,8 +36,11 @@ import asyncio
 import hashlib
 import itertools
 import json
+import logging
 import secrets
 import weakref
+from collections.abc import Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -79,24 +82,33 @@ redis.call('EXPIRE', KEYS[2], math.max(redis.call('TTL', KEYS[1]), 1))
 return {seq, ''}
 """
 
-# The owner keeps a frame it numbered and sent. ARGV: its channel, seq, text, replay frames,
-# lifetime (0: leave it). 1 kept; 0 refused (the session moved: send it on); -1 refused, and the
-# page already had it (it resumed elsewhere past it); -2 the session is gone (Redis lost it).
+# The owners' stores, any number in one call: each owner keeps a frame it numbered and sent.
+# KEYS: each store's session hash and its sorted set of frames. ARGV: replay frames, then for
+# each store its channel, seq, text and lifetime (0: leave it). One code per store: 1 kept;
+# 0 refused (the session moved: send it on); -1 refused, and the page already had it (it
+# resumed elsewhere past it); -2 the session is gone (Redis lost it).
 _STORE = r"""
-if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
-if redis.call('HGET', KEYS[1], 'channel') ~= ARGV[1] then
-  if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[1], 'aseq') or '0') then return -1 end
-  return 0
+local keep = tonumber(ARGV[1])
+local codes = {}
+for i = 1, #KEYS / 2 do
+  local sess, kept, a = KEYS[2 * i - 1], KEYS[2 * i], 4 * i - 2
+  local seq = tonumber(ARGV[a + 1])
+  if redis.call('EXISTS', sess) == 0 then
+    codes[i] = -2
+  elseif redis.call('HGET', sess, 'channel') ~= ARGV[a] then
+    codes[i] = (seq <= tonumber(redis.call('HGET', sess, 'aseq') or '0')) and -1 or 0
+  else
+    if seq > tonumber(redis.call('HGET', sess, 'seq') or '0') then
+      redis.call('HSET', sess, 'seq', seq)
+    end
+    redis.call('ZADD', kept, seq, seq .. ':' .. ARGV[a + 2])
+    redis.call('ZREMRANGEBYSCORE', kept, '-inf', seq - keep)
+    if tonumber(ARGV[a + 3]) > 0 then redis.call('EXPIRE', sess, ARGV[a + 3]) end
+    redis.call('EXPIRE', kept, math.max(redis.call('TTL', sess), 1))
+    codes[i] = 1
+  end
 end
-local seq = tonumber(ARGV[2])
-if seq > tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') then
-  redis.call('HSET', KEYS[1], 'seq', seq)
-end
-redis.call('ZADD', KEYS[2], seq, seq .. ':' .. ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', seq - tonumber(ARGV[4]))
-if tonumber(ARGV[5]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[5]) end
-redis.call('EXPIRE', KEYS[2], math.max(redis.call('TTL', KEYS[1]), 1))
-return 1
+return codes
 """
 
 # ARGV: user, new channel, lastSeq, lifetime, replay frames, the `!moved` header.
@@ -247,6 +259,8 @@ def parse_forwarded(data: bytes) -> tuple[str, str, str | None, str]:
     return session, frame, call or None, text
 
 
+logger = logging.getLogger(__name__)
+
 _shas: dict[str, str] = {}
 
 
@@ -261,7 +275,15 @@ def _sha(source: str) -> str:
 # exchange, or after this long when none comes: reading it at once woke the process once more
 # for every frame (0.15-0.2 ms of CPU per frame at light load, issue 8).
 LAZY_REPLY_SECONDS = 1.0
-LAZY_REPLIES_MAX = 1000  # or once this many are owed (a few bytes each, in the socket's buffer)
+# Or once this many replies are owed: reading replies holds the loop up, so they are read
+# a few at a time. Read 1,000 at once, they stalled it ~8 ms every 200 ms at 5,000 msg/s (the
+# p99 of a relayed frame was that stall, issue 8).
+LAZY_REPLIES_MAX = 16
+# Stores wait this long for others to go with them: under load, one write and one script call
+# in Redis for many frames, not one for each turn of the loop (Redis's CPU per relayed frame
+# halved, issue 8). A call someone waits for doesn't wait for it (_wake).
+LAZY_WRITE_SECONDS = 0.002
+STORES_PER_CALL = 64  # at most, so that one script call holds Redis up for well under 1 ms
 
 
 class _AutoPipeline:
@@ -272,9 +294,10 @@ class _AutoPipeline:
 
     A call made while nothing is under way goes at once, in its caller's task. Each call gets
     its own result or error, and calls run in the order they were made (one exchange at a
-    time, on one connection). Calls that nobody waits for (`lazy`: the owner's stores) go at
-    the end of the loop's turn, together; when nothing else is under way they are written
-    there, with no task (`_write_lazy`). Their replies are read later (LAZY_REPLY_SECONDS),
+    time, on one connection). The owner's stores, which nobody waits for (`lazy`), wait
+    LAZY_WRITE_SECONDS for others, and the stores queued side by side go as one script call
+    (up to STORES_PER_CALL); when nothing else is under way they are written then, with no
+    task (`_write_lazy`). Their replies are read later (LAZY_REPLY_SECONDS),
     with the next exchange's: until then the connection is not read at all, so those replies
     don't wake the process.
 
@@ -290,32 +313,44 @@ class _AutoPipeline:
             **{**pool.connection_kwargs, "socket_timeout": None, "retry": Retry(NoBackoff(), 0)}
         )
         self.deadline = float(settings.REDIS_SOCKET_TIMEOUT)
-        self.pending: list[tuple[str, list, tuple, asyncio.Future, bool]] = []
-        self.unread: list[tuple[str, list, tuple, asyncio.Future, bool]] = []
+        self.pending: list[tuple[str, list, Any, Any, bool]] = []
+        self.unread: list[tuple[str, list, Any, Any, bool]] = []
         self.busy = False
         self.paused = False  # reading, while only lazy replies are due
         self.overdue = False
         self.reload = False  # load the scripts before the next exchange
         self.timer: asyncio.TimerHandle | None = None
+        self.writer: asyncio.Handle | None = None  # the lazy write, while it waits
 
-    def submit(self, source: str, keys: list[str], args: tuple) -> asyncio.Future:
-        """Queue a call that nobody waits for: it goes with the next pipeline, and its reply
-        is read lazily. Its future still gets the reply (or the error)."""
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((source, keys, args, future, True))
+    def store(self, keys: list[str], args: tuple, waiter) -> None:
+        """Queue an owner's store, which nobody waits for: it goes with the next pipeline, in
+        one script call with the stores queued beside it, and its reply is read lazily. Its
+        waiter still gets its code (or the error): see _Stores."""
+        last = self.pending[-1] if self.pending else None
+        if last is None or last[0] is not _STORE or len(last[3].waiters) >= STORES_PER_CALL:
+            last = (_STORE, [], [REPLAY_FRAMES], _Stores(), True)
+            self.pending.append(last)
+        last[1].extend(keys)
+        last[2].extend(args)
+        last[3].waiters.append(waiter)
         self._wake()
-        return future
 
-    def _wake(self) -> None:
+    def _wake(self, now: bool = False) -> None:
         if not self.busy:
             self.busy = True
-            asyncio.get_running_loop().call_soon(self._write_lazy)
+            self.writer = asyncio.get_running_loop().call_later(
+                0 if now else LAZY_WRITE_SECONDS, self._write_lazy
+            )
+        elif now and self.writer is not None:  # someone waits: don't keep them waiting
+            self.writer.cancel()
+            self.writer = asyncio.get_running_loop().call_soon(self._write_lazy)
 
     def _write_lazy(self) -> None:
         """At the end of this turn of the loop: when every queued call is lazy and the connection
         is up and keeps up, write them here, with no task, no deadline and no read (most
         stores, one frame at a time at light load; a task per frame cost ~10% of its CPU).
         Anything else goes through the drain task."""
+        self.writer = None
         connection = self.connection
         if (
             self.overdue
@@ -345,12 +380,13 @@ class _AutoPipeline:
     def _due(self) -> None:
         self.timer = None
         self.overdue = True
-        self._wake()
+        self._wake(now=True)
 
     async def call(self, source: str, keys: list[str], args: tuple):
         if self.busy:
             future = asyncio.get_running_loop().create_future()
             self.pending.append((source, keys, args, future, False))
+            self._wake(now=True)
             return await future
         self.busy = True
         try:
@@ -500,7 +536,53 @@ def _transport(connection) -> asyncio.Transport:
     return connection._writer.transport  # noqa: SLF001
 
 
-def _resolve(future: asyncio.Future | None, result) -> None:
+class _Stores:
+    """The stores that go in one script call; its reply has a code for each. Each store has a
+    waiter: a future (session_store), or a function called only when the frame was not kept
+    (session_keep: no future and no callback for the frames that were, nearly all)."""
+
+    __slots__ = ("settled", "waiters")
+
+    def __init__(self) -> None:
+        self.waiters: list[asyncio.Future | Callable[[int | BaseException], None]] = []
+        self.settled = False
+
+    def done(self) -> bool:
+        return self.settled
+
+    def set_result(self, codes: list) -> None:
+        self.settled = True
+        for waiter, code in zip(self.waiters, codes, strict=True):
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_result(code)
+            elif code != 1:
+                _tell(waiter, code)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.settled = True
+        for waiter in self.waiters:
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            else:
+                _tell(waiter, exc)
+
+    def cancel(self) -> None:  # the loop is closing
+        self.settled = True
+        for waiter in self.waiters:
+            if isinstance(waiter, asyncio.Future):
+                waiter.cancel()
+
+
+def _tell(unkept: Callable[[int | BaseException], None], outcome: int | BaseException) -> None:
+    try:
+        unkept(outcome)
+    except Exception:  # one owner's failure must not cost the others their replies
+        logger.exception("signaling: handling a store's reply failed")
+
+
+def _resolve(future: asyncio.Future | _Stores | None, result) -> None:
     if future is None or future.done() or result is None:
         return  # a lazy call's reply comes later; or its caller stopped waiting
     if isinstance(result, Exception):
@@ -527,10 +609,6 @@ def _pipeline(redis: aioredis.Redis) -> _AutoPipeline:
 
 async def _pipelined(redis: aioredis.Redis, source: str, keys: list[str], *args):
     return await _pipeline(redis).call(source, keys, args)
-
-
-def _submit(redis: aioredis.Redis, source: str, keys: list[str], *args) -> asyncio.Future:
-    return _pipeline(redis).submit(source, keys, args)
 
 
 async def close_pipeline(redis: aioredis.Redis) -> None:
@@ -573,7 +651,25 @@ def session_store(
     """The owner keeps a frame it sent (not waited for: it goes with the next pipeline). The
     future's result is 1 (kept), 0 (the session moved: send the frame on), -1 (moved, and the
     page already had it) or -2 (the session is gone: a restarted Redis lost it)."""
-    return _submit(redis, _STORE, session_keys(session), channel, seq, text, REPLAY_FRAMES, ttl)
+    future = asyncio.get_running_loop().create_future()
+    _pipeline(redis).store(session_keys(session)[:2], (channel, seq, text, ttl), future)
+    return future
+
+
+def session_keep(
+    redis: aioredis.Redis,
+    *,
+    session: str,
+    channel: str,
+    seq: int,
+    text: str,
+    ttl: int,
+    unkept: Callable[[int | BaseException], None],
+) -> None:
+    """session_store for the owner's hot path: `unkept` is called with the code when the frame
+    was not kept (0, -1, -2), or with the error when the store failed; not at all when it was
+    kept. Saves each frame a future and a callback of the loop (issue 8)."""
+    _pipeline(redis).store(session_keys(session)[:2], (channel, seq, text, ttl), unkept)
 
 
 async def session_adopt(

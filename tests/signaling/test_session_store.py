@@ -20,9 +20,11 @@ from signaling.sessions import (
     session_adopt,
     session_detach,
     session_forget,
+    session_keep,
     session_open,
     session_push,
     session_store,
+    session_take_inbox,
 )
 from tests.conftest import free_port
 
@@ -241,6 +243,145 @@ async def test_a_store_whose_reply_is_owed_when_redis_drops_the_connection_fails
         redis, session=session, user_id=1, channel="n!d", last_seq=0
     )
     assert [n for n, _ in frames] == [1, 3, 4]
+
+
+async def three_sessions(redis) -> tuple[str, str, str]:
+    """One held by "n!c", one resumed elsewhere ("n!other"), one that Redis doesn't have."""
+    live, moved, gone = "s-test-live-1", "s-test-moved-1", "s-test-gone-1"
+    for session in (live, moved, gone):
+        await session_forget(redis, session=session)
+    await session_open(redis, session=live, user_id=1, channel="n!c")
+    await session_open(redis, session=moved, user_id=1, channel="n!other")
+    first = session_store(redis, session=live, channel="n!c", seq=1, text="{}")
+    await session_take_inbox(redis, session=live)  # a call someone waits for: its reply, too
+    assert first.result() == 1
+    return live, moved, gone
+
+
+def evalsha_writes(monkeypatch) -> list[list[int]]:
+    """Each write of script calls: the number of keys of each call in it."""
+    writes: list[list[int]] = []
+    real = sessions.pack_commands
+
+    def packed(commands):
+        calls = [c[2] for c in commands if c[0] == "EVALSHA"]
+        if calls:
+            writes.append(calls)
+        return real(commands)
+
+    monkeypatch.setattr(sessions, "pack_commands", packed)
+    return writes
+
+
+async def kept_seqs(redis, session: str) -> list[int]:
+    _, _, frames, _ = await session_adopt(
+        redis, session=session, user_id=1, channel="n!later", last_seq=0
+    )
+    return [n for n, _ in frames]
+
+
+async def test_stores_made_together_go_as_one_script_call_each_with_its_own_code(
+    redis, monkeypatch
+):
+    monkeypatch.setattr(sessions, "LAZY_REPLY_SECONDS", 0.2)
+    live, moved, gone = await three_sessions(redis)
+    writes = evalsha_writes(monkeypatch)
+    stores = [session_store(redis, session=live, channel="n!c", seq=n, text="{}") for n in (2, 3)]
+    stores.append(session_store(redis, session=moved, channel="n!c", seq=1, text="{}"))
+    stores.append(session_store(redis, session=gone, channel="n!c", seq=1, text="{}"))
+    stores.append(session_store(redis, session=live, channel="n!c", seq=4, text='{"n":4}'))
+    assert await asyncio.wait_for(asyncio.gather(*stores), 5) == [1, 1, 0, -2, 1]
+    assert writes == [[10]]  # one write, one script call: two keys for each of the five
+    assert await kept_seqs(redis, live) == [1, 2, 3, 4]
+    assert await kept_seqs(redis, moved) == []
+
+
+async def test_a_script_call_holds_a_bounded_number_of_stores(redis, monkeypatch):
+    monkeypatch.setattr(sessions, "LAZY_REPLY_SECONDS", 0.2)
+    monkeypatch.setattr(sessions, "STORES_PER_CALL", 4)
+    live, _, _ = await three_sessions(redis)
+    writes = evalsha_writes(monkeypatch)
+    stores = [
+        session_store(redis, session=live, channel="n!c", seq=n, text="{}") for n in range(2, 12)
+    ]
+    assert await asyncio.wait_for(asyncio.gather(*stores), 5) == [1] * 10
+    assert writes == [[8, 8, 4]]
+    assert await kept_seqs(redis, live) == list(range(1, 12))
+
+
+async def test_the_owner_hears_only_of_frames_that_were_not_kept(redis, monkeypatch):
+    """session_keep (the owner's hot path) calls back for a frame refused or lost, with its
+    code or the error, and never for a kept one. One owner's failing callback doesn't keep the
+    others from hearing."""
+    monkeypatch.setattr(sessions, "LAZY_REPLY_SECONDS", 0.2)
+    live, moved, gone = await three_sessions(redis)
+    heard: list = []
+
+    def broken(outcome):
+        heard.append(("broken", outcome))
+        raise RuntimeError("an owner's bug")
+
+    for n in (2, 3):
+        session_keep(
+            redis, session=live, channel="n!c", seq=n, text="{}", ttl=0, unkept=heard.append
+        )
+    session_keep(redis, session=gone, channel="n!c", seq=1, text="{}", ttl=0, unkept=broken)
+    session_keep(redis, session=moved, channel="n!c", seq=1, text="{}", ttl=0, unkept=heard.append)
+    for _ in range(500):
+        if len(heard) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert heard == [("broken", -2), 0]
+    assert await kept_seqs(redis, live) == [1, 2, 3]
+
+
+async def test_the_owner_hears_of_frames_lost_with_a_dropped_connection(redis, monkeypatch):
+    monkeypatch.setattr(sessions, "LAZY_REPLY_SECONDS", 0.2)
+    live, _, _ = await three_sessions(redis)
+    heard: list = []
+    connection = sessions._pipelines[redis].connection
+    host, port = connection._writer.get_extra_info("sockname")[:2]
+    assert await redis.client_kill(f"{host}:{port}")
+    for _ in range(50):  # until this side has seen the close (else the write may still go out)
+        if sessions._transport(connection).is_closing():
+            break
+        await asyncio.sleep(0.01)
+    session_keep(redis, session=live, channel="n!c", seq=2, text="{}", ttl=0, unkept=heard.append)
+    for _ in range(500):
+        if heard:
+            break
+        await asyncio.sleep(0.01)
+    assert len(heard) == 1 and isinstance(heard[0], (RedisConnectionError, ConnectionError))
+    session_keep(redis, session=live, channel="n!c", seq=3, text="{}", ttl=0, unkept=heard.append)
+    assert await kept_seqs(redis, live) == [1, 3]  # the next one is kept, on a new connection
+    assert len(heard) == 1
+
+
+async def test_a_call_someone_waits_for_does_not_wait_for_the_stores_window(redis, monkeypatch):
+    """The stores wait LAZY_WRITE_SECONDS for others; a detach made meanwhile goes at once,
+    after them (the session's seq is the last frame stored)."""
+    monkeypatch.setattr(sessions, "LAZY_WRITE_SECONDS", 60)
+    live, _, _ = await three_sessions(redis)
+    stores = [session_store(redis, session=live, channel="n!c", seq=n, text="{}") for n in (2, 3)]
+    await asyncio.wait_for(session_detach(redis, session=live, channel="n!c"), 5)
+    assert await asyncio.wait_for(asyncio.gather(*stores), 5) == [1, 1]
+    assert await redis.hget(f"traverse:sess:{live}", "seq") == b"3"
+
+
+async def test_owed_replies_are_read_a_few_at_a_time(redis, monkeypatch):
+    """Replies nobody waits for are read once LAZY_REPLIES_MAX are owed, not only when
+    LAZY_REPLY_SECONDS have passed: read a thousand at once, they held the loop up for ~8 ms."""
+    monkeypatch.setattr(sessions, "LAZY_REPLY_SECONDS", 60)
+    monkeypatch.setattr(sessions, "LAZY_WRITE_SECONDS", 0)
+    live, _, _ = await three_sessions(redis)
+    stores = []
+    for n in range(2, 2 + 2 * sessions.LAZY_REPLIES_MAX):
+        stores.append(session_store(redis, session=live, channel="n!c", seq=n, text="{}"))
+        await asyncio.sleep(0.005)  # a write each
+    await asyncio.sleep(0.5)
+    read = sum(1 for f in stores if f.done())
+    assert read >= sessions.LAZY_REPLIES_MAX
+    assert all(f.result() == 1 for f in stores if f.done())
 
 
 @pytest.mark.parametrize(
