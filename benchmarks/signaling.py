@@ -501,9 +501,10 @@ async def transports(n: int) -> dict:
         node_channel,
         parse_forwarded,
         session_forget,
+        session_keep,
         session_open,
         session_push,
-        session_store,
+        session_take_inbox,
     )
 
     ps = sub.pubsub(ignore_subscribe_messages=True)
@@ -513,6 +514,7 @@ async def transports(n: int) -> dict:
         await session_open(pub, session=s, user_id=1, channel=f"specific.bench!{s}")
     owner = aioredis.Redis.from_url(url)
     numbered: dict[str, int] = dict.fromkeys(sessions, 0)
+    unkept: list = []  # the owner's frames that were not kept (none, or the figure is wrong)
 
     async def traverse_send(i: int) -> None:
         s = sessions[i % 50]
@@ -526,16 +528,20 @@ async def transports(n: int) -> dict:
                 continue
             session, _, _, text = parse_forwarded(m["data"])
             numbered[session] += 1
-            session_store(
+            session_keep(
                 owner,
                 session=session,
                 channel=f"specific.bench!{session}",
                 seq=numbered[session],
                 text=text,
+                ttl=0,
+                unkept=unkept.append,
             )
             seen += 1
 
     await measure("traverse_forward_and_keep", traverse_send, traverse_recv)
+    await session_take_inbox(owner, session=sessions[0])  # the replies still owed: read
+    out["traverse_forward_and_keep"]["not_kept"] = len(unkept)
     await ps.aclose()
     await close_pipeline(owner)
     await owner.aclose()

@@ -279,10 +279,13 @@ LAZY_REPLY_SECONDS = 1.0
 # a few at a time. Read 1,000 at once, they stalled it ~8 ms every 200 ms at 5,000 msg/s (the
 # p99 of a relayed frame was that stall, issue 8).
 LAZY_REPLIES_MAX = 16
-# Stores wait this long for others to go with them: under load, one write and one script call
-# in Redis for many frames, not one for each turn of the loop (Redis's CPU per relayed frame
-# halved, issue 8). A call someone waits for doesn't wait for it (_wake).
+# Under load (the last write was under LAZY_BUSY_SECONDS ago), stores wait this long for
+# others to go with them: one write and one script call in Redis for many frames, not one for
+# each turn of the loop (Redis's CPU per relayed frame halved, issue 8). At light load they go
+# at the end of the turn: a timer would wake the process once more for each frame. A call
+# someone waits for doesn't wait for it (_wake).
 LAZY_WRITE_SECONDS = 0.002
+LAZY_BUSY_SECONDS = 0.02
 STORES_PER_CALL = 64  # at most, so that one script call holds Redis up for well under 1 ms
 
 
@@ -294,8 +297,9 @@ class _AutoPipeline:
 
     A call made while nothing is under way goes at once, in its caller's task. Each call gets
     its own result or error, and calls run in the order they were made (one exchange at a
-    time, on one connection). The owner's stores, which nobody waits for (`lazy`), wait
-    LAZY_WRITE_SECONDS for others, and the stores queued side by side go as one script call
+    time, on one connection). The owner's stores, which nobody waits for (`lazy`), go at the
+    end of the loop's turn, or under load after LAZY_WRITE_SECONDS, so that others go with
+    them; the stores queued side by side go as one script call
     (up to STORES_PER_CALL); when nothing else is under way they are written then, with no
     task (`_write_lazy`). Their replies are read later (LAZY_REPLY_SECONDS),
     with the next exchange's: until then the connection is not read at all, so those replies
@@ -321,6 +325,7 @@ class _AutoPipeline:
         self.reload = False  # load the scripts before the next exchange
         self.timer: asyncio.TimerHandle | None = None
         self.writer: asyncio.Handle | None = None  # the lazy write, while it waits
+        self.written = 0.0  # when the last lazy write went (the loop's clock)
 
     def store(self, keys: list[str], args: tuple, waiter) -> None:
         """Queue an owner's store, which nobody waits for: it goes with the next pipeline, in
@@ -338,9 +343,11 @@ class _AutoPipeline:
     def _wake(self, now: bool = False) -> None:
         if not self.busy:
             self.busy = True
-            self.writer = asyncio.get_running_loop().call_later(
-                0 if now else LAZY_WRITE_SECONDS, self._write_lazy
-            )
+            loop = asyncio.get_running_loop()
+            if now or loop.time() - self.written > LAZY_BUSY_SECONDS:
+                self.writer = loop.call_soon(self._write_lazy)
+            else:
+                self.writer = loop.call_later(LAZY_WRITE_SECONDS, self._write_lazy)
         elif now and self.writer is not None:  # someone waits: don't keep them waiting
             self.writer.cancel()
             self.writer = asyncio.get_running_loop().call_soon(self._write_lazy)
@@ -365,6 +372,7 @@ class _AutoPipeline:
             return
         batch, self.pending = self.pending, []
         self.busy = False
+        self.written = asyncio.get_running_loop().time()
         _transport(connection).write(pack_commands(_script_calls(batch)))
         self._owe(batch)
 

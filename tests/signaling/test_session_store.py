@@ -361,11 +361,33 @@ async def test_a_call_someone_waits_for_does_not_wait_for_the_stores_window(redi
     """The stores wait LAZY_WRITE_SECONDS for others; a detach made meanwhile goes at once,
     after them (the session's seq is the last frame stored)."""
     monkeypatch.setattr(sessions, "LAZY_WRITE_SECONDS", 60)
+    monkeypatch.setattr(sessions, "LAZY_BUSY_SECONDS", 3600)  # under load: the window applies
     live, _, _ = await three_sessions(redis)
     stores = [session_store(redis, session=live, channel="n!c", seq=n, text="{}") for n in (2, 3)]
     await asyncio.wait_for(session_detach(redis, session=live, channel="n!c"), 5)
     assert await asyncio.wait_for(asyncio.gather(*stores), 5) == [1, 1]
     assert await redis.hget(f"traverse:sess:{live}", "seq") == b"3"
+
+
+async def test_stores_wait_for_others_only_under_load(redis, monkeypatch):
+    """At light load a store goes at the end of the loop's turn (a timer would wake the process
+    once more for each frame); right after another write it waits LAZY_WRITE_SECONDS, and the
+    stores made meanwhile go with it."""
+    monkeypatch.setattr(sessions, "LAZY_REPLY_SECONDS", 0.2)
+    live, _, _ = await three_sessions(redis)
+    pipeline = sessions._pipelines[redis]
+    writes = evalsha_writes(monkeypatch)
+    await asyncio.sleep(sessions.LAZY_BUSY_SECONDS * 2)
+    first = session_store(redis, session=live, channel="n!c", seq=2, text="{}")
+    assert not isinstance(pipeline.writer, asyncio.TimerHandle)
+    await asyncio.sleep(0)  # the end of this turn: written
+    assert writes == [[2]]
+    later = [session_store(redis, session=live, channel="n!c", seq=3, text="{}")]
+    assert isinstance(pipeline.writer, asyncio.TimerHandle)
+    await asyncio.sleep(sessions.LAZY_WRITE_SECONDS / 4)
+    later.append(session_store(redis, session=live, channel="n!c", seq=4, text="{}"))
+    assert await asyncio.wait_for(asyncio.gather(first, *later), 5) == [1, 1, 1]
+    assert writes == [[2], [4]]
 
 
 async def test_owed_replies_are_read_a_few_at_a_time(redis, monkeypatch):
