@@ -14,7 +14,8 @@ default db 7), with its per-socket rate limit raised (the closed loop sends fast
 
 Scenarios (messages are ~500 B candidates; the id and send time ride in the frame):
 - light: 20 sockets, 10 senders × 2 msg/s for 10 s: one-way p50/p99, server CPU per message;
-- load: 1,000 sockets, 500 senders × 10 msg/s (5,000 msg/s offered) for 10 s: p50/p99, share
+- load: 1,000 sockets, 500 senders × 10 msg/s (5,000 msg/s offered) for 10 s, LOAD_ROUNDS
+  times (the round with the median p99 stands for the target): p50/p99, share
   delivered within 5 s, lost, duplicated;
 - closed loop: 100 sockets (50 pairs), 10 messages in flight per sender, 5 s: messages/s;
 - idle: 5,000 sockets connected (and, for Traverse, joined to their calls): time to get there,
@@ -54,6 +55,7 @@ from dev import platform_commands  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 SCENARIOS = frozenset({"transports", "light", "closed_loop", "load", "idle"})
+LOAD_ROUNDS = 3
 PAD = "x" * 330  # brings a candidate frame to ~500 bytes
 
 
@@ -428,7 +430,21 @@ async def run_target(
 
     await scenario("light", 20, paced_scenario(10, 2.0, 2))
     await scenario("closed_loop", 100, loop)
-    await scenario("load", int(1000 * (0.5 if quick else 1)), paced_scenario(None, 10.0, 5))
+    if "load" in scenarios:
+        # A tail taken in 12 s on a shared machine moves with its neighbours: each target runs
+        # the load LOAD_ROUNDS times, and the round with the median p99 stands for it.
+        rounds = []
+        for _ in range(LOAD_ROUNDS):
+            await scenario("load", int(1000 * (0.5 if quick else 1)), paced_scenario(None, 10, 5))
+            rounds.append(out["load"])
+        by_p99 = sorted(rounds, key=lambda r: r["p99_ms"] if r["p99_ms"] is not None else 1e9)
+        out["load"] = {
+            **by_p99[len(by_p99) // 2],
+            "lost": sum(r["lost"] for r in rounds),
+            "duplicated": sum(r["duplicated"] for r in rounds),
+            "p99_ms_rounds": [r["p99_ms"] for r in rounds],
+            "rounds": rounds,
+        }
 
     if "idle" not in scenarios:
         return out
@@ -647,7 +663,8 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     setup_django()
     targets = args.only.split(",")
-    pairs = 10 + 50 + (250 if args.quick else 500) + (500 if args.quick else 2500) + 10
+    pairs = 10 + 50 + LOAD_ROUNDS * (250 if args.quick else 500) + (500 if args.quick else 2500)
+    pairs += 10
     idents = make_calls(pairs) if any(t[-1].isdigit() for t in targets) else []
     results: dict = {
         "machine": {
@@ -737,8 +754,13 @@ def markdown(r: dict) -> str:
         "| p50 / p99 ms, 20 sockets, 10 senders × 2 msg/s | "
         + " | ".join(f"{cell(n, 'light', 'p50_ms')} / {cell(n, 'light', 'p99_ms')}" for n in names)
         + " |",
-        "| p50 / p99 ms, 1,000 sockets, 500 senders × 10 msg/s | "
-        + " | ".join(f"{cell(n, 'load', 'p50_ms')} / {cell(n, 'load', 'p99_ms')}" for n in names)
+        f"| p50 / p99 ms, 1,000 sockets, 500 senders × 10 msg/s (the median p99 of {LOAD_ROUNDS} "
+        "rounds; each round's p99) | "
+        + " | ".join(
+            f"{cell(n, 'load', 'p50_ms')} / {cell(n, 'load', 'p99_ms')} "
+            f"({', '.join(str(v) for v in t[n].get('load', {}).get('p99_ms_rounds', []))})"
+            for n in names
+        )
         + " |",
         "| load: delivered within 5 s of sent | "
         + " | ".join(
