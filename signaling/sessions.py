@@ -298,12 +298,12 @@ class _AutoPipeline:
     A call made while nothing is under way goes at once, in its caller's task. Each call gets
     its own result or error, and calls run in the order they were made (one exchange at a
     time, on one connection). The owner's stores, which nobody waits for (`lazy`), go at the
-    end of the loop's turn, or under load after LAZY_WRITE_SECONDS, so that others go with
-    them; the stores queued side by side go as one script call
-    (up to STORES_PER_CALL); when nothing else is under way they are written then, with no
-    task (`_write_lazy`). Their replies are read later (LAZY_REPLY_SECONDS),
-    with the next exchange's: until then the connection is not read at all, so those replies
-    don't wake the process.
+    end of the loop's turn, or under load after LAZY_WRITE_SECONDS so that others go with
+    them; the stores queued side by side go as one script call (up to STORES_PER_CALL). When
+    nothing else is under way they are written then, with no task (`_write_lazy`). Their
+    replies are read later (LAZY_REPLY_SECONDS, or once LAZY_REPLIES_MAX are owed), with the
+    next exchange's: until then the connection is not read at all, so those replies don't
+    wake the process.
 
     The connection is its own, with no per-read timeout (that made redis-py start a task and a
     timer for every write): each exchange has one deadline, REDIS_SOCKET_TIMEOUT. Each new
