@@ -55,6 +55,18 @@ def push(redis, session: str, n: int = 0, limit: int = 0):
     )
 
 
+async def drop_pipeline_connection(redis) -> None:
+    """Redis drops the pipeline's connection, and this side has seen it close (else a write
+    made now may still go out)."""
+    connection = sessions._pipelines[redis].connection
+    host, port = connection._writer.get_extra_info("sockname")[:2]
+    assert await redis.client_kill(f"{host}:{port}")
+    for _ in range(50):
+        if sessions._transport(connection).is_closing():
+            break
+        await asyncio.sleep(0.01)
+
+
 async def test_pushes_in_one_turn_keep_their_order_and_their_own_results(redis):
     s1, s2 = await away(redis, "s-test-a"), await away(redis, "s-test-b")
     await session_forget(redis, session="s-test-gone")
@@ -227,13 +239,7 @@ async def test_a_store_whose_reply_is_owed_when_redis_drops_the_connection_fails
     await session_forget(redis, session=session)
     await session_open(redis, session=session, user_id=1, channel="n!c")
     assert await session_store(redis, session=session, channel="n!c", seq=1, text="{}") == 1
-    connection = sessions._pipelines[redis].connection
-    host, port = connection._writer.get_extra_info("sockname")[:2]
-    assert await redis.client_kill(f"{host}:{port}")
-    for _ in range(50):  # until this side has seen the close (else the write may still go out)
-        if sessions._transport(connection).is_closing():
-            break
-        await asyncio.sleep(0.01)
+    await drop_pipeline_connection(redis)
     lost = session_store(redis, session=session, channel="n!c", seq=2, text="{}")
     with pytest.raises((RedisConnectionError, ConnectionError)):
         await asyncio.wait_for(lost, 5)
@@ -339,13 +345,7 @@ async def test_the_owner_hears_of_frames_lost_with_a_dropped_connection(redis, m
     monkeypatch.setattr(sessions, "LAZY_REPLY_SECONDS", 0.2)
     live, _, _ = await three_sessions(redis)
     heard: list = []
-    connection = sessions._pipelines[redis].connection
-    host, port = connection._writer.get_extra_info("sockname")[:2]
-    assert await redis.client_kill(f"{host}:{port}")
-    for _ in range(50):  # until this side has seen the close (else the write may still go out)
-        if sessions._transport(connection).is_closing():
-            break
-        await asyncio.sleep(0.01)
+    await drop_pipeline_connection(redis)
     session_keep(redis, session=live, channel="n!c", seq=2, text="{}", ttl=0, unkept=heard.append)
     for _ in range(500):
         if heard:
