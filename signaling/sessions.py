@@ -623,8 +623,9 @@ async def close_pipeline(redis: aioredis.Redis) -> None:
     """Close the connection of this client's pipeline (tests, before their event loop ends)."""
     pipeline = _pipelines.pop(redis, None)
     if pipeline is not None:
-        if pipeline.timer is not None:
-            pipeline.timer.cancel()
+        for handle in (pipeline.timer, pipeline.writer):
+            if handle is not None:
+                handle.cancel()
         await pipeline.connection.disconnect()
 
 

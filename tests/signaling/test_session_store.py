@@ -390,6 +390,21 @@ async def test_stores_wait_for_others_only_under_load(redis, monkeypatch):
     assert writes == [[2], [4]]
 
 
+async def test_a_closed_pipeline_does_not_write_the_stores_it_held(redis, monkeypatch):
+    """close_pipeline cancels a lazy write that waits for its window: a pipeline closed within
+    LAZY_WRITE_SECONDS of a store used to open a new connection afterwards, with nobody to
+    close it."""
+    monkeypatch.setattr(sessions, "LAZY_BUSY_SECONDS", 3600)  # under load: the window applies
+    live, _, _ = await three_sessions(redis)
+    pipeline = sessions._pipelines[redis]
+    session_keep(redis, session=live, channel="n!c", seq=2, text="{}", ttl=0, unkept=print)
+    assert isinstance(pipeline.writer, asyncio.TimerHandle)
+    await close_pipeline(redis)
+    await asyncio.sleep(sessions.LAZY_WRITE_SECONDS * 5)
+    assert not pipeline.connection.is_connected
+    assert redis not in sessions._pipelines
+
+
 async def test_owed_replies_are_read_a_few_at_a_time(redis, monkeypatch):
     """Replies nobody waits for are read once LAZY_REPLIES_MAX are owed, not only when
     LAZY_REPLY_SECONDS have passed: read a thousand at once, they held the loop up for ~8 ms."""
