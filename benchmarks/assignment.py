@@ -6,8 +6,10 @@ Measures, in one run, on PostgreSQL (BENCH_DATABASE_URL, default …/traverse_be
 - selection (`relays.selectors.select_relays_for`: load, score, choose) p50 and p99, next to the
   baseline of loading the same 1,000 relays through the ORM (goal: p99 <= 2 ms);
 - SQL queries per `GET /api/v1/ice-servers/` beyond authentication (goal: <= 3);
-- requests per second of that endpoint next to a trivial Django JSON view, both through the
-  same Django stack in this process (goal: >= 0.7x the trivial view).
+- requests per second of that endpoint next to a trivial Django JSON view (and one that reads
+  the signed-in caller), served by one Daphne process as in production, from one load generator
+  (goal: >= 0.7x the trivial view), with the server's CPU per request; and the same through
+  Django's test client in this process (no server), for reference.
 
 Results: benchmarks/results/assignment.json and .md.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -29,6 +32,9 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 from benchmarks.soak import setup_django  # noqa: E402
+
+SERVER_CONNECTIONS = 4  # keep-alive connections, each with one request in flight
+SERVER_SECONDS = 6.0
 
 REGIONS = ["eu-west", "eu-central", "us-east", "us-west", "ap-south", "ap-east"]
 
@@ -89,17 +95,106 @@ def make_fleet(n: int):
     return user
 
 
-def trivial_view(request):
-    from django.http import JsonResponse
-
-    return JsonResponse({"ok": True})
+CALLERS = 200  # signed-in callers the server figures rotate through (each under the grant cap)
 
 
-def trivial_signed_in_view(request):
-    """The same, for the signed-in caller: the session and user reads every API call pays."""
-    from django.http import JsonResponse
+def make_callers(n: int) -> list[tuple[object, str]]:
+    """`n` signed-in callers, each with a session cookie: (user, sessionid)."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
 
-    return JsonResponse({"user": request.user.pk})
+    from relays.models import CredentialGrant
+
+    users = get_user_model().objects
+    callers = []
+    for i in range(n):
+        name = f"bench-caller-{i:03d}"
+        user = users.filter(username=name).first() or users.create_user(name)
+        client = Client()
+        client.force_login(user)
+        callers.append((user, client.cookies["sessionid"].value))
+    CredentialGrant.objects.filter(user__username__startswith="bench-caller-").delete()
+    return callers
+
+
+async def _load(port: int, requests: list[tuple[str, str]], seconds: float) -> dict:
+    """SERVER_CONNECTIONS keep-alive HTTP/1.1 connections, each with one request in flight,
+    taking (path, cookie) from `requests` in turn for `seconds`. Returns counts by status."""
+    import asyncio
+    import itertools
+
+    turn = itertools.cycle(requests)
+    statuses: dict[int, int] = {}
+    stop = time.perf_counter() + seconds
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < stop:
+            path, cookie = next(turn)
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: localhost\r\nCookie: sessionid={cookie}\r\n"
+                "X-Real-IP: 198.51.101.7\r\n\r\n".encode()
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            statuses[status] = statuses.get(status, 0) + 1
+        writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(SERVER_CONNECTIONS)))
+    return statuses
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def through_server(phases: dict[str, list[tuple[str, str]]]) -> dict:
+    """Each phase's requests per second and server CPU per request, served by one Daphne
+    process (the production command, with benchmarks.http_app's trivial views beside the
+    platform's URLs), from one load generator in this process."""
+    import asyncio
+    import subprocess
+    import urllib.request
+
+    from dev import platform_commands
+    from tests.conftest import free_port
+
+    port = free_port()
+    argv = platform_commands(python=sys.executable, port=port, concurrency=1, beat_schedule=ROOT)
+    argv = [*argv["web"][:-1], "benchmarks.http_app:application"]
+    log = RESULTS / "assignment-daphne.log"
+    server = subprocess.Popen(argv, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/bench/trivial/", timeout=1)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("daphne did not start:\n" + log.read_text()[-3000:])
+                time.sleep(0.2)
+        asyncio.run(_load(port, phases["trivial"], 2.0))  # warm up
+        out = {}
+        for name, requests in phases.items():
+            cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
+            statuses = asyncio.run(_load(port, requests, SERVER_SECONDS))
+            elapsed, cpu = time.perf_counter() - t0, cpu_seconds(server.pid) - cpu0
+            n = sum(statuses.values())
+            assert set(statuses) == {200}, (name, statuses, log.read_text()[-3000:])
+            out[name] = {"rps": round(n / elapsed), "server_cpu_ms": round(cpu / n * 1000, 2)}
+        return out
+    finally:
+        server.terminate()
+        server.wait(10)
+        log.unlink(missing_ok=True)
 
 
 def main() -> int:
@@ -108,13 +203,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=300)
     args = ap.parse_args()
     setup_django()
-    from django.conf import settings
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext, override_settings
-    from django.urls import include, path
+    from django.utils import timezone
 
-    from relays.models import Relay
+    from relays.models import CredentialGrant, Relay
     from relays.selectors import select_relays_for
 
     user = make_fleet(args.relays)
@@ -130,18 +224,13 @@ def main() -> int:
     selection = timed(select, args.rounds)
     orm = timed(load_through_orm, args.rounds)
 
-    # One URLconf: the platform's, plus a trivial JSON view on the same stack.
-    module = type(sys)("bench_urls")
-    module.urlpatterns = [
-        path("bench/trivial/", trivial_view),
-        path("bench/trivial-signed-in/", trivial_signed_in_view),
-        path("", include(settings.ROOT_URLCONF)),
-    ]
-    sys.modules["bench_urls"] = module
-    with override_settings(ROOT_URLCONF="bench_urls", ALLOWED_HOSTS=["*"]):
+    # In this process, through Django's test client (no server): the platform's URLs plus the
+    # trivial views (benchmarks.http_app).
+    with override_settings(ROOT_URLCONF="benchmarks.http_app", ALLOWED_HOSTS=["*"]):
         client = Client(REMOTE_ADDR="127.0.0.1", HTTP_X_REAL_IP=ip)
-        assert client.login(username="bench-caller", password="bench-password-1")
+        client.force_login(user)
         client.get("/api/v1/ice-servers/")  # the process's fleet snapshot, as in service
+        CredentialGrant.objects.filter(user=user).delete()
         with CaptureQueriesContext(connection) as captured:
             response = client.get("/api/v1/ice-servers/")
         assert response.status_code == 200, response.content
@@ -159,9 +248,12 @@ def main() -> int:
             return n / (time.perf_counter() - t0)
 
         rate("/bench/trivial/", 1.0)
-        trivial_rps = rate("/bench/trivial/")
-        signed_in_rps = rate("/bench/trivial-signed-in/")
-        ice_rps = rate("/api/v1/ice-servers/")
+        in_process = {
+            "trivial": rate("/bench/trivial/"),
+            "signed_in": rate("/bench/trivial-signed-in/"),
+            # One caller, many pages: past ICE_GRANTS_PER_USER the newest grant is extended.
+            "ice_at_cap": rate("/api/v1/ice-servers/"),
+        }
         # A page refreshing its credentials (?keep=): the same grant, extended.
         keep = client.get("/api/v1/ice-servers/").json()["grant"]
         refresh_url = f"/api/v1/ice-servers/?keep={keep}"
@@ -170,8 +262,27 @@ def main() -> int:
         refresh_statements = [
             q["sql"] for q in captured_refresh.captured_queries if not q["sql"].startswith(control)
         ]
-        refresh_rps = rate(refresh_url)
+        in_process["refresh"] = rate(refresh_url)
 
+    # Through the server: many callers, each page a new grant (none reaches the cap).
+    callers = make_callers(CALLERS)
+    cookies = [cookie for _, cookie in callers]
+    an_hour = timezone.now() + timedelta(hours=1)
+    grants = {
+        cookie: CredentialGrant.objects.create(user=caller, expires_at=an_hour).pk
+        for caller, cookie in callers
+    }
+    server = through_server(
+        {
+            "trivial": [("/bench/trivial/", c) for c in cookies],
+            "signed_in": [("/bench/trivial-signed-in/", c) for c in cookies],
+            "ice": [("/api/v1/ice-servers/", c) for c in cookies],
+            "refresh": [(f"/api/v1/ice-servers/?keep={grants[c]}", c) for c in cookies],
+        }
+    )
+    CredentialGrant.objects.filter(user__username__startswith="bench-caller-").delete()
+
+    ratio = round(server["ice"]["rps"] / server["trivial"]["rps"], 2)
     out = {
         "machine": {"python": platform.python_version(), "database": connection.vendor},
         "relays": args.relays,
@@ -180,20 +291,25 @@ def main() -> int:
         "queries_per_ice_servers": len(statements),
         "queries_beyond_auth": len(statements) - len(auth),
         "statements": statements,
-        "trivial_view_rps": round(trivial_rps),
-        "trivial_signed_in_view_rps": round(signed_in_rps),
-        "ice_servers_rps": round(ice_rps),
-        "ice_servers_refresh_rps": round(refresh_rps),
         "queries_per_refresh": len(refresh_statements),
-        "ratio_to_signed_in_trivial": round(ice_rps / signed_in_rps, 2),
+        "in_process_rps": {k: round(v) for k, v in in_process.items()},
+        "server": server,
+        "server_connections": SERVER_CONNECTIONS,
+        "ice_to_trivial": ratio,
         "goals": {
             "selection_p99_le_2ms": selection["p99_ms"] <= 2.0,
             "queries_beyond_auth_le_3": len(statements) - len(auth) <= 3,
-            "rps_ge_0_7x_trivial": ice_rps >= 0.7 * trivial_rps,
+            "rps_ge_0_7x_trivial": ratio >= 0.7,
         },
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "assignment.json").write_text(json.dumps(out, indent=2) + "\n")
+    goals = out["goals"]
+    ip_rps = out["in_process_rps"]
+
+    def served(name: str) -> str:
+        return f"{server[name]['rps']} req/s, {server[name]['server_cpu_ms']} ms CPU each"
+
     md = [
         "# Relay assignment",
         "",
@@ -201,10 +317,11 @@ def main() -> int:
         "",
         "| figure | measured | baseline | goal |",
         "|---|---|---|---|",
-        f"| selection p50 / p99 | {selection['p50_ms']} / {selection['p99_ms']} ms | ORM load of all relays: {orm['p50_ms']} / {orm['p99_ms']} ms | p99 <= 2 ms: **{out['goals']['selection_p99_le_2ms']}** |",
-        f"| SQL per GET /api/v1/ice-servers/ beyond authentication | {out['queries_beyond_auth']} (of {out['queries_per_ice_servers']}) | - | <= 3: **{out['goals']['queries_beyond_auth_le_3']}** |",
-        f"| requests/s, GET /api/v1/ice-servers/ (a new page: a grant is written) | {out['ice_servers_rps']} ({out['ratio_to_signed_in_trivial']}x the signed-in view) | trivial JSON view: {out['trivial_view_rps']}; signed in (session + user read): {out['trivial_signed_in_view_rps']} | >= 0.7x the trivial view: **{out['goals']['rps_ge_0_7x_trivial']}** |",
-        f"| requests/s, a refresh (?keep=, the same relays: the grant's expiry moves) | {out['ice_servers_refresh_rps']} | {out['queries_per_refresh']} SQL statements in all | - |",
+        f"| selection p50 / p99 | {selection['p50_ms']} / {selection['p99_ms']} ms | ORM load of all relays: {orm['p50_ms']} / {orm['p99_ms']} ms | p99 <= 2 ms: **{goals['selection_p99_le_2ms']}** |",
+        f"| SQL per GET /api/v1/ice-servers/ beyond authentication | {out['queries_beyond_auth']} (of {out['queries_per_ice_servers']}) | - | <= 3: **{goals['queries_beyond_auth_le_3']}** |",
+        f"| GET /api/v1/ice-servers/ through Daphne ({SERVER_CONNECTIONS} connections, {CALLERS} callers in turn: each page a new grant) | {served('ice')} ({ratio}x the trivial view) | trivial JSON view: {served('trivial')}; signed in (session + user read): {served('signed_in')} | >= 0.7x the trivial view: **{goals['rps_ge_0_7x_trivial']}** |",
+        f"| a refresh through Daphne (?keep=, the same relays: the grant's expiry moves) | {served('refresh')} | {out['queries_per_refresh']} SQL statements in all | - |",
+        f"| in this process, Django's test client (no server) | ice-servers, one caller past the grant cap: {ip_rps['ice_at_cap']} req/s; a refresh: {ip_rps['refresh']} | trivial: {ip_rps['trivial']}; signed in: {ip_rps['signed_in']} | - |",
         "",
     ]
     (RESULTS / "assignment.md").write_text("\n".join(md))

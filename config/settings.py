@@ -109,9 +109,25 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     if env.str("TRAVERSE_SQLITE_TEST_NAME", default=""):
         DATABASES["default"]["TEST"] = {"NAME": env.str("TRAVERSE_SQLITE_TEST_NAME")}
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
-# Persistent connections, checked before reuse: opening one per query cost ~9 ms of PostgreSQL
-# CPU each (issue 8). Each Daphne process uses one (database_sync_to_async runs in one thread).
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=300)
+# Connections are reused: opening one per query cost ~9 ms of PostgreSQL CPU each (issue 8).
+# PostgreSQL: a pool per process (psycopg_pool, Django 5.1+). Persistent connections
+# (CONN_MAX_AGE) are not enough under Daphne: Django runs each HTTP request's sync code in a
+# thread of its own (asgiref's ThreadSensitiveContext), and connections are per thread, so every
+# request opened a new connection (a fifth of a signed-in request's time) and left the old one
+# open until its thread was collected (34 open after a few seconds of load, issue 9). A pooled
+# connection goes back to the pool when the request ends, checked before it is lent again.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN", default=1),
+        "max_size": env.int("DATABASE_POOL_MAX", default=10),
+        # Waiting longer than this for a free connection fails the request (PoolTimeout).
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them (Django refuses both)
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=300)
+# Checked before reuse (with a pool: ConnectionPool.check_connection, as each is lent), so a
+# restarted database costs no request a dead connection.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -30,10 +30,10 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 class Daphne:
-    def __init__(self, tmp_path, name: str, options: tuple[str, ...] = ()):
+    def __init__(self, tmp_path, name: str, options: tuple[str, ...] = (), env: dict | None = None):
         self.port = free_port()
         self.log = tmp_path / f"{name}.log"
-        env = {**child_env(), "PRESENCE_TTL_SECONDS": "3"}
+        env = {**child_env(), "PRESENCE_TTL_SECONDS": "3", **(env or {})}
         argv = platform_commands(
             python=sys.executable, port=self.port, concurrency=1, beat_schedule=tmp_path / "b"
         )["web"]

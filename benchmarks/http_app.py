@@ -1,0 +1,35 @@
+"""The platform's URLs with two trivial JSON views beside them, for benchmarks/assignment.py:
+a URLconf (`benchmarks.http_app`) for the in-process client, and an ASGI application
+(`benchmarks.http_app:application`) that Daphne serves exactly as it serves
+`config.asgi:application`. Both are built on first use, once Django is set up."""
+
+from __future__ import annotations
+
+from django.http import JsonResponse
+
+
+def trivial_view(request):
+    return JsonResponse({"ok": True})
+
+
+def trivial_signed_in_view(request):
+    """The same, for the signed-in caller: the session and user reads every API call pays."""
+    return JsonResponse({"user": request.user.pk})
+
+
+def __getattr__(name: str):
+    if name == "urlpatterns":
+        from django.urls import include, path
+
+        return [
+            path("bench/trivial/", trivial_view),
+            path("bench/trivial-signed-in/", trivial_signed_in_view),
+            path("", include("config.urls")),
+        ]
+    if name == "application":
+        from config.asgi import application  # sets Django up
+        from django.conf import settings
+
+        settings.ROOT_URLCONF = __name__
+        return application
+    raise AttributeError(name)

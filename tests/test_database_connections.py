@@ -1,0 +1,96 @@
+"""Database connections of a real server process: reused across HTTP requests.
+
+Under Daphne, Django runs each HTTP request's sync code in a thread of its own, and Django's
+connections are per thread: with persistent connections (CONN_MAX_AGE), every request opened a
+new PostgreSQL connection and left the old one open until its thread was collected. A pool
+(settings: OPTIONS["pool"]) lends each request a connection and takes it back."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import urllib.request
+
+import pytest
+from django.db import connection
+
+from tests.signaling.conftest import session_cookie
+from tests.signaling.test_two_processes import Daphne
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+POOL_MAX = 3
+REQUESTS = 60
+
+
+def backends_since(start) -> int:
+    """Connections to the test database opened since `start`, other than this one."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND backend_start >= %s",
+            [start],
+        )
+        return cursor.fetchone()[0]
+
+
+def now_in_database():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the pool is PostgreSQL's; SQLite has no server"
+)
+def test_a_server_process_reuses_a_few_connections_for_many_requests(tmp_path, alice):
+    server = Daphne(tmp_path, "web", env={"DATABASE_POOL_MAX": str(POOL_MAX)})
+    try:
+        cookie = session_cookie(alice)
+
+        def history() -> tuple[int, bytes]:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{server.port}/calls/", headers={"Cookie": f"sessionid={cookie}"}
+            )
+            with urllib.request.urlopen(request, timeout=20) as response:
+                return response.status, response.read()
+
+        status, body = history()  # signed in: the session and the user are read
+        assert status == 200 and b"/accounts/logout/" in body, body[:300]
+        start = now_in_database()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # 4 at a time, 60 in all
+            results = list(pool.map(lambda _: history(), range(REQUESTS)))
+        assert all(status == 200 for status, _ in results)
+        # Each of the 60 requests opened one before; now at most the pool's size are opened.
+        assert backends_since(start) <= POOL_MAX
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the pool is PostgreSQL's; SQLite has no server"
+)
+def test_pooled_connections_the_database_dropped_are_not_lent_again(tmp_path, alice):
+    """PostgreSQL restarted (here: every connection of the server terminated): the next requests
+    get fresh connections (each is checked as it is lent), not an error."""
+    server = Daphne(tmp_path, "web", env={"DATABASE_POOL_MAX": str(POOL_MAX)})
+    try:
+        cookie = session_cookie(alice)
+
+        def history() -> int:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{server.port}/calls/", headers={"Cookie": f"sessionid={cookie}"}
+            )
+            with urllib.request.urlopen(request, timeout=20) as response:
+                return response.status
+
+        with concurrent.futures.ThreadPoolExecutor(POOL_MAX) as pool:
+            assert set(pool.map(lambda _: history(), range(12))) == {200}
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            assert cursor.fetchone()[0] >= 1
+        assert [history() for _ in range(POOL_MAX * 2)] == [200] * (POOL_MAX * 2)
+    finally:
+        server.stop()
