@@ -179,7 +179,9 @@ def through_server(phases: dict[str, list[tuple[str, str]]]) -> dict:
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("daphne did not start:\n" + log.read_text()[-3000:])
+                    raise RuntimeError(
+                        "daphne did not start:\n" + log.read_text()[-3000:]
+                    ) from None
                 time.sleep(0.2)
         asyncio.run(_load(port, phases["trivial"], 2.0))  # warm up
         out = {}

@@ -27,8 +27,9 @@ def __getattr__(name: str):
             path("", include("config.urls")),
         ]
     if name == "application":
-        from config.asgi import application  # sets Django up
         from django.conf import settings
+
+        from config.asgi import application  # sets Django up
 
         settings.ROOT_URLCONF = __name__
         return application
