@@ -121,9 +121,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "min_size": env.int("DATABASE_POOL_MIN", default=1),
         "max_size": env.int("DATABASE_POOL_MAX", default=10),
         # Waiting longer than this for a free connection fails the request (PoolTimeout).
-        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=5.0),
     }
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps them (Django refuses both)
+    # Django's backend, failing fast and recovering at once while the database is unreachable.
+    DATABASES["default"]["ENGINE"] = "config.postgresql"
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=300)
 # Checked before reuse (with a pool: ConnectionPool.check_connection, as each is lent), so a
@@ -179,7 +181,7 @@ CHANNEL_LAYERS = {
 # a 503 within a couple of seconds, not a hung request.
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "config.cache.RedisCache",  # one client per process (see there)
         "LOCATION": REDIS_URL,
         "OPTIONS": {"socket_timeout": 2.0, "socket_connect_timeout": REDIS_CONNECT_TIMEOUT},
     }

@@ -77,7 +77,7 @@ def test_redis_unreachable_sign_in_is_a_503(client, alice, password, settings):
     settings.RATELIMIT_ENABLE = True
     settings.CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "config.cache.RedisCache",
             "LOCATION": DEAD_REDIS,
             "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
         }

@@ -1,16 +1,21 @@
-"""Database connections of a real server process: reused across HTTP requests.
+"""Connections of a real server process, to PostgreSQL and to Redis: reused across requests.
 
-Under Daphne, Django runs each HTTP request's sync code in a thread of its own, and Django's
-connections are per thread: with persistent connections (CONN_MAX_AGE), every request opened a
-new PostgreSQL connection and left the old one open until its thread was collected. A pool
-(settings: OPTIONS["pool"]) lends each request a connection and takes it back."""
+Under Daphne, Django runs each HTTP request's sync code in a thread and a context of its own,
+and Django keeps database connections per thread and cache clients per context. So every
+request opened a new PostgreSQL connection (with persistent connections, CONN_MAX_AGE) and
+every request that touched the cache a new Redis connection, each left open until the garbage
+collector found it. Now a pool lends each request a database connection and takes it back
+(settings: OPTIONS["pool"]), and the process has one cache client (config.cache)."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import urllib.error
 import urllib.request
 
 import pytest
+import redis
+from django.conf import settings
 from django.db import connection
 
 from tests.signaling.conftest import session_cookie
@@ -92,5 +97,42 @@ def test_pooled_connections_the_database_dropped_are_not_lent_again(tmp_path, al
             )
             assert cursor.fetchone()[0] >= 1
         assert [history() for _ in range(POOL_MAX * 2)] == [200] * (POOL_MAX * 2)
+    finally:
+        server.stop()
+
+
+def redis_connections_received() -> int:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        return int(client.info("stats")["total_connections_received"])
+    finally:
+        client.close()
+
+
+def test_a_server_process_reuses_its_redis_connections_for_many_requests(tmp_path, alice):
+    """Each ICE request counts against the caller's rate limit in the Redis cache (the later
+    ones are refused with 429: counted all the same)."""
+    server = Daphne(tmp_path, "web", env={"RATELIMIT_ENABLE": "true"})
+    try:
+        cookie = session_cookie(alice)
+
+        def ice() -> int:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{server.port}/api/v1/ice-servers/",
+                headers={"Cookie": f"sessionid={cookie}"},
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=20) as response:
+                    return response.status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+
+        assert ice() in (200, 429)  # (the counters outlive a run: user ids start afresh)
+        before = redis_connections_received()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            statuses = list(pool.map(lambda _: ice(), range(REQUESTS)))
+        assert set(statuses) <= {200, 429} and 429 in statuses  # the limit was counted
+        # Each request opened one before (61 for 60); now the pool's few, and this test's own.
+        assert redis_connections_received() - before <= 6
     finally:
         server.stop()

@@ -1,0 +1,30 @@
+"""Django's Redis cache with one client, and so one connection pool, per process.
+
+Django keeps a cache object per context (asgiref's Local), and under Daphne each HTTP request's
+sync code runs in a context and a thread of its own: every request that touched the cache (rate
+limits, sessions' neighbours) built a new client with a new pool and opened a new Redis
+connection, left open until the garbage collector found it (284 connections for 283 rate-limited
+requests). redis-py's pools are thread-safe and start afresh in a forked child (Celery's
+prefork workers), so the processes' one client serves every thread."""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+
+from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
+from django.core.cache.backends.redis import RedisCacheClient
+
+_clients: dict[tuple, RedisCacheClient] = {}
+_lock = threading.Lock()
+
+
+class RedisCache(DjangoRedisCache):
+    @cached_property
+    def _cache(self) -> RedisCacheClient:
+        key = (tuple(self._servers), repr(sorted(self._options.items())))
+        with _lock:
+            client = _clients.get(key)
+            if client is None:
+                client = _clients[key] = self._class(self._servers, **self._options)
+        return client
