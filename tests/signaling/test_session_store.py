@@ -361,9 +361,11 @@ async def test_a_call_someone_waits_for_does_not_wait_for_the_stores_window(redi
     """The stores wait LAZY_WRITE_SECONDS for others; a detach made meanwhile goes at once,
     after them (the session's seq is the last frame stored)."""
     monkeypatch.setattr(sessions, "LAZY_WRITE_SECONDS", 60)
-    monkeypatch.setattr(sessions, "LAZY_BUSY_SECONDS", 3600)  # under load: the window applies
     live, _, _ = await three_sessions(redis)
+    pipeline = sessions._pipelines[redis]
+    pipeline.written = asyncio.get_running_loop().time()  # a write just went: under load
     stores = [session_store(redis, session=live, channel="n!c", seq=n, text="{}") for n in (2, 3)]
+    assert isinstance(pipeline.writer, asyncio.TimerHandle)  # they wait for the window
     await asyncio.wait_for(session_detach(redis, session=live, channel="n!c"), 5)
     assert await asyncio.wait_for(asyncio.gather(*stores), 5) == [1, 1]
     assert await redis.hget(f"traverse:sess:{live}", "seq") == b"3"
@@ -394,9 +396,9 @@ async def test_a_closed_pipeline_does_not_write_the_stores_it_held(redis, monkey
     """close_pipeline cancels a lazy write that waits for its window: a pipeline closed within
     LAZY_WRITE_SECONDS of a store used to open a new connection afterwards, with nobody to
     close it."""
-    monkeypatch.setattr(sessions, "LAZY_BUSY_SECONDS", 3600)  # under load: the window applies
     live, _, _ = await three_sessions(redis)
     pipeline = sessions._pipelines[redis]
+    pipeline.written = asyncio.get_running_loop().time()  # a write just went: under load
     session_keep(redis, session=live, channel="n!c", seq=2, text="{}", ttl=0, unkept=print)
     assert isinstance(pipeline.writer, asyncio.TimerHandle)
     await close_pipeline(redis)
