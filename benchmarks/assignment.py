@@ -161,10 +161,9 @@ def through_server(phases: dict[str, list[tuple[str, str]]]) -> dict:
     platform's URLs), from one load generator in this process."""
     import asyncio
     import subprocess
-    import urllib.request
 
     from dev import platform_commands
-    from tests.conftest import free_port
+    from tests.conftest import free_port, wait_until_serving
 
     port = free_port()
     argv = platform_commands(python=sys.executable, port=port, concurrency=1, beat_schedule=ROOT)
@@ -172,17 +171,7 @@ def through_server(phases: dict[str, list[tuple[str, str]]]) -> dict:
     log = RESULTS / "assignment-daphne.log"
     server = subprocess.Popen(argv, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/bench/trivial/", timeout=1)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "daphne did not start:\n" + log.read_text()[-3000:]
-                    ) from None
-                time.sleep(0.2)
+        wait_until_serving(f"http://127.0.0.1:{port}/bench/trivial/", server, log)
         asyncio.run(_load(port, phases["trivial"], 2.0))  # warm up
         out = {}
         for name, requests in phases.items():

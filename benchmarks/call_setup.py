@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -47,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 from dev import embedded_redis_command, platform_commands  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, wait_until_serving  # noqa: E402
 from tests.e2e.conftest import CHROMIUM_ARGS  # noqa: E402
 
 PG_SOCKET = Path("/var/run/postgresql/.s.PGSQL.5432")
@@ -183,21 +182,13 @@ class Platform:
         )["web"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
         log = self.tmp / f"web-{port}.log"
-        self.procs.append(
-            subprocess.Popen(
-                web, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT
-            )
+        proc = subprocess.Popen(
+            web, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT
         )
+        self.procs.append(proc)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/accounts/login/", timeout=1)
-                return base
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(log.read_text()[-3000:]) from None
-                time.sleep(0.1)
+        wait_until_serving(base + "/accounts/login/", proc, log)
+        return base
 
     def _database(self) -> None:
         import django

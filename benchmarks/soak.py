@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -38,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 from dev import platform_commands  # noqa: E402 - Daphne as the run command starts it
-from tests.conftest import free_port  # noqa: E402
+from tests.conftest import free_port, wait_until_serving  # noqa: E402
 
 
 def setup_django() -> None:
@@ -334,14 +333,7 @@ def main() -> int:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and daphne.poll() is None, "daphne did not start"
-                time.sleep(0.2)
+        wait_until_serving(f"http://127.0.0.1:{port}/accounts/login/", daphne, Path(log.name))
         print(
             f"traverse: Daphne, {args.pairs * 2} sockets in {args.pairs} calls, {args.seconds:.0f} s",
             flush=True,

@@ -99,6 +99,26 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+def wait_until_serving(
+    url: str, proc: subprocess.Popen, log: Path, *, timeout: float = 30.0
+) -> None:
+    """Until `url` answers 2xx/3xx (a web process started by a test or a benchmark); a
+    RuntimeError with the tail of its log when the process exits first or `timeout` passes."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{url} did not answer:\n" + Path(log).read_text()[-3000:]
+                ) from None
+            time.sleep(0.1)
+
+
 _relay_port_base = 50000 + (os.getpid() % 50) * 200
 
 

@@ -8,14 +8,13 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 from dev import platform_commands
-from tests.conftest import free_port, need_binary
+from tests.conftest import free_port, need_binary, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = [
@@ -88,18 +87,8 @@ def platform_running(logs: Path, env: dict, host: str = "127.0.0.1", port: int |
         for name in ("web", "worker")
     }
     base = f"http://{host}" if port == 80 else f"http://{host}:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(base + "/accounts/login/", timeout=1)
-            break
-        except OSError:
-            if procs["web"].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "daphne did not start:\n" + (logs / "web.log").read_text()[-3000:]
-                ) from None
-            time.sleep(0.1)
     try:
+        wait_until_serving(base + "/accounts/login/", procs["web"], logs / "web.log")
         yield base
     finally:
         for p in procs.values():

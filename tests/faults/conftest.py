@@ -11,14 +11,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from dev import platform_commands, tcp_redis_command
-from tests.conftest import free_port, need_binary
+from tests.conftest import free_port, need_binary, wait_until_serving
 from tests.e2e.conftest import ROOT, browser, child_env  # noqa: F401 - the browser fixture
 
 pytestmark = pytest.mark.e2e
@@ -109,15 +108,9 @@ class Stack:
             start_new_session=True,
         )
         if name == "web":
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(self.base + "/accounts/login/", timeout=1)
-                    return
-                except OSError:
-                    if self.procs[name].poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError((self.logs / "web.log").read_text()[-3000:]) from None
-                    time.sleep(0.1)
+            wait_until_serving(
+                self.base + "/accounts/login/", self.procs[name], self.logs / "web.log"
+            )
 
     def stop(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name, None)

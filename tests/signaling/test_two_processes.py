@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -20,7 +19,7 @@ from asgiref.sync import sync_to_async
 from calls.models import Participant, ParticipantState
 from calls.services import call_start
 from dev import platform_commands
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until_serving
 from tests.e2e.conftest import ROOT, child_env
 
 from .conftest import session_cookie
@@ -41,17 +40,7 @@ class Daphne:
         self.proc = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1)
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "daphne did not start:\n" + self.log.read_text()[-3000:]
-                    ) from None
-                time.sleep(0.1)
+        wait_until_serving(f"http://127.0.0.1:{self.port}/healthz", self.proc, self.log)
 
     def health(self) -> tuple[int, dict]:
         try:
