@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import statistics
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
-from benchmarks.soak import setup_django  # noqa: E402
+from benchmarks.soak import proc_cpu_rss, setup_django  # noqa: E402
 
 SERVER_CONNECTIONS = 4  # keep-alive connections, each with one request in flight
 SERVER_SECONDS = 6.0
@@ -101,18 +100,16 @@ CALLERS = 200  # signed-in callers the server figures rotate through (each under
 def make_callers(n: int) -> list[tuple[object, str]]:
     """`n` signed-in callers, each with a session cookie: (user, sessionid)."""
     from django.contrib.auth import get_user_model
-    from django.test import Client
 
     from relays.models import CredentialGrant
+    from tests.signaling.conftest import session_cookie
 
     users = get_user_model().objects
     callers = []
     for i in range(n):
         name = f"bench-caller-{i:03d}"
         user = users.filter(username=name).first() or users.create_user(name)
-        client = Client()
-        client.force_login(user)
-        callers.append((user, client.cookies["sessionid"].value))
+        callers.append((user, session_cookie(user)))
     CredentialGrant.objects.filter(user__username__startswith="bench-caller-").delete()
     return callers
 
@@ -151,8 +148,9 @@ async def _load(port: int, requests: list[tuple[str, str]], seconds: float) -> d
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """/proc/<pid>/stat's count, not the finer proc_cpu_ns: Daphne runs each request in a
+    thread that ends with it, and only the process's count keeps an ended thread's time."""
+    return proc_cpu_rss(pid)[0]
 
 
 def through_server(phases: dict[str, list[tuple[str, str]]]) -> dict:

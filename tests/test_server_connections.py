@@ -21,9 +21,38 @@ from tests.signaling.conftest import session_cookie
 from tests.signaling.test_two_processes import Daphne
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
+on_postgresql = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the pool is PostgreSQL's; SQLite has no server"
+)
 
 POOL_MAX = 3
 REQUESTS = 60
+
+
+@pytest.fixture
+def web(tmp_path):
+    """Starts Daphne processes (the run command's) with extra environment; stops them after."""
+    started: list[Daphne] = []
+
+    def start(**env: str) -> Daphne:
+        started.append(Daphne(tmp_path, "web", env=env))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def get(server: Daphne, cookie: str, path: str) -> tuple[int, bytes]:
+    """A signed-in GET of `path` (`cookie`: the session's, session_cookie): status and body."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.port}{path}", headers={"Cookie": f"sessionid={cookie}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 def backends_since(start) -> int:
@@ -43,61 +72,37 @@ def now_in_database():
         return cursor.fetchone()[0]
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="the pool is PostgreSQL's; SQLite has no server"
-)
-def test_a_server_process_reuses_a_few_connections_for_many_requests(tmp_path, alice):
-    server = Daphne(tmp_path, "web", env={"DATABASE_POOL_MAX": str(POOL_MAX)})
-    try:
-        cookie = session_cookie(alice)
-
-        def history() -> tuple[int, bytes]:
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{server.port}/calls/", headers={"Cookie": f"sessionid={cookie}"}
-            )
-            with urllib.request.urlopen(request, timeout=20) as response:
-                return response.status, response.read()
-
-        status, body = history()  # signed in: the session and the user are read
-        assert status == 200 and b"/accounts/logout/" in body, body[:300]
-        start = now_in_database()
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # 4 at a time, 60 in all
-            results = list(pool.map(lambda _: history(), range(REQUESTS)))
-        assert all(status == 200 for status, _ in results)
-        # Each of the 60 requests opened one before; now at most the pool's size are opened.
-        assert backends_since(start) <= POOL_MAX
-    finally:
-        server.stop()
+@on_postgresql
+def test_a_server_process_reuses_a_few_connections_for_many_requests(web, alice):
+    server, cookie = web(DATABASE_POOL_MAX=str(POOL_MAX)), session_cookie(alice)
+    status, body = get(server, cookie, "/calls/")  # signed in: the session and user are read
+    assert status == 200 and b"/accounts/logout/" in body, body[:300]
+    start = now_in_database()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # 4 at a time, 60 in all
+        results = list(pool.map(lambda _: get(server, cookie, "/calls/"), range(REQUESTS)))
+    assert all(status == 200 for status, _ in results)
+    # Each of the 60 requests opened one before; now at most the pool's size are opened.
+    assert backends_since(start) <= POOL_MAX
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="the pool is PostgreSQL's; SQLite has no server"
-)
-def test_pooled_connections_the_database_dropped_are_not_lent_again(tmp_path, alice):
+@on_postgresql
+def test_pooled_connections_the_database_dropped_are_not_lent_again(web, alice):
     """PostgreSQL restarted (here: every connection of the server terminated): the next requests
     get fresh connections (each is checked as it is lent), not an error."""
-    server = Daphne(tmp_path, "web", env={"DATABASE_POOL_MAX": str(POOL_MAX)})
-    try:
-        cookie = session_cookie(alice)
+    server, cookie = web(DATABASE_POOL_MAX=str(POOL_MAX)), session_cookie(alice)
 
-        def history() -> int:
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{server.port}/calls/", headers={"Cookie": f"sessionid={cookie}"}
-            )
-            with urllib.request.urlopen(request, timeout=20) as response:
-                return response.status
+    def history() -> int:
+        return get(server, cookie, "/calls/")[0]
 
-        with concurrent.futures.ThreadPoolExecutor(POOL_MAX) as pool:
-            assert set(pool.map(lambda _: history(), range(12))) == {200}
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-            assert cursor.fetchone()[0] >= 1
-        assert [history() for _ in range(POOL_MAX * 2)] == [200] * (POOL_MAX * 2)
-    finally:
-        server.stop()
+    with concurrent.futures.ThreadPoolExecutor(POOL_MAX) as pool:
+        assert set(pool.map(lambda _: history(), range(12))) == {200}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchone()[0] >= 1
+    assert [history() for _ in range(POOL_MAX * 2)] == [200] * (POOL_MAX * 2)
 
 
 def redis_connections_received(url: str) -> int:
@@ -108,33 +113,20 @@ def redis_connections_received(url: str) -> int:
         client.close()
 
 
-def test_a_server_process_reuses_its_redis_connections_for_many_requests(
-    tmp_path, alice, stats_redis
-):
+def test_a_server_process_reuses_its_redis_connections_for_many_requests(web, alice, stats_redis):
     """Each ICE request counts against the caller's rate limit in the Redis cache (the later
     ones are refused with 429: counted all the same). The server has a Redis of its own, so
     only its connections are counted."""
-    server = Daphne(tmp_path, "web", env={"RATELIMIT_ENABLE": "true", "REDIS_URL": stats_redis.url})
-    try:
-        cookie = session_cookie(alice)
+    server = web(RATELIMIT_ENABLE="true", REDIS_URL=stats_redis.url)
+    cookie = session_cookie(alice)
 
-        def ice() -> int:
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{server.port}/api/v1/ice-servers/",
-                headers={"Cookie": f"sessionid={cookie}"},
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=20) as response:
-                    return response.status
-            except urllib.error.HTTPError as exc:
-                return exc.code
+    def ice() -> int:
+        return get(server, cookie, "/api/v1/ice-servers/")[0]
 
-        assert ice() == 200
-        before = redis_connections_received(stats_redis.url)
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            statuses = list(pool.map(lambda _: ice(), range(REQUESTS)))
-        assert set(statuses) <= {200, 429} and 429 in statuses  # the limit was counted
-        # Each request opened one before (61 for 60); now the pool's few, and this test's own.
-        assert redis_connections_received(stats_redis.url) - before <= 6
-    finally:
-        server.stop()
+    assert ice() == 200
+    before = redis_connections_received(stats_redis.url)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda _: ice(), range(REQUESTS)))
+    assert set(statuses) <= {200, 429} and 429 in statuses  # the limit was counted
+    # Each request opened one before (61 for 60); now the pool's few, and this test's own.
+    assert redis_connections_received(stats_redis.url) - before <= 6

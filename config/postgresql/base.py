@@ -12,6 +12,7 @@ tries to connect itself: refused at once while the database is down."""
 from __future__ import annotations
 
 import threading
+import weakref
 from time import monotonic
 
 from django.db.backends.postgresql import base
@@ -30,8 +31,9 @@ pool_base.AttemptWithBackoff.INITIAL_DELAY = RETRY_SECONDS
 pool_base.AttemptWithBackoff.DELAY_BACKOFF = 1.0
 
 _lock = threading.Lock()
-# id(pool) -> (its successful connections, its failed attempts), when it last connected
-_last_success: dict[int, tuple[int, int]] = {}
+# pool -> (its successful connections, its failed attempts) when it last connected. Weak: a pool
+# closed and collected (tests, a Celery child) takes its counts with it.
+_last_success: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _pool_cannot_connect(pool) -> bool:
@@ -41,9 +43,9 @@ def _pool_cannot_connect(pool) -> bool:
     errors = stats.get("connections_errors", 0)
     made = stats.get("connections_num", 0) - errors
     with _lock:
-        last_made, errors_then = _last_success.get(id(pool), (0, 0))
+        last_made, errors_then = _last_success.get(pool, (0, 0))
         if made > last_made:
-            _last_success[id(pool)] = last_made, errors_then = made, errors
+            _last_success[pool] = last_made, errors_then = made, errors
     return not stats.get("pool_available", 0) and errors > errors_then
 
 
