@@ -109,8 +109,13 @@ def test_a_killed_relay_leaves_ice_responses_within_two_sweeps_and_comes_back(
     interval = 2.0
     settings.RELAY_SWEEP_INTERVAL = interval
     relay, server = loopback_relay(coturn, "fault-relay")
+    # The test asks for ICE servers every 0.2 s: past ICE_ISSUE_RATE (60/m) it was refused with
+    # 429 when the relay took a little longer to come back (seen in CI).
     s = stack(
-        RELAY_SWEEP_INTERVAL=interval, RELAY_PROBE_TIMEOUT=0.5, RELAY_SWEEP_ON_WORKER_START="true"
+        RELAY_SWEEP_INTERVAL=interval,
+        RELAY_PROBE_TIMEOUT=0.5,
+        RELAY_SWEEP_ON_WORKER_START="true",
+        ICE_ISSUE_RATE="100000/m",
     )
     s.start("web")
     s.start("worker")
@@ -275,8 +280,13 @@ def test_a_stopped_worker_withdraws_relays_and_its_return_restores_them(
     interval = 1.5
     settings.RELAY_SWEEP_INTERVAL = interval
     relay, _ = loopback_relay(coturn, "beat-relay")
+    # The test asks for ICE servers every 0.2 s: past ICE_ISSUE_RATE (60/m) it was refused with
+    # 429 when the relay took a little longer to come back (seen in CI).
     s = stack(
-        RELAY_SWEEP_INTERVAL=interval, RELAY_PROBE_TIMEOUT=0.5, RELAY_SWEEP_ON_WORKER_START="true"
+        RELAY_SWEEP_INTERVAL=interval,
+        RELAY_PROBE_TIMEOUT=0.5,
+        RELAY_SWEEP_ON_WORKER_START="true",
+        ICE_ISSUE_RATE="100000/m",
     )
     s.start("worker")
     s.start("beat")
