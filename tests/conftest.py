@@ -119,6 +119,26 @@ def wait_until_serving(
             time.sleep(0.1)
 
 
+def wait_for(check, timeout: float = 15.0, *, step: float = 0.1, what: str = ""):
+    """Poll `check()` until it returns something truthy, and return that; an AssertionError
+    naming `what` after `timeout` seconds. For state that something else writes a moment later
+    (a page's report to the server, a worker's update): assert it once and the test races."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what or check}"
+        time.sleep(step)
+
+
+def seconds_until(check, timeout: float, *, step: float = 0.1) -> float:
+    """Seconds until `check()` is truthy (wait_for, timed)."""
+    started = time.monotonic()
+    wait_for(check, timeout, step=step)
+    return time.monotonic() - started
+
+
 _relay_port_base = 50000 + (os.getpid() % 50) * 200
 
 

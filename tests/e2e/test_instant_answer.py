@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from calls.models import Call, EndReason
-from tests.conftest import loopback_relay
+from tests.conftest import loopback_relay, wait_for
 from tests.e2e.conftest import (
     RINGING,
     dial,
@@ -146,7 +146,9 @@ def test_of_two_ringing_pages_the_one_that_answers_keeps_its_connection(
     assert b2.evaluate("window.ringingCall.endReason") == "answered_elsewhere"
     assert a.evaluate("window.traverseCall.early.size") == 0
     assert a.evaluate("window.traverseCall.connections") == 1
-    # Answered without the camera: only the microphone opened.
+    # Answered without the camera: only the microphone opened. The early connection is up
+    # before the devices open (connected is said first), so this waits for them.
+    wait_until(b1, "window.traverseCall.devicesOpenAt", timeout=10_000)
     assert b1.evaluate("window.traverseCall.localStream.getVideoTracks().length") == 0
     wait_until(a, "window.traverseCall.inboundBytes().then(n => n > 0)")
 
@@ -326,4 +328,5 @@ def test_an_answer_at_any_step_of_the_early_negotiation_gets_the_media_through(
             ("sendrecv", "audio"),
             ("sendrecv", "video"),
         ], transceivers
-    assert Call.objects.get().state == "connected"
+    # The server hears it from the pages' connection report, a moment after the media.
+    wait_for(lambda: Call.objects.get().state == "connected", 10, what="the call connected")

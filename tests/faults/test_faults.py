@@ -25,7 +25,7 @@ from django.test import Client
 from calls.models import Call, ParticipantState
 from relays.selectors import select_relays_for
 from relays.services import relay_sweep
-from tests.conftest import loopback_relay
+from tests.conftest import loopback_relay, seconds_until, wait_for
 from tests.e2e.conftest import CONNECTED, dial_and_answer, sign_in, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -38,15 +38,6 @@ def _report(e2e_figures):
     yield
     e2e_figures.extend(FIGURES)
     FIGURES.clear()
-
-
-def wait_for(predicate, timeout: float, step: float = 0.1) -> float:
-    """Seconds until predicate() is true; fails after timeout."""
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < timeout, f"not within {timeout} s"
-        time.sleep(step)
-    return time.monotonic() - started
 
 
 def signed_in_opener(base: str, user) -> tuple[urllib.request.OpenerDirector, str]:
@@ -129,10 +120,10 @@ def test_a_killed_relay_leaves_ice_responses_within_two_sweeps_and_comes_back(
 
     wait_for(offered, timeout=30)
     server.stop()
-    gone = wait_for(lambda: not offered(), timeout=6 * interval, step=0.2)
+    gone = seconds_until(lambda: not offered(), timeout=6 * interval, step=0.2)
     assert gone <= 2 * interval + 2 * 0.5 + interval  # 2 sweeps (+ their probes, + beat's phase)
     server.start()
-    back = wait_for(offered, timeout=6 * interval, step=0.2)
+    back = seconds_until(offered, timeout=6 * interval, step=0.2)
     relay.refresh_from_db()
     kinds = list(relay.events.values_list("kind", flat=True).order_by("at", "id"))
     assert kinds[-2:] == ["down", "up"], kinds
@@ -296,11 +287,11 @@ def test_a_stopped_worker_withdraws_relays_and_its_return_restores_them(
 
     wait_for(offered, timeout=30)
     s.stop("worker")
-    gone = wait_for(lambda: not offered(), timeout=10 * interval, step=0.2)
+    gone = seconds_until(lambda: not offered(), timeout=10 * interval, step=0.2)
     relay.refresh_from_db()
     assert relay.display_status() == "stale"
     s.start("worker")
-    back = wait_for(offered, timeout=20, step=0.2)
+    back = seconds_until(offered, timeout=20, step=0.2)
     FIGURES.append(
         f"fault: worker killed -> relay withdrawn (stale) in {gone:.1f} s; worker back -> "
         f"offered again in {back:.1f} s (sweep every {interval} s)"
@@ -411,7 +402,7 @@ def test_a_webhook_survives_a_stopped_worker_and_a_lost_queue(stack, private_red
     started = time.monotonic()
     s.start("worker")
     s.start("beat")
-    took = wait_for(lambda: len(receiver.got) > 0, timeout=60, step=0.2)
+    took = seconds_until(lambda: len(receiver.got) > 0, timeout=60, step=0.2)
     (event,) = [Webhook(hook["secret"]).verify(body, headers) for headers, body in receiver.got[:1]]
     assert event["type"] == "call.started" and event["data"]["call"]["id"] == call["id"]
     delivery.refresh_from_db()

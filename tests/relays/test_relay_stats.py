@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -18,6 +17,7 @@ from relays.models import GrantTraffic, Relay
 from relays.services import ice_servers_issue, relay_create, relay_sweep
 from relays.snapshot import build
 from relays.stats_listener import StatsListener
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,16 +28,6 @@ class _Sink(asyncio.DatagramProtocol):
 
     def datagram_received(self, data, addr):
         self.got += len(data)
-
-
-def wait_for(what, check, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def in_thread(fn, *args, **kwargs):
@@ -126,7 +116,9 @@ def test_live_allocations_and_bytes_per_grant_come_from_the_relay(
     relay_sweep(relay_ids=[relay.pk], force=True)
     # The prober's own allocation shows the relay publishes; it is not a caller's load.
     relay.refresh_from_db()
-    wait_for("the probe's allocation to be heard", lambda: Relay.objects.get(pk=relay.pk).stats_at)
+    wait_for(
+        lambda: Relay.objects.get(pk=relay.pk).stats_at, what="the probe's allocation to be heard"
+    )
     assert Relay.objects.get(pk=relay.pk).live_allocations == 0
     make_up(relay)
     ice = ice_servers_issue(user=alice)
@@ -137,8 +129,8 @@ def test_live_allocations_and_bytes_per_grant_come_from_the_relay(
         turn, sink, peer = await allocate(entry, send=40)
         live = await in_thread(
             wait_for,
-            "one live allocation",
             lambda: Relay.objects.get(pk=relay.pk).live_allocations == 1,
+            what="one live allocation",
         )
         # Selection reads the published count, not the grants.
         c = (await in_thread(build)).candidates[str(relay.pk)]
@@ -150,14 +142,16 @@ def test_live_allocations_and_bytes_per_grant_come_from_the_relay(
     live, candidate, delivered = asyncio.run(call())
     assert live and candidate.allocations == 1 and candidate.load_source == "published"
     assert delivered >= 30_000  # the data did go through the relay
-    wait_for("no live allocation", lambda: Relay.objects.get(pk=relay.pk).live_allocations == 0)
-    row = wait_for(
-        "the grant's traffic",
-        lambda: GrantTraffic.objects.filter(grant_id=ice["grant"], relay=relay).first(),
+    wait_for(
+        lambda: Relay.objects.get(pk=relay.pk).live_allocations == 0, what="no live allocation"
     )
     row = wait_for(
-        "the grant's whole traffic",
+        lambda: GrantTraffic.objects.filter(grant_id=ice["grant"], relay=relay).first(),
+        what="the grant's traffic",
+    )
+    row = wait_for(
         lambda: (r := GrantTraffic.objects.get(pk=row.pk)).received_bytes >= 40_000 and r,
+        what="the grant's whole traffic",
     )
     assert row.user == alice and row.allocations == 1
     # 40 datagrams of 1,000 bytes, each with a ChannelData or Send header, and the
@@ -182,8 +176,8 @@ def test_a_relay_full_by_its_published_count_gets_no_new_callers(
         tcp, _, p2 = await allocate(tcp_entry, transport="tcp")
         await in_thread(
             wait_for,
-            "two live allocations",
             lambda: Relay.objects.get(pk=relay.pk).live_allocations == 2,
+            what="two live allocations",
         )
         # One unexpired grant, two allocations: full by what the relay says.
         await in_thread(make_up, relay)
@@ -209,8 +203,8 @@ def test_allocations_from_before_the_listener_started_count_at_once(
         await in_thread(listener)
         live = await in_thread(
             wait_for,
-            "the earlier allocation",
             lambda: Relay.objects.get(pk=relay.pk).live_allocations == 1,
+            what="the earlier allocation",
         )
         turn.close()
         peer.close()
