@@ -28,8 +28,17 @@ OUTAGES = (
 RETRY_AFTER_SECONDS = 5
 
 
+def unreachable(exc: BaseException) -> str:
+    """What an outage error (one of OUTAGES) could not reach."""
+    return "database" if isinstance(exc, DatabaseError) else "Redis server"
+
+
+def outage_message(what: str) -> str:
+    return f"Traverse can't reach its {what} right now. Try again in a few seconds."
+
+
 def outage_response(request: HttpRequest, what: str) -> HttpResponse:
-    message = f"Traverse can't reach its {what} right now. Try again in a few seconds."
+    message = outage_message(what)
     if request.path.startswith("/api/"):
         response: HttpResponse = JsonResponse(error_body("unavailable", message), status=503)
     else:
@@ -49,7 +58,7 @@ class OutageMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, OUTAGES):
             return None
-        what = "database" if isinstance(exception, DatabaseError) else "Redis server"
+        what = unreachable(exception)
         logger.error(
             "503 for %s %s: %s unreachable (%s)", request.method, request.path, what, exception
         )

@@ -19,6 +19,8 @@ from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth.models import AnonymousUser
 
+from config.middleware import OUTAGES
+
 from .broadcast import in_db_pool
 from .origins import carries_ticket, origin_allowed, origin_in
 
@@ -62,7 +64,10 @@ class _SocketSession:
         scope = dict(scope, session=self.store(session_key))
         # In the consumers' database pool: Channels' get_user runs in the one shared database
         # thread, behind whatever else waits there.
-        scope["user"] = await in_db_pool(_user_for)(scope["session"])
+        try:
+            scope["user"] = await in_db_pool(_user_for)(scope["session"])
+        except OUTAGES as exc:  # the consumer tells the page to come back later (4503)
+            scope["user"], scope["outage"] = AnonymousUser(), exc
         return await self.inner(scope, receive, send)
 
     async def _with_ticket(self, scope, receive, send):
@@ -79,6 +84,8 @@ class _SocketSession:
         except TicketError as exc:
             scope["user"] = AnonymousUser()
             scope["auth_error"] = {"code": exc.code, "message": str(exc)}
+        except OUTAGES as exc:
+            scope["user"], scope["outage"] = AnonymousUser(), exc
         return await self.inner(scope, receive, send)
 
 

@@ -50,6 +50,7 @@ from calls.services import (
     participant_stats,
 )
 from config.client_ip import scope_client_ip
+from config.middleware import OUTAGES, RETRY_AFTER_SECONDS, outage_message, unreachable
 from relays.scoring import network_key
 from relays.services import (
     IceLimited,
@@ -161,6 +162,12 @@ class SignalConsumer(AsyncWebsocketConsumer):
         try:
             await self._serve(scope, receive, send)
         except asyncio.CancelledError:
+            if isinstance(self.failure, OUTAGES):  # layer_failed: Redis went (logged there)
+                # "Come back later", not a failed application (1011 and a traceback): the page
+                # reconnects with its back-off and resumes its session once Redis is back.
+                await self._close_quietly(UNAVAILABLE_CLOSE_CODE)
+                await self._release()
+                return
             if self.failure is not None:  # layer_failed: a failure, not a shutdown
                 await self._release()
                 raise self.failure from None
@@ -229,6 +236,31 @@ class SignalConsumer(AsyncWebsocketConsumer):
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+    async def accept(self, subprotocol=None, headers=None) -> None:
+        await super().accept(subprotocol, headers)
+        self.accepted = True
+
+    async def websocket_connect(self, message: dict) -> None:
+        try:
+            if self.scope.get("outage") is not None:  # who this is could not be read (auth.py)
+                raise self.scope["outage"]
+            await super().websocket_connect(message)
+        except OUTAGES as exc:
+            # Redis or the database went while the socket opened: accepted and told to come
+            # back later (4503), as a session that can't start is, not a failed handshake (a
+            # 500, or nothing until Daphne's handshake timeout) with a traceback.
+            logger.warning(
+                "signaling: %s told to come back later: %s unreachable (%s)",
+                self.channel_name,
+                unreachable(exc),
+                exc,
+            )
+            if getattr(self, "session", None) and self.hub.local.get(self.session) is not self:
+                self.session = None  # it never started: nothing to detach
+            if not getattr(self, "accepted", False):
+                await self.accept()
+            await self.close(code=UNAVAILABLE_CLOSE_CODE)
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -348,7 +380,14 @@ class SignalConsumer(AsyncWebsocketConsumer):
                     user=self.user,
                     channel_name=self.channel_name,
                 )
-            except Exception:  # the reaper finds this device through presence instead
+            except OUTAGES as exc:  # the reaper finds this device through presence instead
+                logger.warning(
+                    "signaling: the drop of call %s not recorded: %s unreachable (%s)",
+                    call_id,
+                    unreachable(exc),
+                    exc,
+                )
+            except Exception:
                 logger.exception("signaling: could not record the drop of call %s", call_id)
         try:
             await presence_for(self.channel_name).remove_socket(self.channel_name)
@@ -453,9 +492,18 @@ class SignalConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=compact_json(data))
 
     async def emit_error(
-        self, code: str, message: str, *, ref: str | None = None, call: str | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        ref: str | None = None,
+        call: str | None = None,
+        retry_after: int | None = None,
     ) -> None:
-        await self.emit("error", call=call, body={"code": code, "message": message}, ref=ref)
+        body: dict = {"code": code, "message": message}
+        if retry_after is not None:  # the same frame may work then (the page sends it again)
+            body["retryAfter"] = retry_after
+        await self.emit("error", call=call, body=body, ref=ref)
 
     # --- receiving ----------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -469,6 +517,23 @@ class SignalConsumer(AsyncWebsocketConsumer):
         except (ProtocolError, CallError) as exc:
             ref = getattr(exc, "ref", None) or (msg.id if msg else None)
             await self.emit_error(exc.code, exc.message, ref=ref, call=msg.call if msg else None)
+        except OUTAGES as exc:
+            # The socket stays, and the page may send it again: a line in the log, not a
+            # traceback per frame while Redis or the database is away.
+            what = unreachable(exc)
+            logger.warning(
+                "signaling: a %s frame refused: %s unreachable (%s)",
+                msg.type if msg else "?",
+                what,
+                exc,
+            )
+            await self.emit_error(
+                "unavailable",
+                outage_message(what),
+                ref=msg.id if msg else None,
+                call=msg.call if msg else None,
+                retry_after=RETRY_AFTER_SECONDS,
+            )
         except Exception:
             logger.exception("signaling: failed to handle a %s frame", msg.type if msg else "?")
             await self.emit_error(

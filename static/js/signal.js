@@ -10,6 +10,11 @@ const RESTART_CLOSE_CODE = 4012;
 // A connection attempt that neither opens nor fails this long is given up and retried: one that
 // lands in the backlog of a server process that is stopping never hears back.
 const CONNECT_TIMEOUT_MS = 5000;
+// A frame the server could not handle for now (its database or Redis is away: an error with
+// `retryAfter`) is sent again after that many seconds, up to this many times; listeners hear
+// the error only when the last try fails too. The frames sent last are kept for that.
+const RESEND_TRIES = 6;
+const RESEND_KEPT = 64;
 
 export class Signal {
   constructor(path = "/ws/signal/") {
@@ -27,8 +32,9 @@ export class Signal {
     this.lastSeq = 0;
     this.queue = [];
     this.welcome = null;
+    this.sent = new Map(); // frame id -> {frame, tries}: the last RESEND_KEPT frames
     // For the browser tests and for debugging: what the numbering saw.
-    this.counters = { frames: 0, duplicates: 0, gaps: 0, resumes: 0, resumeFailures: 0, replayed: 0 };
+    this.counters = { frames: 0, duplicates: 0, gaps: 0, resumes: 0, resumeFailures: 0, replayed: 0, resent: 0 };
   }
 
   on(type, fn) {
@@ -139,7 +145,19 @@ export class Signal {
       this.lastSeq = msg.seq;
     }
     this.counters.frames += 1;
+    if (msg.type === "error" && this.resendLater(msg)) return;
     this.dispatch(msg.type, msg);
+  }
+
+  // The server says the frame may work in a moment: the same frame (same id, so replies still
+  // match what the page waits for) goes again then, unless too many tries failed already.
+  resendLater(msg) {
+    const kept = msg.ref && typeof msg.body.retryAfter === "number" && this.sent.get(msg.ref);
+    if (!kept || kept.tries >= RESEND_TRIES) return false;
+    kept.tries += 1;
+    this.counters.resent += 1;
+    setTimeout(() => { if (!this.finished) this.transmit(kept.frame); }, msg.body.retryAfter * 1000);
+    return true;
   }
 
   // Send now when the socket is ready, else queue (bounded). Returns the frame id.
@@ -151,6 +169,13 @@ export class Signal {
       this.dispatch("error", { type: "error", body: { code: "closed", message: "The connection is closed." } });
       return id;
     }
+    this.sent.set(id, { frame, tries: 0 });
+    if (this.sent.size > RESEND_KEPT) this.sent.delete(this.sent.keys().next().value);
+    this.transmit(frame);
+    return id;
+  }
+
+  transmit(frame) {
     if (this.ready && this.ws && this.ws.readyState === WebSocket.OPEN) {
       this.ws.send(JSON.stringify(frame));
     } else if (this.queue.length >= QUEUE_LIMIT) {
@@ -161,7 +186,6 @@ export class Signal {
     } else {
       this.queue.push(frame);
     }
-    return id;
   }
 
   flush() {

@@ -25,7 +25,7 @@ from django.test import Client
 from calls.models import Call, ParticipantState
 from relays.selectors import select_relays_for
 from relays.services import relay_sweep
-from tests.conftest import loopback_relay, seconds_until, wait_for
+from tests.conftest import database_proxy, loopback_relay, seconds_until, wait_for
 from tests.e2e.conftest import CONNECTED, dial_and_answer, sign_in, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -303,21 +303,7 @@ def test_the_database_unreachable_for_10_s(stack, alice, bob):
     API requests answered 503 (JSON, Retry-After) throughout (20 of 20), the first 201 came
     0.03-0.06 s after the network was back (6 runs), and the calls stored were exactly the ones
     answered 201. With the connection pool (config.postgresql): 20 of 20, 0.07-0.09 s."""
-    from django.db import connection
-
-    from tests.conftest import TcpProxy
-
-    settings_dict = connection.settings_dict
-    proxy = TcpProxy(
-        (settings_dict.get("HOST") or "127.0.0.1", int(settings_dict.get("PORT") or 5432))
-    )
-    if (settings_dict.get("HOST") or "").startswith("/"):
-        pytest.skip("the database is reached over a unix socket here; the proxy needs TCP")
-    try:
-        user = settings_dict["USER"] or ""
-        url = f"postgres://{user}@127.0.0.1:{proxy.port}/{settings_dict['NAME']}"
-        if settings_dict.get("PASSWORD"):
-            url = f"postgres://{user}:{settings_dict['PASSWORD']}@127.0.0.1:{proxy.port}/{settings_dict['NAME']}"
+    with database_proxy() as (proxy, url):
         # A pool that waited out its timeout for a connection it couldn't make answered one
         # request in the 10 s (each after the whole wait): with a 30-s timeout, none at all.
         s = stack(DATABASE_URL=url, DATABASE_POOL_TIMEOUT="30")
@@ -350,8 +336,6 @@ def test_the_database_unreachable_for_10_s(stack, alice, bob):
         recovered = time.monotonic() - back_at
         assert Call.objects.count() == created == 1
         assert all(c.participants.count() == 2 for c in Call.objects.all())
-    finally:
-        proxy.close()
     FIGURES.append(
         f"fault: database cut for 10 s -> {len(codes)} requests, all 503; first 201 "
         f"{recovered:.2f} s after it was back; nothing half-written"
