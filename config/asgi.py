@@ -20,6 +20,7 @@ if "daphne.server" in sys.modules:  # served by Daphne: tell sockets to move bef
     from signaling.under_daphne import (  # noqa: E402
         drop_handshake_leftovers,
         eager_tcp_writes,
+        fast_websocket_frames,
         quiet_autobahn_debug_arguments,
         slim_input_queues,
         thin_daphne_sweeps,
@@ -31,6 +32,7 @@ if "daphne.server" in sys.modules:  # served by Daphne: tell sockets to move bef
     eager_tcp_writes()
     slim_input_queues()
     drop_handshake_leftovers()
+    fast_websocket_frames()
 
 application = ProtocolTypeRouter(
     {

@@ -8,6 +8,8 @@ import time
 
 import pytest
 from asgiref.sync import sync_to_async
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from .conftest import session_cookie
 from .test_two_processes import Daphne, Device
@@ -338,3 +340,180 @@ def test_an_open_socket_lets_go_of_its_http_handshake(mode):
         assert out["held"] == {"HTTPChannel": 0, "WebRequest": 0, "Headers": 0}
     else:
         assert out["held"]["HTTPChannel"] == 3 and out["held"]["WebRequest"] == 3
+
+
+# --- fast_websocket_frames ---------------------------------------------------------------------
+
+
+def masked(text: str | bytes, *, opcode=None, fin: bool = True, mask: bool = True) -> bytes:
+    """A client's frame, as websockets (another implementation) writes it."""
+    from websockets.frames import Frame, Opcode
+
+    data = text.encode() if isinstance(text, str) else text
+    kind = Opcode.TEXT if opcode is None else Opcode(opcode)
+    return Frame(kind, data, fin=fin).serialize(mask=mask)
+
+
+@given(st.lists(st.text(max_size=300), min_size=1, max_size=6), st.data())
+@settings(max_examples=300, deadline=None)
+def test_the_short_path_reads_what_websockets_writes_and_only_that(texts, data):
+    from signaling.under_daphne import _text_frames
+
+    frames = [masked(t) for t in texts]
+    wire = b"".join(frames)
+    assert _text_frames(wire, 0) == texts
+    # Cut inside a frame: not for the short path (autobahn keeps the rest for the next read).
+    ends = [sum(len(f) for f in frames[: k + 1]) for k in range(len(frames))]
+    cut = data.draw(st.integers(1, len(wire) - 1))
+    expected = texts[: ends.index(cut) + 1] if cut in ends else None
+    assert _text_frames(wire[:cut], 0) == expected
+    # A limit below the longest payload: autobahn's (it closes with 1009).
+    longest = max(len(t.encode()) for t in texts)
+    if longest > 1:  # a limit of 0 is none
+        assert _text_frames(wire, longest - 1) is None
+        assert _text_frames(wire, longest) == texts
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        pytest.param(masked(b"\xff\xfe"), id="bad UTF-8"),
+        pytest.param(masked("\u00e9".encode()[:1]), id="a cut code point"),
+        pytest.param(masked("hi", fin=False), id="a first fragment"),
+        pytest.param(masked("hi", mask=False), id="unmasked"),
+        pytest.param(masked(b"\x00\x01", opcode=2), id="binary"),
+        pytest.param(masked(b"", opcode=9), id="ping"),
+        pytest.param(masked("ok") + masked(b"", opcode=9), id="text then ping"),
+        pytest.param(b"\x81\xfe\x00\x05abcdhello", id="a short length in 16 bits"),
+        pytest.param(masked("x" * 70_000), id="a 64-bit length"),
+        pytest.param(b"\xc1\x82abcdhi", id="an RSV bit"),
+    ],
+)
+def test_anything_else_goes_to_autobahn(wire):
+    from signaling.under_daphne import _text_frames
+
+    assert _text_frames(wire, 0) is None
+
+
+FRAMES_SERVER = r"""
+import sys
+from daphne.server import Server  # installs Twisted's asyncio reactor
+if sys.argv[1] == "fast":
+    from signaling.under_daphne import eager_tcp_writes, fast_websocket_frames
+    eager_tcp_writes()
+    fast_websocket_frames()
+
+async def app(scope, receive, send):
+    if scope["type"] != "websocket":
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    while (message := await receive())["type"] == "websocket.receive":
+        text = message.get("text")
+        if text == "big":
+            text = "b" * 70_000  # past 16-bit lengths: autobahn's frame
+        elif text is None:
+            text = "bytes:" + message["bytes"].hex()
+        await send({"type": "websocket.send", "text": "echo:" + text})
+        if text == "binary please":
+            await send({"type": "websocket.send", "bytes": b"\x00\x01\x02"})
+
+Server(
+    application=app,
+    endpoints=[f"tcp:port={sys.argv[2]}:interface=127.0.0.1"],
+    signal_handlers=False,
+).run()
+"""
+
+
+async def frames_seen(port: int) -> dict:
+    """What a client sees for each kind of frame a server may be sent."""
+    import websockets
+    from websockets.frames import Opcode
+
+    async def connect():
+        for _ in range(100):
+            try:
+                return await websockets.connect(f"ws://127.0.0.1:{port}/", ping_interval=None)
+            except OSError:
+                await asyncio.sleep(0.1)
+        raise AssertionError("the server did not start")
+
+    async def replies(ws, n):
+        got = []
+        for _ in range(n):
+            got.append(await asyncio.wait_for(ws.recv(), 5))
+        return got
+
+    async def closed(ws):
+        try:
+            await asyncio.wait_for(ws.recv(), 5)
+        except websockets.ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else 1006
+        return "open"
+
+    seen: dict = {}
+    ws = await connect()
+    ws.transport.write(masked("one") + masked("twö") + masked("x" * 200))  # one read, three frames
+    seen["three in one read"] = await replies(ws, 3)
+    wire, after = masked("split" * 40), masked("after")
+    ws.transport.write(wire[:7])
+    await asyncio.sleep(0.2)
+    ws.transport.write(wire[7:] + after[:3])
+    await asyncio.sleep(0.2)
+    ws.transport.write(after[3:])
+    seen["split across reads"] = await replies(ws, 2)
+    pong = await ws.ping(b"p")
+    await asyncio.wait_for(pong, 5)
+    seen["ping answered"] = True
+    await ws.send("binary please")
+    seen["binary out"] = await replies(ws, 2)
+    await ws.send(b"\x07")
+    await ws.send("big")
+    seen["binary in, big out"] = [r if len(r) < 100 else len(r) for r in await replies(ws, 2)]
+    ws.transport.write(masked("frag", fin=False) + masked("ment", opcode=Opcode.CONT))
+    seen["fragmented"] = await replies(ws, 1)
+    ws.transport.write(masked(b"\xff\xfe"))
+    seen["bad UTF-8"] = await closed(ws)
+    ws = await connect()
+    ws.transport.write(masked("bare", mask=False))
+    seen["unmasked"] = await closed(ws)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["fast", "upstream"])
+def test_the_short_paths_in_a_real_daphne_answer_as_autobahn_does(mode, tmp_path):
+    """signaling.under_daphne.fast_websocket_frames in a real Daphne, frames written by hand:
+    the same replies, closes and errors with the short paths as without them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import free_port
+
+    root = Path(__file__).resolve().parents[2]
+    port = free_port()
+    log = tmp_path / "daphne.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FRAMES_SERVER, mode, str(port)],
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        seen = asyncio.run(frames_seen(port))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert seen == {
+        "three in one read": ["echo:one", "echo:twö", "echo:" + "x" * 200],
+        "split across reads": ["echo:" + "split" * 40, "echo:after"],
+        "fragmented": ["echo:fragment"],
+        "ping answered": True,
+        "binary out": ["echo:binary please", b"\x00\x01\x02"],
+        "binary in, big out": ["echo:bytes:07", 70_005],
+        # autobahn fails a connection by dropping it (failByDrop): no close frame, 1006.
+        "bad UTF-8": 1006,
+        "unmasked": 1006,
+    }, log.read_text()[-3000:]
