@@ -596,6 +596,23 @@ class StatsRedis:
             self.proc.wait(5)
 
 
+@pytest.fixture
+def web(tmp_path):
+    """Starts Daphne processes (the run command's web process, tests/signaling/
+    test_two_processes.Daphne) with extra environment; stops them after."""
+    from tests.signaling.test_two_processes import Daphne
+
+    started: list[Daphne] = []
+
+    def start(**env: str) -> Daphne:
+        started.append(Daphne(tmp_path, "web", env=env))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 @contextlib.contextmanager
 def database_proxy():
     """A TcpProxy in front of the test database and a DATABASE_URL through it, for a server

@@ -29,20 +29,6 @@ POOL_MAX = 3
 REQUESTS = 60
 
 
-@pytest.fixture
-def web(tmp_path):
-    """Starts Daphne processes (the run command's) with extra environment; stops them after."""
-    started: list[Daphne] = []
-
-    def start(**env: str) -> Daphne:
-        started.append(Daphne(tmp_path, "web", env=env))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 def get(server: Daphne, cookie: str, path: str) -> tuple[int, bytes]:
     """A signed-in GET of `path` (`cookie`: the session's, session_cookie): status and body."""
     request = urllib.request.Request(

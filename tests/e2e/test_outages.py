@@ -9,7 +9,6 @@ import pytest
 from calls.models import Call, CallState, EndReason
 from tests.conftest import database_proxy
 from tests.signaling.test_outages import assert_no_traceback
-from tests.signaling.test_two_processes import Daphne
 
 from .conftest import dial, sign_in, wait_until
 
@@ -17,28 +16,25 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_a_hang_up_while_the_database_is_away_goes_through_once_it_is_back(
-    browser, tmp_path, alice, bob, password
+    browser, web, alice, bob, password
 ):
     with database_proxy() as (proxy, url):
-        server = Daphne(tmp_path, "web", env={"DATABASE_URL": url, "DATABASE_POOL_TIMEOUT": "3"})
-        try:
-            a = sign_in(browser, f"http://127.0.0.1:{server.port}", "alice", password)
-            errors: list[str] = []
-            a.on("pageerror", lambda e: errors.append(str(e)))
-            dial(a, "bob")
-            wait_until(a, "window.traverseCall.joined", timeout=10_000)  # it rings
-            proxy.cut()
-            a.click("#hangup")  # a ringing caller's hang-up: `cancel`
-            # Refused with `unavailable` and retryAfter: kept for later, not shown, not lost.
-            wait_until(a, "window.traverseCall.signal.counters.resent === 1", timeout=10_000)
-            assert a.evaluate("window.traverseCall.ended") is False
-            assert a.evaluate("window.traverseCall.errors") == []
-            proxy.restore()
-            wait_until(a, "window.traverseCall.endReason === 'cancelled'", timeout=15_000)
-            assert a.evaluate("window.traverseCall.signal.counters.resent") == 1
-            assert errors == []
-        finally:
-            server.stop()
+        server = web(DATABASE_URL=url, DATABASE_POOL_TIMEOUT="3")
+        a = sign_in(browser, f"http://127.0.0.1:{server.port}", "alice", password)
+        errors: list[str] = []
+        a.on("pageerror", lambda e: errors.append(str(e)))
+        dial(a, "bob")
+        wait_until(a, "window.traverseCall.joined", timeout=10_000)  # it rings
+        proxy.cut()
+        a.click("#hangup")  # a ringing caller's hang-up: `cancel`
+        # Refused with `unavailable` and retryAfter: kept for later, not shown, not lost.
+        wait_until(a, "window.traverseCall.signal.counters.resent === 1", timeout=10_000)
+        assert a.evaluate("window.traverseCall.ended") is False
+        assert a.evaluate("window.traverseCall.errors") == []
+        proxy.restore()
+        wait_until(a, "window.traverseCall.endReason === 'cancelled'", timeout=15_000)
+        assert a.evaluate("window.traverseCall.signal.counters.resent") == 1
+        assert errors == []
     call = Call.objects.get()
     assert (call.state, call.end_reason) == (CallState.ENDED, EndReason.CANCELLED)
     log = assert_no_traceback(server)

@@ -69,19 +69,6 @@ def assert_no_traceback(server: Daphne) -> str:
     return log
 
 
-@pytest.fixture
-def web(tmp_path):
-    started: list[Daphne] = []
-
-    def start(**env: str) -> Daphne:
-        started.append(Daphne(tmp_path, "web", env=env))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 def test_while_redis_is_away_sockets_are_told_to_come_back_and_then_do(web, alice, stats_redis):
     server, cookie = web(REDIS_URL=stats_redis.url), session_cookie(alice)
 
