@@ -256,8 +256,6 @@ class SignalConsumer(AsyncWebsocketConsumer):
                 unreachable(exc),
                 exc,
             )
-            if getattr(self, "session", None) and self.hub.local.get(self.session) is not self:
-                self.session = None  # it never started: nothing to detach
             if not getattr(self, "accepted", False):
                 await self.accept()
             await self.close(code=UNAVAILABLE_CLOSE_CODE)
@@ -290,22 +288,23 @@ class SignalConsumer(AsyncWebsocketConsumer):
         self.held: list[dict] | None = None  # see _holding_frames
         self.network = ""  # whose relay measurements this device shares (set below)
         self.redis = redis_for_loop()
-        self.session: str | None = new_session_id()
+        self.session: str | None = None  # once it is opened (below)
         self.seq = 0  # the last frame numbered on this session: this consumer owns it
         self.refreshed = time.monotonic()
         self.hub = hub_for(node_of(self.channel_name))
         await self.channel_layer.group_add(user_group(user.pk), self.channel_name)
         await self.accept()
+        session = new_session_id()
         try:
             await session_open(
-                self.redis, session=self.session, user_id=user.pk, channel=self.channel_name
+                self.redis, session=session, user_id=user.pk, channel=self.channel_name
             )
-            self.hub.hold(self.session, self)
+            self.session = session
+            self.hub.hold(session, self)
         except BROADCAST_ERRORS as exc:
             # Without a session, peers can't reach this device: the page tries again later
             # (Redis is restarting, most likely).
             logger.warning("signaling: no device session for %s: %s", self.channel_name, exc)
-            self.session = None
             await self.close(code=UNAVAILABLE_CLOSE_CODE)
             return
         await presence_for(self.channel_name).add_socket(self.channel_name, user.pk)
