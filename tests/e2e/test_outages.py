@@ -28,7 +28,14 @@ def test_a_hang_up_while_the_database_is_away_goes_through_once_it_is_back(
         proxy.cut()
         a.click("#hangup")  # a ringing caller's hang-up: `cancel`
         # Refused with `unavailable` and retryAfter: kept for later, not shown, not lost.
-        wait_until(a, "window.traverseCall.signal.counters.resent === 1", timeout=10_000)
+        try:
+            wait_until(a, "window.traverseCall.signal.counters.resent === 1", timeout=30_000)
+        except TimeoutError as e:  # CI saw this once (67ee5b2): say what the page and server saw
+            state = a.evaluate(
+                "JSON.stringify([window.traverseCall.signal.counters, window.traverseCall.errors,"
+                " window.traverseCall.serverState, window.traverseCall.ended])"
+            )
+            raise AssertionError(f"{state}\n{server.log.read_text()[-4000:]}") from e
         assert a.evaluate("window.traverseCall.ended") is False
         assert a.evaluate("window.traverseCall.errors") == []
         proxy.restore()
