@@ -14,6 +14,8 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
@@ -102,6 +104,9 @@ SESSION_MOVED_CLOSE_CODE = 4409
 MEMBERSHIP_FRAMES = frozenset(
     {"peer-joined", "peer-left", "hangup", "taken-over", "early-peer", "early-left"}
 )
+# The frames relayed device to device (`_relay`), and where `_direct` leaves a frame it parsed.
+RELAYED = frozenset({"offer", "answer", "candidate"})
+PARSED = "traverse.parsed"
 # A live session's lifetime in Redis is pushed back this often, by the frame that comes then.
 _TTL_REFRESH_SECONDS = 3600
 _store_warned = [0.0]  # when a failed store was last logged: once a minute, not once a frame
@@ -153,6 +158,10 @@ class SignalConsumer(AsyncWebsocketConsumer):
     task: asyncio.Task | None = None  # the one this consumer runs in
     failure: BaseException | None = None  # see layer_failed
     closing: asyncio.Future | None = None  # a close under way (see _unkept)
+    # Under Daphne (under_daphne.SlimQueue): the socket's input queue, and a send that doesn't
+    # await (see _direct). None under other servers and in tests' communicators.
+    queue: Any = None
+    send_now: Callable[[dict], None] | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         # disconnect() only runs when the server tells the consumer the socket closed. A consumer
@@ -198,6 +207,9 @@ class SignalConsumer(AsyncWebsocketConsumer):
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         self.base_send = send
+        queue = getattr(receive, "__self__", None)
+        if callable(getattr(queue, "send_now", None)):
+            self.queue, self.send_now = queue, queue.send_now
         reader = reader_for(self.channel_layer)
         reader.listen(self.channel_name, self)
         try:
@@ -341,6 +353,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
             if admitted["call"]:
                 body["ticketCall"] = admitted["call"]
         await self.emit("welcome", body=body)
+        if self.queue is not None:
+            self.queue.direct = self._direct
 
     async def drain(self) -> None:
         """This process is stopping (hub.process_drain_sockets): the page reconnects elsewhere
@@ -358,6 +372,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
         if not hasattr(self, "user") or self.released:
             return
         self.released = True
+        if self.queue is not None:
+            self.queue.direct = None
         joined, self.joined = (list(self.joined) if record else []), {}
         early, self.early = self.early, {}
         if record and self.session:
@@ -434,9 +450,23 @@ class SignalConsumer(AsyncWebsocketConsumer):
         if not session:  # no session (Redis was down when the socket opened): unnumbered
             await self.send(text_data=text)
             return
+        if self.send_now is not None:  # Daphne: no await (under_daphne.SlimQueue.send_now)
+            self._out_now(text, frame, call)
+            return
         self.seq += 1
         seq = self.seq
         await self.send(text_data=with_seq(seq, text))
+        self._keep(session, seq, text, frame, call)
+
+    def _out_now(self, text: str, frame: str, call: str | None) -> None:
+        """_out with no await, under Daphne (the caller checked `send_now` and the session)."""
+        self.seq += 1
+        seq, session = self.seq, self.session
+        self.send_now({"type": "websocket.send", "text": with_seq(seq, text)})  # type: ignore[misc]
+        self._keep(session, seq, text, frame, call)  # type: ignore[arg-type]
+
+    def _keep(self, session: str, seq: int, text: str, frame: str, call: str | None) -> None:
+        """Keep a sent frame for a resume: behind the send, in the next pipeline (sessions.py)."""
         ttl = 0
         if time.monotonic() - self.refreshed > _TTL_REFRESH_SECONDS:
             ttl, self.refreshed = LIVE_TTL_SECONDS, time.monotonic()
@@ -505,13 +535,54 @@ class SignalConsumer(AsyncWebsocketConsumer):
         await self.emit("error", call=call, body=body, ref=ref)
 
     # --- receiving ----------------------------------------------------------------------
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+    def _direct(self, item: dict) -> bool:
+        """An offer, answer or candidate for a device whose socket this process holds, relayed
+        at once, in the server's callback that read it (under_daphne.SlimQueue.direct: only
+        while this consumer waits for a frame, so frames are still handled in order). The
+        same checks as `receive` and `_relay`, and the same frame out; whatever needs waiting
+        for (another process, a full bucket, an error to answer) is left to `receive`, which
+        finds the frame parsed. True when it was relayed."""
+        text = item.get("text")
+        if item["type"] != "websocket.receive" or text is None or not self.session:
+            return False
+        try:
+            msg = parse_frame(text, max_bytes=settings.SIGNALING_MAX_FRAME_BYTES)
+        except ProtocolError:
+            return False
+        item[PARSED] = msg
+        if msg.type not in RELAYED:
+            return False
+        try:
+            to, out = self._relayed(msg)
+        except ProtocolError:
+            return False
+        target = self.hub.local.get(to)
+        if target is None or not target.takes_now() or not self.bucket.take():
+            return False
+        try:
+            target.session_frame_now(
+                {"session": to, "text": out, "frame": msg.type, "call": msg.call}
+            )
+            self.hub.relayed_at_once += 1
+        except Exception:  # as `receive` would log it; the frame is spent either way
+            logger.exception("signaling: failed to relay a %s frame", msg.type)
+        return True
+
+    async def websocket_receive(self, message: dict) -> None:
+        await self.receive(message.get("text"), message.get("bytes"), parsed=message.get(PARSED))
+
+    async def receive(
+        self,
+        text_data: str | None = None,
+        bytes_data: bytes | None = None,
+        parsed: ClientMessage | None = None,
+    ) -> None:
         if not self.bucket.take():
             await self.emit_error("rate_limited", "Too many messages; slow down.")
             return
         msg: ClientMessage | None = None
         try:
-            msg = parse_frame(text_data, max_bytes=settings.SIGNALING_MAX_FRAME_BYTES)
+            msg = parsed or parse_frame(text_data, max_bytes=settings.SIGNALING_MAX_FRAME_BYTES)
             await getattr(self, "on_" + msg.type.replace("-", "_"))(msg)
         except (ProtocolError, CallError) as exc:
             ref = getattr(exc, "ref", None) or (msg.id if msg else None)
@@ -798,15 +869,18 @@ class SignalConsumer(AsyncWebsocketConsumer):
         self.joined.pop(msg.call, None)  # type: ignore[arg-type]
         await self.emit("left", call=msg.call, ref=msg.id)
 
-    async def _relay(self, msg: ClientMessage) -> None:
-        """offer / answer / candidate to one device of the call (`to`), or to the only one;
-        while it rings, between a ringing device and the devices that joined (early ICE)."""
+    def _relayed(self, msg: ClientMessage) -> tuple[str, str]:
+        """The device session an offer, answer or candidate goes to, and the frame it gets:
+        one device of the call (`to`), or the only one; while it rings, between a ringing
+        device and the devices that joined (early ICE). Raises ProtocolError when it may not
+        go. Changes nothing (`_direct` may give up on a frame after this)."""
         early = self.early.get(msg.call)  # type: ignore[arg-type]
         if early and msg.call not in self.joined and msg.call not in self.ended:
             peers: dict[int, str] = {}
         else:
             peers = self._peers(msg)
-        to = msg.body.pop("to", None)
+        body = dict(msg.body)
+        to = body.pop("to", None)
         if to is None:
             if early or len(peers) > 1:
                 raise ProtocolError(
@@ -817,9 +891,12 @@ class SignalConsumer(AsyncWebsocketConsumer):
                 raise ProtocolError("peer_not_present", "Nobody else is in the call yet.", msg.id)
         elif to not in peers.values() and not (early and to in early):
             raise ProtocolError("not_a_peer", "That device is not in this call.", msg.id)
-        msg.body["from"] = self.user.pk
-        msg.body["fromSession"] = self.session
-        text = frame_text(msg.type, call=msg.call, body=msg.body)
+        body["from"] = self.user.pk
+        body["fromSession"] = self.session
+        return to, frame_text(msg.type, call=msg.call, body=body)
+
+    async def _relay(self, msg: ClientMessage) -> None:
+        to, text = self._relayed(msg)
         try:
             await deliver(
                 self.redis,
@@ -901,17 +978,31 @@ class SignalConsumer(AsyncWebsocketConsumer):
         await self.emit("reported", call=msg.call, ref=msg.id)
 
     # --- channel-layer events -----------------------------------------------------------
+    def takes_now(self) -> bool:
+        """Whether session_frame_now can send here (under Daphne, with a session)."""
+        return self.send_now is not None and self.session is not None
+
+    def session_frame_now(self, event: dict) -> None:
+        """session_frame with no await, for a consumer that takes_now()."""
+        if self._to_send(event):
+            self._out_now(event["text"], event["frame"], event.get("call"))
+
     async def session_frame(self, event: dict) -> None:
         """A frame pushed into this device session by someone else (hub.deliver)."""
+        if self._to_send(event):
+            await self._out(event["text"], event["frame"], event.get("call"))
+
+    def _to_send(self, event: dict) -> bool:
+        """Whether a frame pushed into this device session is this socket's to send now."""
         if self.held is not None:
             self.held.append(event)  # a join or resume is under way: see _holding_frames
-            return
+            return False
         if event["session"] != self.session:
-            return  # for the fresh session this socket gave up for a resumed one
+            return False  # for the fresh session this socket gave up for a resumed one
         call = event.get("call")
         if event["frame"] in MEMBERSHIP_FRAMES and call:
             self._learn(event["frame"], call, event["text"])
-        await self._out(event["text"], event["frame"], call)
+        return True
 
     def _learn(self, frame: str, call: str, text: str) -> None:
         """Keep the devices of each joined call current, from the frames that change them."""

@@ -43,6 +43,10 @@ class SessionHolder(Protocol):
 
     async def session_frame(self, event: dict) -> None: ...
 
+    def takes_now(self) -> bool: ...
+
+    def session_frame_now(self, event: dict) -> None: ...
+
     def session_moved(self) -> None: ...
 
     async def drain(self) -> None: ...
@@ -63,6 +67,7 @@ class Hub:
         self.node = node
         self.local: dict[str, SessionHolder] = {}
         self.task: asyncio.Task | None = None
+        self.relayed_at_once = 0  # frames relayed in the callback that read them (_direct)
 
     def hold(self, session: str, consumer: SessionHolder) -> None:
         previous = self.local.get(session)
@@ -171,6 +176,12 @@ def process_draining() -> bool:
 def process_sockets() -> int:
     """Device sessions held by this process's sockets."""
     return sum(len(h.local) for h in list(_hubs.values()))
+
+
+def process_relayed_at_once() -> int:
+    """Frames this process relayed socket to socket at once, with no task woken (consumers'
+    `_direct`, under Daphne), since it started."""
+    return sum(h.relayed_at_once for h in list(_hubs.values()))
 
 
 def hub_for(node: str) -> Hub:

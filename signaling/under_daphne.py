@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -113,15 +114,30 @@ class SlimQueue:
     """What Daphne's application input queue is asked for (`put_nowait`, `get`), with a list
     and one waiter: asyncio.Queue keeps four deques and an Event, about 2.4 KiB per idle socket
     (tracemalloc, issue 8). Items come out in the order they went in; one getter at a time (the
-    consumer's), as Daphne's `receive` has."""
+    consumer's), as Daphne's `receive` has.
 
-    __slots__ = ("_items", "_waiter")
+    Two more things for the application, which finds the queue as `receive.__self__`:
+    - `send_now(message)`: what awaiting the server's `send` does (Daphne's handle_reply: it
+      never waits), as a plain call, for a consumer that sends from code that doesn't await;
+    - `direct`: the application may set it to a callable that handles an item at once, in the
+      server's callback that read it, and says whether it did. It is asked only while the
+      application waits in `get` with nothing queued (it has handled everything before this
+      item, and is in no handler), so items are still handled one at a time, in order. One
+      that it doesn't take is queued as usual. This saves a relayed frame a wake-up of the
+      consumer's task: a turn of the loop, a future and the awaits down to the handler (issue
+      8: signaling.consumers.SignalConsumer._direct)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_items", "_waiter", "direct", "send_now")
+
+    def __init__(self, send_now: Callable[[dict], None] | None = None) -> None:
         self._items: list | None = None
         self._waiter: asyncio.Future | None = None
+        self.direct: Callable[[dict], bool] | None = None
+        self.send_now = send_now
 
     def put_nowait(self, item: Any) -> None:
+        if self._waiter is not None and self.direct is not None and self.direct(item):
+            return
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(item)
@@ -153,6 +169,15 @@ class SlimQueue:
             raise
 
 
+def _send_now(server, protocol, message: dict) -> None:
+    """Daphne's Server.handle_reply (4.2.3) as a plain call: it never waits. Its check of
+    response headers is for HTTP only."""
+    connection = server.connections.get(protocol)
+    if connection is None or connection.get("disconnected", None):
+        return
+    protocol.handle_reply(message)
+
+
 def slim_input_queues() -> None:
     """Daphne's Server.create_application (4.2.3), with a SlimQueue for the input queue.
     tests/signaling/test_daphne_tuning.py checks that upstream's is still the one mirrored."""
@@ -164,7 +189,7 @@ def slim_input_queues() -> None:
 
     def create_application(self, protocol, scope):
         assert "application_instance" not in self.connections[protocol]
-        input_queue = SlimQueue()
+        input_queue = SlimQueue(partial(_send_now, self, protocol))
         scope.setdefault("asgi", {"version": "3.0"})
         application_instance = self.application(
             scope=scope,

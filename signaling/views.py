@@ -16,7 +16,7 @@ from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from .hub import process_draining, process_sockets
+from .hub import process_draining, process_relayed_at_once, process_sockets
 from .presence import redis_for_loop
 
 
@@ -51,6 +51,7 @@ async def health(request):
         {
             "status": status,
             "sockets": process_sockets(),
+            "relayedAtOnce": process_relayed_at_once(),
             "redis": redis_ok,
             "database": database_ok,
         },

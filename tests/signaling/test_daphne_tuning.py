@@ -211,7 +211,9 @@ def test_the_slim_input_queue_mirrors_daphnes_own_create_application():
     slim_input_queues()
     mirrored = code_lines(Server.create_application)
     assert mirrored == [
-        "input_queue = SlimQueue()" if line == "input_queue = asyncio.Queue()" else line
+        "input_queue = SlimQueue(partial(_send_now, self, protocol))"
+        if line == "input_queue = asyncio.Queue()"
+        else line
         for line in UPSTREAM_CREATE_APPLICATION
     ]
 
@@ -249,6 +251,38 @@ async def test_the_slim_queue_keeps_order_and_loses_nothing_to_a_cancelled_get()
     with pytest.raises(asyncio.CancelledError):
         await getter
     assert [await q.get(), await q.get()] == ["d", "e"] and q.empty()
+
+
+async def test_the_slim_queue_hands_items_to_direct_only_while_its_getter_waits_for_one():
+    from signaling.under_daphne import SlimQueue
+
+    q = SlimQueue()
+    handled: list = []
+
+    def direct(item) -> bool:
+        if item.startswith("now"):
+            handled.append(item)
+            return True
+        return False
+
+    q.direct = direct
+    q.put_nowait("now-1")  # nobody waits: queued, not handled at once
+    assert handled == [] and await q.get() == "now-1"
+
+    getter = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    q.put_nowait("now-2")  # the getter waits with nothing queued: handled here
+    q.put_nowait("later-1")  # not taken: handed to the getter
+    q.put_nowait("now-3")  # the getter has an item it hasn't run yet: queued, in order
+    assert handled == ["now-2"]
+    assert await getter == "later-1" and await q.get() == "now-3" and q.empty()
+
+    getter = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)
+    q.put_nowait("now-4")
+    q.put_nowait("now-5")  # still waiting: each is handled at once
+    assert handled == ["now-2", "now-4", "now-5"] and not getter.done()
+    getter.cancel()
 
 
 LEFTOVERS_SERVER = r"""
