@@ -26,6 +26,7 @@ that doesn't fail with the first.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -239,6 +240,16 @@ def _two_choices(pool: list[tuple[float, str, Candidate]], rng: random.Random):
     return min((a, b), key=key)
 
 
+Ranked = list[tuple[float, str, Candidate]]  # (value, name, candidate), best first
+
+
+def ranked(candidates: Sequence[Candidate], caller: Caller) -> Ranked:
+    """Every candidate that isn't full, by `value` for this caller, best first (ties: by name)."""
+    out = [(value(c, caller), c.name, c) for c in candidates if not c.full]
+    out.sort(key=lambda entry: (entry[0], entry[1]))
+    return out
+
+
 def choose(
     candidates: Sequence[Candidate],
     caller: Caller,
@@ -249,21 +260,26 @@ def choose(
     """The relays to hand this caller: the best (by two random choices among near-equals), then
     a fallback in another region or failure domain where one exists, then the next best, up to
     `limit`. Only the chosen ones are scored in full (with what made their score)."""
-    ranked = [(value(c, caller), c.name, c) for c in candidates if not c.full]
-    if not ranked or limit <= 0:
+    return choose_ranked(ranked(candidates, caller), caller, limit=limit, rng=rng)
+
+
+def choose_ranked(
+    ranking: Ranked, caller: Caller, *, limit: int = 2, rng: random.Random | None = None
+) -> list[Scored]:
+    """`choose`, from a ranking made earlier (`ranked`): the two random choices compare the
+    candidates' loads as given here, which may be newer than the ranking's values."""
+    if not ranking or limit <= 0:
         return []
-    ranked.sort(key=lambda entry: (entry[0], entry[1]))
     rng = rng or random.Random()
-    best = ranked[0][0]
+    best = ranking[0][0]
     near = best + max(best * NEAR_EQUAL, NEAR_EQUAL_POINTS)  # as _near
-    pool = [entry for entry in ranked if entry[0] <= near]
+    pool = list(itertools.takewhile(lambda entry: entry[0] <= near, ranking))
     # A relay the call's other side holds is taken as it is among the best: two random choices
     # spread a crowd of strangers; two sides of one call should meet.
     theirs = [entry for entry in pool if entry[2].id in caller.peer_relays]
     theirs.sort(key=lambda entry: (entry[0], caller.peer_relays.index(entry[2].id)))
     first = theirs[0] if theirs else _two_choices(pool, rng)
     chosen = [first]
-    rest = [entry for entry in ranked if entry is not first]
     lead = first[2]
     for differs in (
         lambda c: c.region != lead.region,
@@ -272,13 +288,16 @@ def choose(
     ):
         if len(chosen) >= limit:
             break
-        pick = next((entry for entry in rest if differs(entry[2])), None)
+        # The best of the rest that differs (the ranking is long: it is walked, not copied).
+        pick = next((e for e in ranking if differs(e[2]) and all(e is not c for c in chosen)), None)
         if pick is not None:
             chosen.append(pick)
-            rest.remove(pick)
-    while len(chosen) < limit and rest:
-        chosen.append(rest.pop(0))
-    return [score(entry[2], caller) for entry in chosen[:limit]]
+    for entry in ranking:  # then the next best, up to the limit
+        if len(chosen) >= limit:
+            break
+        if all(entry is not c for c in chosen):
+            chosen.append(entry)
+    return [score(entry[2], caller) for entry in chosen]
 
 
 def network_key(*, ip: str | None, region: str = "") -> str:

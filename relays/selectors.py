@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db.models import F, Max, Q, Sum
@@ -23,17 +23,22 @@ from .models import (
 from .scoring import (
     Caller,
     Candidate,
+    Ranked,
     choose,
+    choose_ranked,
     decayed_weight,
     eligible,
     eligible_now,
     network_key,
     rank,
+    ranked,
     why_not,
 )
 from .snapshot import Fleet, fleet
 from .snapshot import build as build_fleet
 from .states import stale_after
+
+NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 def caller_region(
@@ -127,23 +132,57 @@ def select_relays_for(
     now = timezone.now()
     current = fleet()
     caller = _caller(caller_region(declared=region, ip=ip, current=current), peers, current)
-    fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
+    network = network_key(ip=ip, region=region)
     measured = current.client_rtts(
-        network_key(ip=ip, region=region),
-        lambda network: client_rtts_for(network=network, now=now),
+        network, lambda network: client_rtts_for(network=network, now=now)
     )
-    ok = []
-    candidates = current.candidates
-    for relay_id in current.assignable:
-        c = candidates[relay_id]
-        if eligible_now(c, now=now, stale_after=fresh):
-            ok.append(_measured(c, measured))
-    by_id = {c.id: c for c in ok}
-    kept = [i for i in dict.fromkeys(str(k) for k in keep) if i in by_id][:limit]
-    others = [c for c in ok if c.id not in kept]
-    chosen = kept + [s.candidate.id for s in choose(others, caller, limit=limit - len(kept))]
+    ranking = _ranking(
+        current, caller, network=network if measured else "", measured=measured, now=now
+    )
+    kept: list[str] = []
+    if keep:
+        eligible_ids = {entry[2].id for entry in ranking}
+        kept = [i for i in dict.fromkeys(str(k) for k in keep) if i in eligible_ids][:limit]
+        ranking = [entry for entry in ranking if entry[2].id not in kept]
+    chosen = kept + [
+        s.candidate.id for s in choose_ranked(ranking, caller, limit=limit - len(kept))
+    ]
     current.issued(chosen)
     return [current.relay(i) for i in chosen]
+
+
+def _ranking(
+    current: Fleet, caller: Caller, *, network: str, measured: Measured, now: datetime
+) -> Ranked:
+    """The snapshot's eligible relays ranked for this caller (relays.scoring.ranked).
+
+    Ranking 1,000 relays costs about a millisecond, so the snapshot keeps each ranking for the
+    callers that would get the same one: the same region, and the same network where clients on
+    it measured relays (`network` is "" where none did). A ranking is made afresh with the next
+    snapshot, once one of its relays goes stale, and for every caller whose call's other side
+    holds relays. A kept ranking's values are as of when it was made; capacity (a full relay is
+    left out) and the loads that the two random choices compare are as of now (Fleet.issued)."""
+    candidates = current.candidates
+    key = None if caller.peer_relays else (caller.region, network)
+    if key is not None:
+        kept = current.ranking(key, now)
+        if kept is not None:
+            return [(v, name, c) for v, name, i in kept if not (c := candidates[i]).full]
+    fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
+    ok = [
+        _measured(c, measured)
+        for i in current.assignable
+        if eligible_now(c := candidates[i], now=now, stale_after=fresh)
+    ]
+    ranking = ranked(ok, caller)
+    if key is not None:
+        oldest = min((c.checked_at for c in ok if c.checked_at is not None), default=None)
+        current.keep_ranking(
+            key,
+            [(v, name, c.id) for v, name, c in ranking],
+            oldest + fresh if oldest is not None else NEVER,
+        )
+    return ranking
 
 
 def explain_selection(

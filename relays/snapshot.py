@@ -21,6 +21,7 @@ import ipaddress
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, transaction
@@ -31,6 +32,8 @@ from .ice_urls import IceUrlError, parse_ice_url
 from .models import RegionRange, Relay
 from .scoring import Candidate, eligible_but_for_time
 from .states import RelayStatus, published_lately
+
+MAX_RANKINGS = 512  # kept per snapshot (regions, and networks whose clients measured relays)
 
 _FIELDS = (
     "id",
@@ -65,6 +68,25 @@ class Fleet:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # network -> relay -> (pair round trip, gather time), as clients measured them
     measured: dict[str, dict[str, tuple[float | None, float | None]]] = field(default_factory=dict)
+    # Rankings made from this snapshot (relays.selectors): key -> ((value, name, relay id) best
+    # first, when the first of them goes stale)
+    rankings: dict[tuple[str, str], tuple[list[tuple[float, str, str]], datetime]] = field(
+        default_factory=dict
+    )
+
+    def ranking(self, key: tuple[str, str], now: datetime) -> list[tuple[float, str, str]] | None:
+        """A ranking kept for `key`, unless one of its relays has gone stale since."""
+        found = self.rankings.get(key)
+        if found is None or now > found[1]:
+            return None
+        return found[0]
+
+    def keep_ranking(
+        self, key: tuple[str, str], entries: list[tuple[float, str, str]], valid_until: datetime
+    ) -> None:
+        if len(self.rankings) >= MAX_RANKINGS:
+            self.rankings.clear()
+        self.rankings[key] = (entries, valid_until)
 
     def client_rtts(self, network: str, read) -> dict[str, tuple[float | None, float | None]]:
         """What clients on `network` measured (read once per snapshot and network)."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from ..allocations import opaque_id
@@ -47,14 +48,106 @@ def ice_issue_check(*, user) -> None:
         raise IceLimited(wait)
 
 
+_ADD_GRANT_SQL = """
+WITH live AS (
+    SELECT 1 FROM {grants} WHERE {user} = %(user)s AND expires_at > %(now)s LIMIT %(cap)s
+), added AS (
+    INSERT INTO {grants} (id, {user}, created_at, expires_at)
+    SELECT %(id)s, %(user)s, %(now)s, %(expires_at)s WHERE (SELECT count(*) FROM live) < %(cap)s
+    RETURNING id
+)
+INSERT INTO {links} ({link_grant}, {link_relay})
+SELECT added.id, relay FROM added, unnest(%(relays)s::uuid[]) AS relay
+RETURNING {link_grant}
+"""
+
+
+def _add_grant(*, user, relays: Sequence, now, expires_at) -> CredentialGrant | None:
+    """A new grant for `user` naming `relays`, unless the user already holds
+    ICE_GRANTS_PER_USER unexpired grants (None: the caller then extends one of them). The count
+    is read without a lock: two pages at once may both pass it, by one grant."""
+    add = _add_grant_in_one_statement if connection.vendor == "postgresql" else _add_grant_orm
+    return add(user=user, relays=relays, now=now, expires_at=expires_at)
+
+
+def _add_grant_orm(*, user, relays: Sequence, now, expires_at) -> CredentialGrant | None:
+    cap = settings.ICE_GRANTS_PER_USER
+    through = CredentialGrant.relays.through
+    with transaction.atomic():
+        if CredentialGrant.objects.filter(user=user, expires_at__gt=now)[:cap].count() >= cap:
+            return None
+        grant = CredentialGrant.objects.create(user=user, expires_at=expires_at)
+        through.objects.bulk_create([through(credentialgrant=grant, relay=r) for r in relays])
+    return grant
+
+
+def _add_grant_in_one_statement(
+    *, user, relays: Sequence, now, expires_at
+) -> CredentialGrant | None:
+    """PostgreSQL: a new page's grant is the hot path, so the count, the grant and its links
+    are one statement (atomic as any statement is: never a grant without its relays)."""
+    through = CredentialGrant.relays.through
+    grant = CredentialGrant(user=user, created_at=now, expires_at=expires_at)
+    sql = _ADD_GRANT_SQL.format(
+        grants=CredentialGrant._meta.db_table,
+        user=CredentialGrant._meta.get_field("user").column,
+        links=through._meta.db_table,
+        link_grant=through._meta.get_field("credentialgrant").column,
+        link_relay=through._meta.get_field("relay").column,
+    )
+    params = {
+        "id": grant.id,
+        "user": user.pk,
+        "now": now,
+        "expires_at": expires_at,
+        "cap": settings.ICE_GRANTS_PER_USER,
+        "relays": [relay.pk for relay in relays],
+    }
+    # Inside a caller's transaction, a savepoint: a link to a relay deleted meanwhile then fails
+    # this statement alone, and ice_servers_issue tries again.
+    nested = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+    with nested, connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        if not cursor.fetchall():
+            return None
+    grant._state.adding = False
+    grant._state.db = connection.alias
+    return grant
+
+
+def _no_relay(*, user, payload: dict) -> None:
+    """No relay to hand out: the payload says so, and carries STUN where there is any."""
+    stun = stun_fallback_urls()
+    payload.update(status="no-healthy-relay", reason=NO_RELAY_REASON)
+    if stun:
+        payload["iceServers"].append({"urls": stun})
+    logger.warning(
+        "no relay to assign to user %s; STUN only: %s", user.pk, ", ".join(stun) or "none"
+    )
+
+
 def _choose_and_grant(
     *, user, region, ip, keep, peers, now, payload
 ) -> tuple[list, CredentialGrant | None]:
-    """The relays for this caller and the grant that names them, in one transaction: the relays
-    as chosen (and their secrets as read) are the ones the grant names, and a grant is never
-    stored without its relays. (relays, None) when none could be chosen (payload says so)."""
+    """The relays for this caller and the grant that names them: the relays as chosen (and
+    their secrets as read) are the ones the grant names, and a grant is never stored without
+    its relays. (relays, None) when none could be chosen (payload says so).
+
+    A new page (no `keep`) under the cap adds a grant (_add_grant). A refresh, and a user at the
+    cap, extend a grant in one transaction, keeping its relays while they are eligible."""
     ttl = settings.TURN_CREDENTIAL_TTL
     expires_at = now + timedelta(seconds=ttl)
+    if not keep:
+        relays = select_relays_for(user=user, region=region, ip=ip, peers=peers)
+        if not relays:
+            _no_relay(user=user, payload=payload)
+            return relays, None
+        grant = _add_grant(user=user, relays=relays, now=now, expires_at=expires_at)
+        if grant is not None:
+            payload["grant"] = grant.id
+            return relays, grant
+        # At the cap (rare: many pages, or many reloads): chosen again below, with the grant
+        # that will serve this page too (this process's load count takes both choices).
     with transaction.atomic():
         held = (
             CredentialGrant.objects.select_for_update()
@@ -80,13 +173,7 @@ def _choose_and_grant(
             user=user, region=region, ip=ip, keep=[str(k) for k in kept], peers=peers
         )
         if not relays:
-            stun = stun_fallback_urls()
-            payload.update(status="no-healthy-relay", reason=NO_RELAY_REASON)
-            if stun:
-                payload["iceServers"].append({"urls": stun})
-            logger.warning(
-                "no relay to assign to user %s; STUN only: %s", user.pk, ", ".join(stun) or "none"
-            )
+            _no_relay(user=user, payload=payload)
             return relays, None
         links = CredentialGrant.relays.through.objects
         if held is not None:

@@ -342,3 +342,29 @@ def test_past_the_grant_cap_a_new_page_reuses_the_newest_grant(client, alice, pa
     assert len(set(grants[:3])) == 3
     assert grants[3] == grants[4] == grants[5] == grants[2]  # never refused, never a fourth
     assert CredentialGrant.objects.filter(user=alice).count() == 3
+
+
+@pytest.mark.parametrize("writer", ["_add_grant_in_one_statement", "_add_grant_orm"])
+def test_both_grant_writers_add_a_grant_with_its_relays_and_stop_at_the_cap(
+    alice, bob, settings, writer
+):
+    """A new page's grant: one statement on PostgreSQL, the ORM elsewhere (the embedded SQLite).
+    Both add the grant with exactly its relays, count only the user's own unexpired grants
+    against ICE_GRANTS_PER_USER, and add nothing at the cap."""
+    from relays.services import issuing
+
+    add = getattr(issuing, writer)
+    settings.ICE_GRANTS_PER_USER = 2
+    relays = [_relay("a", rtt=5), _relay("b", rtt=6)]
+    now = timezone.now()
+    later = now + timedelta(minutes=10)
+    CredentialGrant.objects.create(user=alice, expires_at=now - timedelta(seconds=1))  # expired
+    CredentialGrant.objects.create(user=bob, expires_at=later)  # someone else's
+    first = add(user=alice, relays=relays, now=now, expires_at=later)
+    stored = CredentialGrant.objects.get(pk=first.pk)
+    assert stored.user == alice and stored.expires_at == later
+    assert sorted(stored.relays.values_list("name", flat=True)) == ["a", "b"]
+    assert add(user=alice, relays=relays[:1], now=now, expires_at=later) is not None
+    assert add(user=alice, relays=relays, now=now, expires_at=later) is None  # at the cap
+    assert CredentialGrant.objects.filter(user=alice, expires_at__gt=now).count() == 2
+    assert CredentialGrant.relays.through.objects.filter(credentialgrant__user=alice).count() == 3

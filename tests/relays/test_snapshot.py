@@ -14,8 +14,8 @@ from tests.conftest import up_relay
 pytestmark = [pytest.mark.django_db, pytest.mark.snapshot]
 
 
-def _relay(name, rtt=5.0):
-    return up_relay(name, rtt=rtt)
+def _relay(name, rtt=5.0, **fields):
+    return up_relay(name, rtt=rtt, **fields)
 
 
 def names(relays):
@@ -77,3 +77,55 @@ def test_a_relay_deleted_by_another_process_is_not_handed_out_from_a_stale_snaps
         cursor.execute("DELETE FROM relays_relay WHERE id = %s", [gone.pk])
     body = ice_servers_issue(user=alice)
     assert [r["name"] for r in body["relays"]] == ["stays"]
+
+
+def test_a_kept_ranking_never_hands_out_a_relay_this_process_filled(alice, settings):
+    """Rankings are kept per snapshot (relays.selectors._ranking): a relay that this process's
+    own issues fill meanwhile is left out of the kept ranking at once."""
+    settings.RELAY_SNAPSHOT_SECONDS = 60
+    settings.RELAYS_PER_CALLER = 1
+    _relay("small", rtt=1, capacity=2)
+    _relay("big", rtt=100)
+    got = [names(select_relays_for(user=alice))[0] for _ in range(4)]
+    assert got == ["small", "small", "big", "big"]
+
+
+def test_a_kept_ranking_is_made_afresh_once_one_of_its_relays_goes_stale(alice, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from relays.states import stale_after
+
+    settings.RELAY_SNAPSHOT_SECONDS = 60
+    settings.RELAYS_PER_CALLER = 1
+    fresh_for = timedelta(seconds=0.5)
+    probed = timezone.now() - stale_after(settings.RELAY_SWEEP_INTERVAL) + fresh_for
+    Relay.objects.filter(pk=_relay("ageing", rtt=1).pk).update(last_checked_at=probed)
+    _relay("fresh", rtt=100)
+    assert names(select_relays_for(user=alice)) == ["ageing"]
+    assert names(select_relays_for(user=alice)) == ["ageing"]  # from the kept ranking
+    time.sleep(0.6)
+    assert names(select_relays_for(user=alice)) == ["fresh"]
+
+
+def test_callers_whose_network_measured_relays_get_a_ranking_of_their_own(alice, settings):
+    """Within one snapshot, a caller on a network whose clients measured the relays is ranked
+    with those figures, and a caller on another network (none measured) by the prober's, in
+    either order."""
+    from django.utils import timezone
+
+    from relays.models import ClientRelayRtt, RegionRange
+
+    settings.RELAY_SNAPSHOT_SECONDS = 60
+    settings.RELAYS_PER_CALLER = 1
+    RegionRange.objects.create(network="198.51.100.0/22", region="eu")
+    near = _relay("near-by-probe", region="eu", rtt=5)
+    far = _relay("near-by-clients", region="eu", rtt=60)
+    for relay, ms in ((near, 200.0), (far, 4.0)):
+        ClientRelayRtt.objects.create(
+            network="198.51.100.0/24", relay=relay, rtt_ms=ms, weight=5, updated_at=timezone.now()
+        )
+    for _ in range(2):
+        assert names(select_relays_for(user=alice, ip="198.51.101.9")) == ["near-by-probe"]
+        assert names(select_relays_for(user=alice, ip="198.51.100.9")) == ["near-by-clients"]
