@@ -574,7 +574,7 @@ class StatsRedis:
         from dev import tcp_redis_command
 
         self.proc = subprocess.Popen(
-            tcp_redis_command(self.port, password=self.password),
+            tcp_redis_command(self.port, password=self.password, config_dir=self.cwd),
             cwd=self.cwd,
             stdout=subprocess.DEVNULL,
         )

@@ -17,6 +17,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,3 +196,40 @@ def test_run_command_serves_signs_in_the_admin_and_stops_cleanly(tmp_path):
     while (left := processes_with(marker)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert left == [], f"left behind: {left}\n{log_path.read_text()[-2000:]}"
+
+
+def test_a_password_protected_redis_starts_whatever_its_password_begins_with(tmp_path):
+    """The run command's Redis for coturn's statistics takes a generated password. redis-server
+    reads an argument that begins with "--" as the next option's name, so one password in 4,096
+    (secrets.token_urlsafe) left that Redis unable to start on every run. The password now goes
+    in a 0600 config file, where no other local user can read it in the process's arguments."""
+    import stat
+
+    import redis
+
+    from dev import tcp_redis_command
+
+    password = "--looks-like-an-option_" + secrets.token_urlsafe(8)
+    port = free_port()
+    argv = tcp_redis_command(port, password=password, config_dir=tmp_path)
+    assert not any(password in arg for arg in argv)
+    (conf,) = tmp_path.glob("redis-*.conf")
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, password=password)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert client.ping()
+                break
+            except redis.ConnectionError:
+                assert proc.poll() is None, "redis-server exited"
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=port, password="wrong").ping()
+        client.close()
+    finally:
+        proc.kill()
+        proc.wait(5)
