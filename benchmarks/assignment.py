@@ -4,7 +4,8 @@
 
 Measures, in one run, on PostgreSQL (BENCH_DATABASE_URL, default …/traverse_bench):
 - selection (`relays.selectors.select_relays_for`: load, score, choose) p50 and p99, next to the
-  baseline of loading the same 1,000 relays through the ORM (goal: p99 <= 2 ms);
+  baseline of loading the same 1,000 relays through the ORM (goal: p99 <= 2 ms), with the
+  snapshot's ranking for the caller's region kept, and ranked afresh (the first such caller);
 - SQL queries per `GET /api/v1/ice-servers/` beyond authentication (goal: <= 3);
 - requests per second of that endpoint next to a trivial Django JSON view (and one that reads
   the signed-in caller), served by one Daphne process as in production, from one load generator
@@ -203,7 +204,13 @@ def main() -> int:
     user = make_fleet(args.relays)
     ip = "198.51.101.7"
 
+    from relays.snapshot import fleet
+
     def select():
+        select_relays_for(user=user, ip=ip)
+
+    def select_afresh():  # the first caller of its region (or measured network) in a snapshot
+        fleet().rankings.clear()
         select_relays_for(user=user, ip=ip)
 
     def load_through_orm():
@@ -211,6 +218,7 @@ def main() -> int:
 
     timed(select, 20)  # warm up
     selection = timed(select, args.rounds)
+    selection_afresh = timed(select_afresh, args.rounds)
     orm = timed(load_through_orm, args.rounds)
 
     # In this process, through Django's test client (no server): the platform's URLs plus the
@@ -272,10 +280,12 @@ def main() -> int:
     CredentialGrant.objects.filter(user__username__startswith="bench-caller-").delete()
 
     ratio = round(server["ice"]["rps"] / server["trivial"]["rps"], 2)
+    ratio_signed_in = round(server["ice"]["rps"] / server["signed_in"]["rps"], 2)
     out = {
         "machine": {"python": platform.python_version(), "database": connection.vendor},
         "relays": args.relays,
         "selection": selection,
+        "selection_ranked_afresh": selection_afresh,
         "baseline_orm_load_all": orm,
         "queries_per_ice_servers": len(statements),
         "queries_beyond_auth": len(statements) - len(auth),
@@ -285,8 +295,9 @@ def main() -> int:
         "server": server,
         "server_connections": SERVER_CONNECTIONS,
         "ice_to_trivial": ratio,
+        "ice_to_signed_in": ratio_signed_in,
         "goals": {
-            "selection_p99_le_2ms": selection["p99_ms"] <= 2.0,
+            "selection_p99_le_2ms": max(selection["p99_ms"], selection_afresh["p99_ms"]) <= 2.0,
             "queries_beyond_auth_le_3": len(statements) - len(auth) <= 3,
             "rps_ge_0_7x_trivial": ratio >= 0.7,
         },
@@ -306,9 +317,9 @@ def main() -> int:
         "",
         "| figure | measured | baseline | goal |",
         "|---|---|---|---|",
-        f"| selection p50 / p99 | {selection['p50_ms']} / {selection['p99_ms']} ms | ORM load of all relays: {orm['p50_ms']} / {orm['p99_ms']} ms | p99 <= 2 ms: **{goals['selection_p99_le_2ms']}** |",
+        f"| selection p50 / p99 | {selection['p50_ms']} / {selection['p99_ms']} ms (the snapshot's ranking for the caller's region kept); {selection_afresh['p50_ms']} / {selection_afresh['p99_ms']} ms (ranked afresh: the first such caller in a snapshot) | ORM load of all relays: {orm['p50_ms']} / {orm['p99_ms']} ms | p99 <= 2 ms: **{goals['selection_p99_le_2ms']}** |",
         f"| SQL per GET /api/v1/ice-servers/ beyond authentication | {out['queries_beyond_auth']} (of {out['queries_per_ice_servers']}) | - | <= 3: **{goals['queries_beyond_auth_le_3']}** |",
-        f"| GET /api/v1/ice-servers/ through Daphne ({SERVER_CONNECTIONS} connections, {CALLERS} callers in turn: each page a new grant) | {served('ice')} ({ratio}x the trivial view) | trivial JSON view: {served('trivial')}; signed in (session + user read): {served('signed_in')} | >= 0.7x the trivial view: **{goals['rps_ge_0_7x_trivial']}** |",
+        f"| GET /api/v1/ice-servers/ through Daphne ({SERVER_CONNECTIONS} connections, {CALLERS} callers in turn: each page a new grant) | {served('ice')} ({ratio}x the trivial view, {ratio_signed_in}x the signed-in one) | trivial JSON view: {served('trivial')}; signed in (session + user read): {served('signed_in')} | >= 0.7x the trivial view: **{goals['rps_ge_0_7x_trivial']}** |",
         f"| a refresh through Daphne (?keep=, the same relays: the grant's expiry moves) | {served('refresh')} | {out['queries_per_refresh']} SQL statements in all | - |",
         f"| in this process, Django's test client (no server) | ice-servers, one caller past the grant cap: {ip_rps['ice_at_cap']} req/s; a refresh: {ip_rps['refresh']} | trivial: {ip_rps['trivial']}; signed in: {ip_rps['signed_in']} | - |",
         "",
