@@ -1,6 +1,8 @@
 from csp.constants import SELF
 from csp.decorators import csp_update
 from django.contrib import admin
+from django.http import HttpResponsePermanentRedirect
+from django.templatetags.static import static
 from django.urls import include, path
 from drf_spectacular.views import (
     SpectacularAPIView,
@@ -14,6 +16,8 @@ from signaling.views import health
 
 urlpatterns = [
     path("healthz", health, name="health"),
+    # Pages that name no icon (Django admin, Swagger UI): browsers ask for /favicon.ico.
+    path("favicon.ico", lambda request: HttpResponsePermanentRedirect(static("favicon.svg"))),
     path("admin/", admin.site.urls),
     path("accounts/", include("accounts.urls")),
     path("api/v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),

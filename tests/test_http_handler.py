@@ -121,3 +121,11 @@ async def test_requests_one_after_another_reuse_a_request_thread():
         request_started.disconnect(record)
     assert len(seen) == 3 and seen[0] is seen[1] is seen[2]
     assert seen[0] is not threading.current_thread()
+
+
+@pytest.mark.asyncio
+async def test_the_icon_browsers_ask_for_by_default_leads_to_the_sites_icon():
+    """Django admin and Swagger UI name no icon, so browsers asked for /favicon.ico: a 404 in
+    the log on every admin page."""
+    status, headers, _body = await serve("/favicon.ico")
+    assert status == 301 and headers[b"location"].endswith(b"/favicon.svg")
