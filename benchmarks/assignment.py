@@ -196,7 +196,6 @@ def main() -> int:
     from django.db import connection
     from django.test import Client
     from django.test.utils import CaptureQueriesContext, override_settings
-    from django.utils import timezone
 
     from relays.models import CredentialGrant, Relay
     from relays.selectors import select_relays_for
@@ -264,11 +263,10 @@ def main() -> int:
     # Through the server: many callers, each page a new grant (none reaches the cap).
     callers = make_callers(CALLERS)
     cookies = [cookie for _, cookie in callers]
-    an_hour = timezone.now() + timedelta(hours=1)
-    grants = {
-        cookie: CredentialGrant.objects.create(user=caller, expires_at=an_hour).pk
-        for caller, cookie in callers
-    }
+    from relays.services import ice_servers_issue
+
+    # Each caller's page holds a grant as issuing makes it (with its relays), to refresh.
+    grants = {cookie: ice_servers_issue(user=caller, ip=ip)["grant"] for caller, cookie in callers}
     server = through_server(
         {
             "trivial": [("/bench/trivial/", c) for c in cookies],

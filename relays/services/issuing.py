@@ -126,6 +126,41 @@ def _no_relay(*, user, payload: dict) -> None:
     )
 
 
+def _refresh_grant(
+    *, user, region, ip, keep, peers, now, payload
+) -> tuple[list, CredentialGrant] | None:
+    """The common refresh (a page's credentials before `refreshAt`, a reconnect, a resume): the
+    device's grant is the user's and unexpired, and its relays are still the ones to hand out,
+    so only its expiry moves. Two statements and no transaction: the grant's relays, then the
+    expiry. None where that doesn't hold (the relays change, or the grant is gone): the caller
+    then does it all under the grant's lock."""
+    ttl = settings.TURN_CREDENTIAL_TTL
+    expires_at = now + timedelta(seconds=ttl)
+    held = CredentialGrant.objects.filter(
+        pk=keep, user=user, expires_at__gt=now - timedelta(seconds=ttl)
+    )
+    kept = [
+        str(pk)
+        for pk in CredentialGrant.relays.through.objects.filter(
+            credentialgrant__in=held
+        ).values_list("relay_id", flat=True)
+    ]
+    if not kept:
+        return None
+    relays = select_relays_for(user=user, region=region, ip=ip, keep=kept, peers=peers)
+    if (
+        not relays
+        or {str(r.pk) for r in relays} != set(kept)
+        or not held.update(expires_at=expires_at)
+    ):
+        return None
+    grant = CredentialGrant(id=keep, user=user, expires_at=expires_at)
+    grant._state.adding = False
+    grant._state.db = connection.alias
+    payload["grant"] = grant.id
+    return relays, grant
+
+
 def _choose_and_grant(
     *, user, region, ip, keep, peers, now, payload
 ) -> tuple[list, CredentialGrant | None]:
@@ -133,8 +168,10 @@ def _choose_and_grant(
     their secrets as read) are the ones the grant names, and a grant is never stored without
     its relays. (relays, None) when none could be chosen (payload says so).
 
-    A new page (no `keep`) under the cap adds a grant (_add_grant). A refresh, and a user at the
-    cap, extend a grant in one transaction, keeping its relays while they are eligible."""
+    A new page (no `keep`) under the cap adds a grant (_add_grant); a refresh whose relays stay
+    moves its grant's expiry (_refresh_grant). Otherwise (a refresh that changes relays, a user
+    at the cap) a grant is extended in one transaction, under its lock, keeping its relays while
+    they are eligible."""
     ttl = settings.TURN_CREDENTIAL_TTL
     expires_at = now + timedelta(seconds=ttl)
     if not keep:
@@ -148,6 +185,12 @@ def _choose_and_grant(
             return relays, grant
         # At the cap (rare: many pages, or many reloads): chosen again below, with the grant
         # that will serve this page too (this process's load count takes both choices).
+    else:
+        refreshed = _refresh_grant(
+            user=user, region=region, ip=ip, keep=keep, peers=peers, now=now, payload=payload
+        )
+        if refreshed is not None:
+            return refreshed
     with transaction.atomic():
         held = (
             CredentialGrant.objects.select_for_update()

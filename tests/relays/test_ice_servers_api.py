@@ -196,3 +196,7 @@ def test_with_the_fleet_snapshot_warm_issuing_takes_one_statement_beyond_authent
     with django_assert_num_queries(5):
         body = client.get(URL).json()
     assert len(body["relays"]) == 2
+    # A refresh that keeps its relays: the grant's relays, then its new expiry.
+    with django_assert_num_queries(4):
+        again = client.get(URL, {"keep": body["grant"]}).json()
+    assert again["grant"] == body["grant"] and again["relays"] == body["relays"]
