@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -13,7 +14,7 @@ from django.utils import timezone
 
 from ..allocations import opaque_id
 from ..credentials import turn_rest_pair
-from ..models import CredentialGrant
+from ..models import CredentialGrant, new_grant_id
 from ..selectors import select_relays_for, stun_fallback_urls
 from ..snapshot import drop_snapshot
 from .limits import per_user_retry_after
@@ -62,15 +63,15 @@ RETURNING {link_grant}
 """
 
 
-def _add_grant(*, user, relays: Sequence, now, expires_at) -> CredentialGrant | None:
-    """A new grant for `user` naming `relays`, unless the user already holds
+def _add_grant(*, user, relays: Sequence, now, expires_at) -> str | None:
+    """The id of a new grant for `user` naming `relays`, unless the user already holds
     ICE_GRANTS_PER_USER unexpired grants (None: the caller then extends one of them). The count
     is read without a lock: two pages at once may both pass it, by one grant."""
     add = _add_grant_in_one_statement if connection.vendor == "postgresql" else _add_grant_orm
     return add(user=user, relays=relays, now=now, expires_at=expires_at)
 
 
-def _add_grant_orm(*, user, relays: Sequence, now, expires_at) -> CredentialGrant | None:
+def _add_grant_orm(*, user, relays: Sequence, now, expires_at) -> str | None:
     cap = settings.ICE_GRANTS_PER_USER
     through = CredentialGrant.relays.through
     with transaction.atomic():
@@ -78,25 +79,27 @@ def _add_grant_orm(*, user, relays: Sequence, now, expires_at) -> CredentialGran
             return None
         grant = CredentialGrant.objects.create(user=user, expires_at=expires_at)
         through.objects.bulk_create([through(credentialgrant=grant, relay=r) for r in relays])
-    return grant
+    return grant.id
 
 
-def _add_grant_in_one_statement(
-    *, user, relays: Sequence, now, expires_at
-) -> CredentialGrant | None:
-    """PostgreSQL: a new page's grant is the hot path, so the count, the grant and its links
-    are one statement (atomic as any statement is: never a grant without its relays)."""
+@functools.cache
+def _add_grant_sql() -> str:
     through = CredentialGrant.relays.through
-    grant = CredentialGrant(user=user, created_at=now, expires_at=expires_at)
-    sql = _ADD_GRANT_SQL.format(
+    return _ADD_GRANT_SQL.format(
         grants=CredentialGrant._meta.db_table,
         user=CredentialGrant._meta.get_field("user").column,
         links=through._meta.db_table,
         link_grant=through._meta.get_field("credentialgrant").column,
         link_relay=through._meta.get_field("relay").column,
     )
+
+
+def _add_grant_in_one_statement(*, user, relays: Sequence, now, expires_at) -> str | None:
+    """PostgreSQL: a new page's grant is the hot path, so the count, the grant and its links
+    are one statement (atomic as any statement is: never a grant without its relays)."""
+    grant_id = new_grant_id()
     params = {
-        "id": grant.id,
+        "id": grant_id,
         "user": user.pk,
         "now": now,
         "expires_at": expires_at,
@@ -107,12 +110,8 @@ def _add_grant_in_one_statement(
     # this statement alone, and ice_servers_issue tries again.
     nested = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     with nested, connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        if not cursor.fetchall():
-            return None
-    grant._state.adding = False
-    grant._state.db = connection.alias
-    return grant
+        cursor.execute(_add_grant_sql(), params)
+        return grant_id if cursor.fetchall() else None
 
 
 def _no_relay(*, user, payload: dict) -> None:
@@ -126,14 +125,12 @@ def _no_relay(*, user, payload: dict) -> None:
     )
 
 
-def _refresh_grant(
-    *, user, region, ip, keep, peers, now, payload
-) -> tuple[list, CredentialGrant] | None:
+def _refresh_grant(*, user, region, ip, keep, peers, now) -> list | None:
     """The common refresh (a page's credentials before `refreshAt`, a reconnect, a resume): the
     device's grant is the user's and unexpired, and its relays are still the ones to hand out,
     so only its expiry moves. Two statements and no transaction: the grant's relays, then the
-    expiry. None where that doesn't hold (the relays change, or the grant is gone): the caller
-    then does it all under the grant's lock."""
+    expiry. The relays; None where that doesn't hold (the relays change, or the grant is gone):
+    the caller then does it all under the grant's lock."""
     ttl = settings.TURN_CREDENTIAL_TTL
     expires_at = now + timedelta(seconds=ttl)
     held = CredentialGrant.objects.filter(
@@ -154,19 +151,13 @@ def _refresh_grant(
         or not held.update(expires_at=expires_at)
     ):
         return None
-    grant = CredentialGrant(id=keep, user=user, expires_at=expires_at)
-    grant._state.adding = False
-    grant._state.db = connection.alias
-    payload["grant"] = grant.id
-    return relays, grant
+    return relays
 
 
-def _choose_and_grant(
-    *, user, region, ip, keep, peers, now, payload
-) -> tuple[list, CredentialGrant | None]:
-    """The relays for this caller and the grant that names them: the relays as chosen (and
-    their secrets as read) are the ones the grant names, and a grant is never stored without
-    its relays. (relays, None) when none could be chosen (payload says so).
+def _choose_and_grant(*, user, region, ip, keep, peers, now, payload) -> tuple[list, str | None]:
+    """The relays for this caller and the id of the grant that names them: the relays as chosen
+    (and their secrets as read) are the ones the grant names, and a grant is never stored
+    without its relays. (relays, None) when none could be chosen (payload says so).
 
     A new page (no `keep`) under the cap adds a grant (_add_grant); a refresh whose relays stay
     moves its grant's expiry (_refresh_grant). Otherwise (a refresh that changes relays, a user
@@ -179,18 +170,15 @@ def _choose_and_grant(
         if not relays:
             _no_relay(user=user, payload=payload)
             return relays, None
-        grant = _add_grant(user=user, relays=relays, now=now, expires_at=expires_at)
-        if grant is not None:
-            payload["grant"] = grant.id
-            return relays, grant
+        grant_id = _add_grant(user=user, relays=relays, now=now, expires_at=expires_at)
+        if grant_id is not None:
+            return relays, grant_id
         # At the cap (rare: many pages, or many reloads): chosen again below, with the grant
         # that will serve this page too (this process's load count takes both choices).
     else:
-        refreshed = _refresh_grant(
-            user=user, region=region, ip=ip, keep=keep, peers=peers, now=now, payload=payload
-        )
+        refreshed = _refresh_grant(user=user, region=region, ip=ip, keep=keep, peers=peers, now=now)
         if refreshed is not None:
-            return refreshed
+            return refreshed, keep
     with transaction.atomic():
         held = (
             CredentialGrant.objects.select_for_update()
@@ -234,8 +222,7 @@ def _choose_and_grant(
             links.bulk_create(
                 [CredentialGrant.relays.through(credentialgrant=grant, relay=r) for r in relays]
             )
-        payload["grant"] = grant.id
-    return relays, grant
+    return relays, grant.id
 
 
 def ice_servers_issue(
@@ -277,7 +264,7 @@ def ice_servers_issue(
     # moment: its grant link then fails (at commit). Once more, with the fleet read afresh.
     for attempt in (1, 2):
         try:
-            relays, grant = _choose_and_grant(
+            relays, grant_id = _choose_and_grant(
                 user=user, region=region, ip=ip, keep=keep, peers=peers, now=now, payload=payload
             )
             break
@@ -285,8 +272,9 @@ def ice_servers_issue(
             if attempt == 2:
                 raise
             drop_snapshot()
-    if grant is None:
+    if grant_id is None:
         return payload
+    payload["grant"] = grant_id
     expiry = int(expires_at.timestamp())
     for relay in relays:
         username, credential = turn_rest_pair(
@@ -294,7 +282,7 @@ def ice_servers_issue(
             # (relays.allocations): grant g_x on relay r is "<expiry>:g_x.<r in hex>".
             secret=relay.secret,
             expires_at=expiry,
-            opaque_id=opaque_id(grant=grant.id, relay_key=relay.pk.hex),
+            opaque_id=opaque_id(grant=grant_id, relay_key=relay.pk.hex),
         )
         payload["iceServers"].append(
             {"urls": list(relay.urls), "username": username, "credential": credential}

@@ -361,7 +361,7 @@ def test_both_grant_writers_add_a_grant_with_its_relays_and_stop_at_the_cap(
     CredentialGrant.objects.create(user=alice, expires_at=now - timedelta(seconds=1))  # expired
     CredentialGrant.objects.create(user=bob, expires_at=later)  # someone else's
     first = add(user=alice, relays=relays, now=now, expires_at=later)
-    stored = CredentialGrant.objects.get(pk=first.pk)
+    stored = CredentialGrant.objects.get(pk=first)
     assert stored.user == alice and stored.expires_at == later
     assert sorted(stored.relays.values_list("name", flat=True)) == ["a", "b"]
     assert add(user=alice, relays=relays[:1], now=now, expires_at=later) is not None
