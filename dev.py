@@ -70,6 +70,8 @@ TYPED_MODULES = [
     "relays/snapshot.py",
     "config/client_ip.py",
     "config/http.py",
+    "config/compiled.py",
+    "accounts/sessions.py",
     "relays/turn_client.py",
     "relays/selectors.py",
     "signaling/protocol.py",

@@ -1,9 +1,27 @@
 """Accounts own the people: the custom user model (there from the first migration)."""
 
+from typing import ClassVar
+
 from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.models import UserManager as DjangoUserManager
 from django.db import models
 
+from config.compiled import CompiledLookup
+
 from .usernames import username_skeleton
+
+
+class UserManager(DjangoUserManager):
+    def get(self, *args, **kwargs):
+        """Django's, with a lookup of one primary key (an int) compiled once: every signed-in
+        request reads its user this way (ModelBackend.get_user)."""
+        pk = kwargs.get("pk")
+        if args or len(kwargs) != 1 or type(pk) is not int:
+            return super().get(*args, **kwargs)
+        user = _user_by_pk.get(pk, using=self.db)
+        if user is None:
+            raise self.model.DoesNotExist(f"No {self.model._meta.object_name} with pk {pk}.")
+        return user
 
 
 class User(AbstractUser):
@@ -26,6 +44,8 @@ class User(AbstractUser):
     # NULL, not "", when there is none: deleted end users keep their integrator, and NULLs don't
     # collide in the unique constraint below.
     external_id = models.CharField(max_length=80, null=True, blank=True)  # noqa: DJ001
+
+    objects: ClassVar[UserManager] = UserManager()
 
     class Meta(AbstractUser.Meta):
         constraints = [
@@ -52,6 +72,9 @@ class User(AbstractUser):
     def card(self) -> dict:
         """How signaling names a person: the username too, since display names are free text."""
         return {"id": self.pk, "username": self.username, "name": self.label()}
+
+
+_user_by_pk = CompiledLookup(User, "pk")
 
 
 class Block(models.Model):

@@ -382,6 +382,8 @@ CONTENT_SECURITY_POLICY = {
     }
 }
 
+# Django's database sessions, read by a lookup compiled once (accounts.sessions).
+SESSION_ENGINE = "accounts.sessions"
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False
 X_FRAME_OPTIONS = "DENY"

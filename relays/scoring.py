@@ -25,8 +25,10 @@ that doesn't fail with the first.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
+import operator
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -88,6 +90,26 @@ class Candidate:
     def full(self) -> bool:
         return self.capacity is not None and self.allocations >= self.capacity
 
+    @functools.cached_property
+    def own_points(self) -> float:
+        """The points that depend on this relay alone: its round trip and its health (made
+        once per candidate: selection scores each relay for many callers)."""
+        rtt = self.client_rtt_ms
+        if rtt is None:
+            gather = self.client_gather_ms
+            rtt = gather / GATHER_ROUND_TRIPS if gather is not None else self.prober_rtt_ms
+        if rtt is None:
+            points = UNKNOWN_RTT_POINTS
+        elif rtt <= 0.0:
+            points = 0.0
+        elif rtt >= RTT_CAP_POINTS:
+            points = RTT_CAP_POINTS
+        else:
+            points = rtt
+        if self.status == RelayStatus.DEGRADED:
+            points += DEGRADED_POINTS
+        return points
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -107,21 +129,8 @@ class Scored:
 
 def value(candidate: Candidate, caller: Caller) -> float:
     """score(candidate, caller).score, without saying what made it (the hot path)."""
+    points = candidate.own_points
     region = caller.region
-    rtt = candidate.client_rtt_ms
-    if rtt is None:
-        gather = candidate.client_gather_ms
-        rtt = gather / GATHER_ROUND_TRIPS if gather is not None else candidate.prober_rtt_ms
-    if rtt is None:
-        points = UNKNOWN_RTT_POINTS
-    elif rtt <= 0.0:
-        points = 0.0
-    elif rtt >= RTT_CAP_POINTS:
-        points = RTT_CAP_POINTS
-    else:
-        points = rtt
-    if candidate.status == RelayStatus.DEGRADED:
-        points += DEGRADED_POINTS
     if region and candidate.region != region:
         points += OTHER_REGION_POINTS
     capacity = candidate.capacity
@@ -240,13 +249,14 @@ def _two_choices(pool: list[tuple[float, str, Candidate]], rng: random.Random):
     return min((a, b), key=key)
 
 
-Ranked = list[tuple[float, str, Candidate]]  # (value, name, candidate), best first
+Ranked = Sequence[tuple[float, str, Candidate]]  # (value, name, candidate), best first
+_BY_VALUE_THEN_NAME = operator.itemgetter(0, 1)
 
 
-def ranked(candidates: Sequence[Candidate], caller: Caller) -> Ranked:
+def ranked(candidates: Sequence[Candidate], caller: Caller) -> list[tuple[float, str, Candidate]]:
     """Every candidate that isn't full, by `value` for this caller, best first (ties: by name)."""
     out = [(value(c, caller), c.name, c) for c in candidates if not c.full]
-    out.sort(key=lambda entry: (entry[0], entry[1]))
+    out.sort(key=_BY_VALUE_THEN_NAME)
     return out
 
 

@@ -161,28 +161,76 @@ def _ranking(
     it measured relays (`network` is "" where none did). A ranking is made afresh with the next
     snapshot, once one of its relays goes stale, and for every caller whose call's other side
     holds relays. A kept ranking's values are as of when it was made; capacity (a full relay is
-    left out) and the loads that the two random choices compare are as of now (Fleet.issued)."""
+    left out) and the loads that the two random choices compare are as of now (Fleet.issued),
+    read only as far down the ranking as choosing goes."""
     candidates = current.candidates
     key = None if caller.peer_relays else (caller.region, network)
     if key is not None:
         kept = current.ranking(key, now)
         if kept is not None:
-            return [(v, name, c) for v, name, i in kept if not (c := candidates[i]).full]
+            return LiveRanking(kept, candidates)
     fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
-    ok = [
-        _measured(c, measured)
-        for i in current.assignable
-        if eligible_now(c := candidates[i], now=now, stale_after=fresh)
-    ]
-    ranking = ranked(ok, caller)
+    pool = [candidates[i] for i in current.assignable]
+    oldest = current.oldest_check
+    if oldest is None or now - oldest > fresh:  # some are stale (or never probed): look at each
+        pool = [c for c in pool if eligible_now(c, now=now, stale_after=fresh)]
+        oldest = min((c.checked_at for c in pool if c.checked_at is not None), default=None)
+    if measured:
+        pool = [_measured(c, measured) for c in pool]
+    ranking = ranked(pool, caller)
     if key is not None:
-        oldest = min((c.checked_at for c in ok if c.checked_at is not None), default=None)
         current.keep_ranking(
             key,
             [(v, name, c.id) for v, name, c in ranking],
             oldest + fresh if oldest is not None else NEVER,
         )
     return ranking
+
+
+class LiveRanking(Sequence):
+    """A kept ranking (value, name, relay id) read as (value, name, candidate as of now), full
+    relays left out, made as far down as it is read: choosing reads the first few dozen of a
+    thousand."""
+
+    def __init__(self, kept: list[tuple[float, str, str]], candidates: dict[str, Candidate]):
+        self._kept = kept
+        self._candidates = candidates
+        self._made: list[tuple[float, str, Candidate]] = []
+        self._read = 0  # entries of `kept` looked at
+
+    def _more(self) -> bool:
+        """Make one more entry; False when the kept ranking is used up."""
+        kept, candidates = self._kept, self._candidates
+        while self._read < len(kept):
+            v, name, relay_id = kept[self._read]
+            self._read += 1
+            c = candidates[relay_id]
+            if not c.full:
+                self._made.append((v, name, c))
+                return True
+        return False
+
+    def __iter__(self):
+        i = 0
+        while i < len(self._made) or self._more():
+            yield self._made[i]
+            i += 1
+
+    def __getitem__(self, index):
+        if isinstance(index, slice) or index < 0:
+            return list(self)[index]
+        while index >= len(self._made):
+            if not self._more():
+                raise IndexError(index)
+        return self._made[index]
+
+    def __len__(self) -> int:
+        while self._more():
+            pass
+        return len(self._made)
+
+    def __bool__(self) -> bool:
+        return bool(self._made) or self._more()
 
 
 def explain_selection(

@@ -73,6 +73,9 @@ class Fleet:
     rankings: dict[tuple[str, str], tuple[list[tuple[float, str, str]], datetime]] = field(
         default_factory=dict
     )
+    # The oldest last probe among the assignable relays (None: one was never probed): while it
+    # is fresh, they all are (relays.selectors checks them one by one only once it isn't).
+    oldest_check: datetime | None = None
 
     def ranking(self, key: tuple[str, str], now: datetime) -> list[tuple[float, str, str]] | None:
         """A ranking kept for `key`, unless one of its relays has gone stale since."""
@@ -172,7 +175,14 @@ def build() -> Fleet:
             continue
     ranges.sort(key=lambda nr: -nr[0].prefixlen)
     assignable = [i for i, c in candidates.items() if eligible_but_for_time(c)]
-    return Fleet(candidates=candidates, rows=rows, ranges=ranges, assignable=assignable)
+    checks = [c for i in assignable if (c := candidates[i].checked_at) is not None]
+    return Fleet(
+        candidates=candidates,
+        rows=rows,
+        ranges=ranges,
+        assignable=assignable,
+        oldest_check=min(checks) if checks and len(checks) == len(assignable) else None,
+    )
 
 
 _current: Fleet | None = None

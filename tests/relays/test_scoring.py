@@ -223,3 +223,65 @@ def test_both_sides_of_a_call_share_a_relay_or_get_a_near_pair():
     )
     idle = Candidate(id="eu2", name="eu2", region="eu", prober_rtt_ms=1.0, capacity=10)
     assert choose([loaded, idle], both, limit=1)[0].candidate.id == "eu2"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(candidates, min_size=1, max_size=12, unique_by=lambda c: c.id),
+    callers,
+    st.sets(st.integers(0, 11)),
+    st.integers(1, 4),
+    st.integers(),
+)
+def test_a_kept_ranking_read_lazily_chooses_as_the_whole_list_would(
+    fleet, caller, filled, limit, seed
+):
+    """A kept ranking (relay ids) is read against the relays as they are now (some filled since
+    it was made) only as far as choosing goes (relays.selectors.LiveRanking): what it chooses,
+    and what it holds, is what the list with full relays taken out gives."""
+    from relays.scoring import choose_ranked, ranked
+    from relays.selectors import LiveRanking
+
+    fleet = [replace(c, capacity=None) for c in fleet]  # none full when it was ranked
+    kept = [(v, name, c.id) for v, name, c in ranked(fleet, caller)]
+    now = {
+        c.id: replace(c, capacity=1, allocations=1) if i in filled else c
+        for i, c in enumerate(fleet)
+    }
+    eager = [(v, name, now[i]) for v, name, i in kept if not now[i].full]
+
+    live = LiveRanking(kept, now)
+    assert [
+        s.candidate.id for s in choose_ranked(live, caller, limit=limit, rng=random.Random(seed))
+    ] == [
+        s.candidate.id for s in choose_ranked(eager, caller, limit=limit, rng=random.Random(seed))
+    ]
+    assert bool(live) == bool(eager) and list(live) == eager and len(live) == len(eager)
+    if eager:
+        assert live[0] == eager[0] and live[len(eager) - 1] == eager[-1] and live[-1] == eager[-1]
+    with pytest.raises(IndexError):
+        live[len(eager)]
+
+
+def test_choosing_from_a_kept_ranking_reads_only_the_top_of_it():
+    """1,000 relays in two regions, ranked for one: the best, and a fallback in the other region,
+    are found without reading the whole ranking."""
+    from relays.scoring import choose_ranked, ranked
+    from relays.selectors import LiveRanking
+
+    fleet = [
+        Candidate(
+            id=f"r{i}",
+            name=f"r{i:04d}",
+            region="eu" if i % 2 else "us",
+            checked_at=NOW,
+            prober_rtt_ms=5 + i / 10,
+        )
+        for i in range(1000)
+    ]
+    caller = Caller(region="eu")
+    kept = [(v, name, c.id) for v, name, c in ranked(fleet, caller)]
+    live = LiveRanking(kept, {c.id: c for c in fleet})
+    chosen = choose_ranked(live, caller, limit=2, rng=random.Random(1))
+    assert [s.candidate.region for s in chosen] == ["eu", "us"]
+    assert live._read < 600, live._read  # the eu relays rank first; the first us one ends it

@@ -109,6 +109,35 @@ def test_a_kept_ranking_is_made_afresh_once_one_of_its_relays_goes_stale(alice, 
     assert names(select_relays_for(user=alice)) == ["fresh"]
 
 
+def test_a_relay_that_goes_stale_within_a_snapshot_is_left_out_of_a_fresh_ranking(alice, settings):
+    """Freshness is judged against the clock, not the snapshot's age: the snapshot's oldest
+    probe says at once whether every relay is still fresh, and once one is not, each is looked
+    at. A relay never probed is never handed out."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from relays.snapshot import drop_snapshot, fleet
+    from relays.states import stale_after
+
+    settings.RELAY_SNAPSHOT_SECONDS = 60
+    settings.RELAYS_PER_CALLER = 1
+    window = stale_after(settings.RELAY_SWEEP_INTERVAL)
+    ageing = _relay("ageing", rtt=2)
+    _relay("fresh", rtt=100)
+    for with_a_never_probed_one in (False, True):
+        drop_snapshot()
+        probed = timezone.now() - window + timedelta(seconds=0.5)
+        Relay.objects.filter(pk=ageing.pk).update(last_checked_at=probed)
+        assert names(select_relays_for(user=alice)) == ["ageing"]
+        assert (fleet().oldest_check is None) == with_a_never_probed_one
+        time.sleep(0.6)
+        fleet().rankings.clear()  # the next caller ranks afresh, from the same snapshot
+        assert names(select_relays_for(user=alice)) == ["fresh"]
+        if not with_a_never_probed_one:
+            Relay.objects.filter(pk=_relay("never-probed", rtt=1).pk).update(last_checked_at=None)
+
+
 def test_callers_whose_network_measured_relays_get_a_ranking_of_their_own(alice, settings):
     """Within one snapshot, a caller on a network whose clients measured the relays is ranked
     with those figures, and a caller on another network (none measured) by the prober's, in
