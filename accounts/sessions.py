@@ -1,5 +1,6 @@
 """Sessions in the database, as Django's `db` backend keeps them, read by a lookup compiled once:
-every signed-in request reads its session (config.compiled)."""
+every signed-in request reads its session (config.compiled). Expired ones are deleted hourly
+(accounts.tasks.clear_expired_sessions): Django leaves that to the project."""
 
 from __future__ import annotations
 
@@ -18,3 +19,9 @@ class SessionStore(db.SessionStore):
         if session is None:
             self._session_key = None
         return session
+
+
+def sessions_clear_expired() -> int:
+    """Delete the sessions that have expired (signed-out ones are gone already). How many."""
+    deleted, _ = Session.objects.filter(expire_date__lt=timezone.now()).delete()
+    return deleted

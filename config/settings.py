@@ -302,6 +302,11 @@ CELERY_BEAT_SCHEDULE["calls-reap"] = {
     "options": {"expires": CALL_REAP_INTERVAL},
 }
 CELERY_BEAT_SCHEDULE["chat-prune"] = {"task": "calls.tasks.prune_chat", "schedule": 3600.0}
+# Expired sessions stay in the database until deleted (Django leaves it to the project).
+CELERY_BEAT_SCHEDULE["sessions-clear"] = {
+    "task": "accounts.tasks.clear_expired_sessions",
+    "schedule": 3600.0,
+}
 
 # --- webhooks (integrations.webhooks) -------------------------------------------------------
 # Tries per delivery; the wait before the next try (doubling, up to 6 h); the POST's timeout;

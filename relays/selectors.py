@@ -136,14 +136,23 @@ def select_relays_for(
     measured = current.client_rtts(
         network, lambda network: client_rtts_for(network=network, now=now)
     )
-    ranking = _ranking(
-        current, caller, network=network if measured else "", measured=measured, now=now
-    )
     kept: list[str] = []
-    if keep:
-        eligible_ids = {entry[2].id for entry in ranking}
-        kept = [i for i in dict.fromkeys(str(k) for k in keep) if i in eligible_ids][:limit]
-        ranking = [entry for entry in ranking if entry[2].id not in kept]
+    if keep:  # those the ranking holds: assignable, fresh and not full
+        fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
+        kept = [
+            i
+            for i in dict.fromkeys(str(k) for k in keep)
+            if i in current.assignable_ids
+            and eligible_now(current.candidates[i], now=now, stale_after=fresh)
+        ][:limit]
+    ranking = _ranking(
+        current,
+        caller,
+        network=network if measured else "",
+        measured=measured,
+        now=now,
+        skip=frozenset(kept),
+    )
     chosen = kept + [
         s.candidate.id for s in choose_ranked(ranking, caller, limit=limit - len(kept))
     ]
@@ -152,7 +161,13 @@ def select_relays_for(
 
 
 def _ranking(
-    current: Fleet, caller: Caller, *, network: str, measured: Measured, now: datetime
+    current: Fleet,
+    caller: Caller,
+    *,
+    network: str,
+    measured: Measured,
+    now: datetime,
+    skip: frozenset[str] = frozenset(),
 ) -> Ranked:
     """The snapshot's eligible relays ranked for this caller (relays.scoring.ranked).
 
@@ -162,13 +177,14 @@ def _ranking(
     snapshot, once one of its relays goes stale, and for every caller whose call's other side
     holds relays. A kept ranking's values are as of when it was made; capacity (a full relay is
     left out) and the loads that the two random choices compare are as of now (Fleet.issued),
-    read only as far down the ranking as choosing goes."""
+    read only as far down the ranking as choosing goes. Relays in `skip` are left out (a
+    refresh's: already chosen)."""
     candidates = current.candidates
     key = None if caller.peer_relays else (caller.region, network)
     if key is not None:
         kept = current.ranking(key, now)
         if kept is not None:
-            return LiveRanking(kept, candidates)
+            return LiveRanking(kept, candidates, skip)
     fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
     pool = [candidates[i] for i in current.assignable]
     oldest = current.oldest_check
@@ -184,17 +200,23 @@ def _ranking(
             [(v, name, c.id) for v, name, c in ranking],
             oldest + fresh if oldest is not None else NEVER,
         )
-    return ranking
+    return [entry for entry in ranking if entry[2].id not in skip] if skip else ranking
 
 
 class LiveRanking(Sequence):
     """A kept ranking (value, name, relay id) read as (value, name, candidate as of now), full
     relays left out, made as far down as it is read: choosing reads the first few dozen of a
-    thousand."""
+    thousand. Relays in `skip` are left out too."""
 
-    def __init__(self, kept: list[tuple[float, str, str]], candidates: dict[str, Candidate]):
+    def __init__(
+        self,
+        kept: list[tuple[float, str, str]],
+        candidates: dict[str, Candidate],
+        skip: frozenset[str] = frozenset(),
+    ):
         self._kept = kept
         self._candidates = candidates
+        self._skip = skip
         self._made: list[tuple[float, str, Candidate]] = []
         self._read = 0  # entries of `kept` looked at
 
@@ -205,7 +227,7 @@ class LiveRanking(Sequence):
             v, name, relay_id = kept[self._read]
             self._read += 1
             c = candidates[relay_id]
-            if not c.full:
+            if not c.full and relay_id not in self._skip:
                 self._made.append((v, name, c))
                 return True
         return False

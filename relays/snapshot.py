@@ -17,6 +17,7 @@ RELAY_SNAPSHOT_SECONDS = 0 reads the database on every request (the in-process t
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 import time
@@ -76,6 +77,10 @@ class Fleet:
     # The oldest last probe among the assignable relays (None: one was never probed): while it
     # is fresh, they all are (relays.selectors checks them one by one only once it isn't).
     oldest_check: datetime | None = None
+
+    @functools.cached_property
+    def assignable_ids(self) -> frozenset[str]:
+        return frozenset(self.assignable)
 
     def ranking(self, key: tuple[str, str], now: datetime) -> list[tuple[float, str, str]] | None:
         """A ranking kept for `key`, unless one of its relays has gone stale since."""
