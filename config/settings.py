@@ -407,10 +407,11 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["integrations.auth.KeyRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # JSON, or a form. No multipart: the API takes no files, and Daphne's HTTP layer parses a
+    # multipart body itself first, answering one it can't parse with a bare 400 (no JSON error).
     "DEFAULT_PARSER_CLASSES": [
         "config.api_errors.SafeJSONParser",
         "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
     ],
     "EXCEPTION_HANDLER": "config.api_errors.api_exception_handler",
 }

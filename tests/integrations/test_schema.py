@@ -74,3 +74,32 @@ def test_the_docs_scope_table_matches_the_schema(schema):
     for (path, method), scope in SCOPES.items():
         if scope and scope != "*":
             assert f"| `{method.upper()} {path}` | `{scope}` |" in doc, (path, method)
+
+
+def test_request_bodies_are_json_or_a_form_never_multipart(schema):
+    """Daphne's HTTP layer (Twisted) parses a multipart body itself before the app sees it, and
+    answers one it can't parse with a bare 400: no JSON error, no Content-Type. The API takes
+    no files, so it takes no multipart bodies, and says so."""
+    types = {
+        media
+        for path in schema["paths"].values()
+        for op in path.values()
+        if isinstance(op, dict) and "requestBody" in op
+        for media in op["requestBody"]["content"]
+    }
+    assert types and types <= {"application/json", "application/x-www-form-urlencoded"}, types
+
+
+def test_a_multipart_body_is_a_json_415(client):
+    from tests.integrations.test_api_keys import make_key
+
+    boundary = "c637e12e2b1a998d80d1b087531af51c"
+    response = client.post(
+        "/api/v1/users/",
+        data=f'--{boundary}\r\nContent-Disposition: form-data; name="externalId"\r\n\r\nu-1\r\n'
+        f"--{boundary}--\r\n".encode(),
+        content_type=f"multipart/form-data; boundary={boundary}",
+        HTTP_AUTHORIZATION=f"Bearer {make_key('users:write')}",
+    )
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
