@@ -92,8 +92,9 @@ class Candidate:
 
     @functools.cached_property
     def own_points(self) -> float:
-        """The points that depend on this relay alone: its round trip and its health (made
-        once per candidate: selection scores each relay for many callers)."""
+        """The points that depend on this relay alone: its round trip, its health and its load
+        (made once per candidate: selection scores each relay for many callers, and a relay's
+        load changes by a new candidate, Fleet.issued)."""
         rtt = self.client_rtt_ms
         if rtt is None:
             gather = self.client_gather_ms
@@ -108,7 +109,18 @@ class Candidate:
             points = rtt
         if self.status == RelayStatus.DEGRADED:
             points += DEGRADED_POINTS
+        capacity = self.capacity
+        if capacity:
+            allocations = self.allocations
+            points += (
+                LOAD_POINTS if allocations >= capacity else LOAD_POINTS * allocations / capacity
+            )
         return points
+
+    @functools.cached_property
+    def divisor(self) -> float:
+        """The admin's weight, as scores are divided by it (never by less than 0.01)."""
+        return self.weight if self.weight > 0.01 else 0.01
 
 
 @dataclass(frozen=True)
@@ -133,17 +145,12 @@ def value(candidate: Candidate, caller: Caller) -> float:
     region = caller.region
     if region and candidate.region != region:
         points += OTHER_REGION_POINTS
-    capacity = candidate.capacity
-    if capacity:
-        allocations = candidate.allocations
-        points += LOAD_POINTS if allocations >= capacity else LOAD_POINTS * allocations / capacity
     if caller.peer_relays:
         if candidate.id in caller.peer_relays:
             points *= SAME_RELAY_FACTOR
         elif candidate.region and candidate.region in caller.peer_regions:
             points *= PEER_REGION_FACTOR
-    weight = candidate.weight
-    return points / (weight if weight > 0.01 else 0.01)
+    return points / candidate.divisor
 
 
 def score(candidate: Candidate, caller: Caller) -> Scored:
@@ -250,13 +257,17 @@ def _two_choices(pool: list[tuple[float, str, Candidate]], rng: random.Random):
 
 
 Ranked = Sequence[tuple[float, str, Candidate]]  # (value, name, candidate), best first
-_BY_VALUE_THEN_NAME = operator.itemgetter(0, 1)
+_VALUE = operator.itemgetter(0)
+_NAME = operator.itemgetter(1)
 
 
 def ranked(candidates: Sequence[Candidate], caller: Caller) -> list[tuple[float, str, Candidate]]:
-    """Every candidate that isn't full, by `value` for this caller, best first (ties: by name)."""
+    """Every candidate that isn't full, by `value` for this caller, best first (ties: by name).
+    Two stable sorts, by name and then by value, are cheaper than one by both (a tuple made for
+    each), and the first costs little on candidates in name order (the snapshot's)."""
     out = [(value(c, caller), c.name, c) for c in candidates if not c.full]
-    out.sort(key=_BY_VALUE_THEN_NAME)
+    out.sort(key=_NAME)
+    out.sort(key=_VALUE)
     return out
 
 

@@ -179,7 +179,11 @@ def build() -> Fleet:
         except ValueError:
             continue
     ranges.sort(key=lambda nr: -nr[0].prefixlen)
-    assignable = [i for i, c in candidates.items() if eligible_but_for_time(c)]
+    # In name order: ranking sorts by name and then by value (relays.scoring.ranked).
+    assignable = sorted(
+        (i for i, c in candidates.items() if eligible_but_for_time(c)),
+        key=lambda i: candidates[i].name,
+    )
     checks = [c for i in assignable if (c := candidates[i].checked_at) is not None]
     return Fleet(
         candidates=candidates,
