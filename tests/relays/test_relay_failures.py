@@ -87,9 +87,18 @@ def test_reports_are_rate_limited_per_user(alice, settings):
 def test_the_api_takes_a_report_and_refuses_a_bad_one(client, alice, password):
     client.login(username="alice", password=password)
     url = "/api/v1/relays/failures/"
-    ok = client.post(url, {"relayUrl": "turn:nobody.example:3478", "problem": "allocation"})
+    ok = client.post(
+        url,
+        {"relayUrl": "turn:nobody.example:3478", "problem": "allocation"},
+        content_type="application/json",
+    )
     assert ok.status_code == 202 and ok.json() == {"reprobing": False}  # not alice's relay
-    bad = client.post(url, {"relayUrl": "turn:x:1", "problem": "gremlins"})
+    bad = client.post(
+        url, {"relayUrl": "turn:x:1", "problem": "gremlins"}, content_type="application/json"
+    )
     assert bad.status_code == 400 and "problem" in bad.json()["error"]["fields"]
     client.logout()
-    assert client.post(url, {"relayUrl": "turn:x:1", "problem": "ice"}).status_code in (401, 403)
+    gone = client.post(
+        url, {"relayUrl": "turn:x:1", "problem": "ice"}, content_type="application/json"
+    )
+    assert gone.status_code in (401, 403)
