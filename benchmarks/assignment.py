@@ -277,6 +277,7 @@ def main() -> int:
     server = through_server(
         {
             "trivial": [("/bench/trivial/", c) for c in cookies],
+            "one_statement": [("/bench/trivial-one-statement/", c) for c in cookies],
             "signed_in": [("/bench/trivial-signed-in/", c) for c in cookies],
             "ice": [("/api/v1/ice-servers/", c) for c in cookies],
             "refresh": [(f"/api/v1/ice-servers/?keep={grants[c]}", c) for c in cookies],
@@ -286,6 +287,9 @@ def main() -> int:
 
     ratio = round(server["ice"]["rps"] / server["trivial"]["rps"], 2)
     ratio_signed_in = round(server["ice"]["rps"] / server["signed_in"]["rps"], 2)
+    # The ceiling that any view with one database round trip meets on this server (ice-servers
+    # writes a grant): the trivial view plus `SELECT 1`, against the trivial view.
+    one_statement_ratio = round(server["one_statement"]["rps"] / server["trivial"]["rps"], 2)
     out = {
         "machine": {"python": platform.python_version(), "database": connection.vendor},
         "relays": args.relays,
@@ -301,6 +305,7 @@ def main() -> int:
         "server_connections": SERVER_CONNECTIONS,
         "ice_to_trivial": ratio,
         "ice_to_signed_in": ratio_signed_in,
+        "one_statement_to_trivial": one_statement_ratio,
         "goals": {
             "selection_p99_le_2ms": max(selection["p99_ms"], selection_afresh["p99_ms"]) <= 2.0,
             "queries_beyond_auth_le_3": len(statements) - len(auth) <= 3,
@@ -324,7 +329,7 @@ def main() -> int:
         "|---|---|---|---|",
         f"| selection p50 / p99 | {selection['p50_ms']} / {selection['p99_ms']} ms (the snapshot's ranking for the caller's region kept); {selection_afresh['p50_ms']} / {selection_afresh['p99_ms']} ms (ranked afresh: the first such caller in a snapshot) | ORM load of all relays: {orm['p50_ms']} / {orm['p99_ms']} ms | p99 <= 2 ms: **{goals['selection_p99_le_2ms']}** |",
         f"| SQL per GET /api/v1/ice-servers/ beyond authentication | {out['queries_beyond_auth']} (of {out['queries_per_ice_servers']}) | - | <= 3: **{goals['queries_beyond_auth_le_3']}** |",
-        f"| GET /api/v1/ice-servers/ through Daphne ({SERVER_CONNECTIONS} connections, {CALLERS} callers in turn: each page a new grant) | {served('ice')} ({ratio}x the trivial view, {ratio_signed_in}x the signed-in one) | trivial JSON view: {served('trivial')}; signed in (session + user read): {served('signed_in')} | >= 0.7x the trivial view: **{goals['rps_ge_0_7x_trivial']}** |",
+        f"| GET /api/v1/ice-servers/ through Daphne ({SERVER_CONNECTIONS} connections, {CALLERS} callers in turn: each page a new grant) | {served('ice')} ({ratio}x the trivial view, {ratio_signed_in}x the signed-in one) | trivial JSON view: {served('trivial')}; the same plus one SQL statement: {served('one_statement')} ({one_statement_ratio}x the trivial view); signed in (session + user read): {served('signed_in')} | >= 0.7x the trivial view: **{goals['rps_ge_0_7x_trivial']}** |",
         f"| a refresh through Daphne (?keep=, the same relays: the grant's expiry moves) | {served('refresh')} | {out['queries_per_refresh']} SQL statements in all | - |",
         f"| in this process, Django's test client (no server) | ice-servers, one caller past the grant cap: {ip_rps['ice_at_cap']} req/s; a refresh: {ip_rps['refresh']} | trivial: {ip_rps['trivial']}; signed in: {ip_rps['signed_in']} | - |",
         "",

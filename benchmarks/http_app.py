@@ -1,4 +1,4 @@
-"""The platform's URLs with two trivial JSON views beside them, for benchmarks/assignment.py:
+"""The platform's URLs with three trivial JSON views beside them, for benchmarks/assignment.py:
 a URLconf (`benchmarks.http_app`) for the in-process client, and an ASGI application
 (`benchmarks.http_app:application`) that Daphne serves exactly as it serves
 `config.asgi:application`. Both are built on first use, once Django is set up."""
@@ -17,6 +17,17 @@ def trivial_signed_in_view(request):
     return JsonResponse({"user": request.user.pk})
 
 
+def trivial_one_statement_view(request):
+    """The trivial view plus one database round trip (`SELECT 1`): the least any view pays
+    that reads or writes the database (ice-servers writes its grant)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        (one,) = cursor.fetchone()
+    return JsonResponse({"ok": one == 1})
+
+
 def __getattr__(name: str):
     if name == "urlpatterns":
         from django.urls import include, path
@@ -24,6 +35,7 @@ def __getattr__(name: str):
         return [
             path("bench/trivial/", trivial_view),
             path("bench/trivial-signed-in/", trivial_signed_in_view),
+            path("bench/trivial-one-statement/", trivial_one_statement_view),
             path("", include("config.urls")),
         ]
     if name == "application":
