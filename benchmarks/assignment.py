@@ -5,7 +5,9 @@
 Measures, in one run, on PostgreSQL (BENCH_DATABASE_URL, default …/traverse_bench):
 - selection (`relays.selectors.select_relays_for`: load, score, choose) p50 and p99, next to the
   baseline of loading the same 1,000 relays through the ORM (goal: p99 <= 2 ms), with the
-  snapshot's ranking for the caller's region kept, and ranked afresh (the first such caller);
+  snapshot's ranking for the caller's region kept, for the first caller of a region in a
+  snapshot (a merge of the snapshot's sorted relays), and ranked in full (a caller joining a
+  call, whose other side holds a relay: never kept);
 - SQL queries per `GET /api/v1/ice-servers/` beyond authentication (goal: <= 3);
 - requests per second of that endpoint next to a trivial Django JSON view (and one that reads
   the signed-in caller), served by one Daphne process as in production (rate limits on: each
@@ -215,9 +217,16 @@ def main() -> int:
     def select():
         select_relays_for(user=user, ip=ip)
 
-    def select_afresh():  # the first caller of its region (or measured network) in a snapshot
+    def select_afresh():  # the first caller of its region in a snapshot
         fleet().rankings.clear()
         select_relays_for(user=user, ip=ip)
+
+    # A caller joining a call whose other side holds a relay: ranked in full every time (also
+    # the first caller of a network whose clients measured relays, in a snapshot).
+    peer = [fleet().assignable[len(fleet().assignable) // 2]]
+
+    def select_for_a_call():
+        select_relays_for(user=user, ip=ip, peers=peer)
 
     def load_through_orm():
         list(Relay.objects.all())
@@ -225,6 +234,7 @@ def main() -> int:
     timed(select, 20)  # warm up
     selection = timed(select, args.rounds)
     selection_afresh = timed(select_afresh, args.rounds)
+    selection_in_full = timed(select_for_a_call, args.rounds)
     orm = timed(load_through_orm, args.rounds)
 
     # In this process, through Django's test client (no server): the platform's URLs plus the
@@ -294,7 +304,8 @@ def main() -> int:
         "machine": {"python": platform.python_version(), "database": connection.vendor},
         "relays": args.relays,
         "selection": selection,
-        "selection_ranked_afresh": selection_afresh,
+        "selection_regions_first_caller": selection_afresh,
+        "selection_ranked_in_full": selection_in_full,
         "baseline_orm_load_all": orm,
         "queries_per_ice_servers": len(statements),
         "queries_beyond_auth": len(statements) - len(auth),
@@ -307,7 +318,10 @@ def main() -> int:
         "ice_to_signed_in": ratio_signed_in,
         "one_statement_to_trivial": one_statement_ratio,
         "goals": {
-            "selection_p99_le_2ms": max(selection["p99_ms"], selection_afresh["p99_ms"]) <= 2.0,
+            "selection_p99_le_2ms": max(
+                selection["p99_ms"], selection_afresh["p99_ms"], selection_in_full["p99_ms"]
+            )
+            <= 2.0,
             "queries_beyond_auth_le_3": len(statements) - len(auth) <= 3,
             "rps_ge_0_7x_trivial": ratio >= 0.7,
         },
@@ -327,7 +341,7 @@ def main() -> int:
         "",
         "| figure | measured | baseline | goal |",
         "|---|---|---|---|",
-        f"| selection p50 / p99 | {selection['p50_ms']} / {selection['p99_ms']} ms (the snapshot's ranking for the caller's region kept); {selection_afresh['p50_ms']} / {selection_afresh['p99_ms']} ms (ranked afresh: the first such caller in a snapshot) | ORM load of all relays: {orm['p50_ms']} / {orm['p99_ms']} ms | p99 <= 2 ms: **{goals['selection_p99_le_2ms']}** |",
+        f"| selection p50 / p99 | {selection['p50_ms']} / {selection['p99_ms']} ms (the snapshot's ranking for the caller's region kept); {selection_afresh['p50_ms']} / {selection_afresh['p99_ms']} ms (a region's first caller in a snapshot: a merge of the snapshot's sorted relays); {selection_in_full['p50_ms']} / {selection_in_full['p99_ms']} ms (ranked in full: a caller joining a call) | ORM load of all relays: {orm['p50_ms']} / {orm['p99_ms']} ms | p99 <= 2 ms: **{goals['selection_p99_le_2ms']}** |",
         f"| SQL per GET /api/v1/ice-servers/ beyond authentication | {out['queries_beyond_auth']} (of {out['queries_per_ice_servers']}) | - | <= 3: **{goals['queries_beyond_auth_le_3']}** |",
         f"| GET /api/v1/ice-servers/ through Daphne ({SERVER_CONNECTIONS} connections, {CALLERS} callers in turn: each page a new grant) | {served('ice')} ({ratio}x the trivial view, {ratio_signed_in}x the signed-in one) | trivial JSON view: {served('trivial')}; the same plus one SQL statement: {served('one_statement')} ({one_statement_ratio}x the trivial view); signed in (session + user read): {served('signed_in')} | >= 0.7x the trivial view: **{goals['rps_ge_0_7x_trivial']}** |",
         f"| a refresh through Daphne (?keep=, the same relays: the grant's expiry moves) | {served('refresh')} | {out['queries_per_refresh']} SQL statements in all | - |",

@@ -30,6 +30,7 @@ import ipaddress
 import itertools
 import operator
 import random
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -269,6 +270,97 @@ def ranked(candidates: Sequence[Candidate], caller: Caller) -> list[tuple[float,
     out.sort(key=_NAME)
     out.sort(key=_VALUE)
     return out
+
+
+Entry = tuple[float, str, str]  # (value, name, relay id): a ranking as it is kept
+
+
+class Kept:
+    """A ranking made in full (`ranked`), kept as relay ids: `entry(i)` is its i-th, None past
+    the end."""
+
+    def __init__(self, entries: list[Entry]):
+        self.entries = entries
+
+    def entry(self, index: int) -> Entry | None:
+        entries = self.entries
+        return entries[index] if index < len(entries) else None
+
+
+@dataclass(frozen=True)
+class RegionOrders:
+    """Candidates sorted once (a snapshot's, relays.snapshot) so that the ranking for a caller
+    of any region is a merge, read only as far as choosing goes. For a caller in a relay's region
+    (or of unknown region), its `value` is its own points over its weight (`home`, and
+    `home_in` by region); for a caller elsewhere, OTHER_REGION_POINTS more (`away`, which
+    also says each relay's region). Full relays are in them: readers skip those as of now."""
+
+    home: list[Entry]
+    home_in: dict[str, list[Entry]]
+    away: list[tuple[float, str, str, str]]
+
+    @classmethod
+    def of(cls, candidates: Sequence[Candidate]) -> RegionOrders:
+        """`candidates` in name order (ties in value stay in it, as in `ranked`)."""
+        home: list[Entry] = []
+        home_in: dict[str, list[Entry]] = {}
+        away: list[tuple[float, str, str, str]] = []
+        for c in candidates:
+            own, divisor = c.own_points, c.divisor
+            entry = (own / divisor, c.name, c.id)  # as `value` makes them
+            home.append(entry)
+            home_in.setdefault(c.region, []).append(entry)
+            away.append(((own + OTHER_REGION_POINTS) / divisor, c.name, c.id, c.region))
+        for entries in (home, away, *home_in.values()):
+            entries.sort(key=_VALUE)
+        return cls(home=home, home_in=home_in, away=away)
+
+    def for_region(self, region: str) -> Kept | RegionRanking:
+        """The ranking for a caller in `region` ("" : unknown) with no call in mind."""
+        if not region:
+            return Kept(self.home)
+        return RegionRanking(self.home_in.get(region, []), self.away, region)
+
+
+class RegionRanking:
+    """A region's ranking (`RegionOrders.for_region`): its own relays (`home`) merged with the
+    others' `away` entries, made as far as it is read and kept for the next caller of that
+    region (readers in several threads: made under a lock)."""
+
+    def __init__(self, home: list[Entry], away: list[tuple[float, str, str, str]], region: str):
+        self._home, self._away, self._region = home, away, region
+        self._i = self._j = 0
+        self.entries: list[Entry] = []
+        self._lock = threading.Lock()
+
+    def entry(self, index: int) -> Entry | None:
+        entries = self.entries
+        if index < len(entries):
+            return entries[index]
+        with self._lock:
+            home, away, region = self._home, self._away, self._region
+            i, j = self._i, self._j
+            while index >= len(entries):
+                while j < len(away) and away[j][3] == region:
+                    j += 1  # in `home` instead
+                if i < len(home):
+                    h = home[i]
+                    if j < len(away):
+                        a = away[j]
+                        if (a[0], a[1]) < (h[0], h[1]):
+                            entries.append((a[0], a[1], a[2]))
+                            j += 1
+                            continue
+                    entries.append(h)
+                    i += 1
+                elif j < len(away):
+                    a = away[j]
+                    entries.append((a[0], a[1], a[2]))
+                    j += 1
+                else:
+                    break
+            self._i, self._j = i, j
+        return entries[index] if index < len(entries) else None
 
 
 def choose(

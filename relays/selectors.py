@@ -23,7 +23,9 @@ from .models import (
 from .scoring import (
     Caller,
     Candidate,
+    Kept,
     Ranked,
+    RegionRanking,
     choose,
     choose_ranked,
     decayed_weight,
@@ -186,9 +188,16 @@ def _ranking(
         if kept is not None:
             return LiveRanking(kept, candidates, skip)
     fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
-    pool = [candidates[i] for i in current.assignable]
     oldest = current.oldest_check
-    if oldest is None or now - oldest > fresh:  # some are stale (or never probed): look at each
+    all_fresh = oldest is not None and now - oldest <= fresh
+    if key is not None and not measured and all_fresh:
+        # Ranked by region alone: a merge of the snapshot's sorted relays, made as far as it is
+        # read (a region's first caller reads a few dozen of a thousand, not all of them).
+        merged = current.orders.for_region(caller.region)
+        current.keep_ranking(key, merged, oldest + fresh)
+        return LiveRanking(merged, candidates, skip)
+    pool = [candidates[i] for i in current.assignable]
+    if not all_fresh:  # some are stale (or never probed): look at each
         pool = [c for c in pool if eligible_now(c, now=now, stale_after=fresh)]
         oldest = min((c.checked_at for c in pool if c.checked_at is not None), default=None)
     if measured:
@@ -197,7 +206,7 @@ def _ranking(
     if key is not None:
         current.keep_ranking(
             key,
-            [(v, name, c.id) for v, name, c in ranking],
+            Kept([(v, name, c.id) for v, name, c in ranking]),
             oldest + fresh if oldest is not None else NEVER,
         )
     return [entry for entry in ranking if entry[2].id not in skip] if skip else ranking
@@ -210,11 +219,11 @@ class LiveRanking(Sequence):
 
     def __init__(
         self,
-        kept: list[tuple[float, str, str]],
+        kept: Kept | RegionRanking | list[tuple[float, str, str]],
         candidates: dict[str, Candidate],
         skip: frozenset[str] = frozenset(),
     ):
-        self._kept = kept
+        self._kept = Kept(kept) if isinstance(kept, list) else kept
         self._candidates = candidates
         self._skip = skip
         self._made: list[tuple[float, str, Candidate]] = []
@@ -222,9 +231,9 @@ class LiveRanking(Sequence):
 
     def _more(self) -> bool:
         """Make one more entry; False when the kept ranking is used up."""
-        kept, candidates = self._kept, self._candidates
-        while self._read < len(kept):
-            v, name, relay_id = kept[self._read]
+        entry, candidates = self._kept.entry, self._candidates
+        while (found := entry(self._read)) is not None:
+            v, name, relay_id = found
             self._read += 1
             c = candidates[relay_id]
             if not c.full and relay_id not in self._skip:

@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from .ice_urls import IceUrlError, parse_ice_url
 from .models import RegionRange, Relay
-from .scoring import Candidate, eligible_but_for_time
+from .scoring import Candidate, Kept, RegionOrders, RegionRanking, eligible_but_for_time
 from .states import RelayStatus, published_lately
 
 MAX_RANKINGS = 512  # kept per snapshot (regions, and networks whose clients measured relays)
@@ -69,9 +69,12 @@ class Fleet:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # network -> relay -> (pair round trip, gather time), as clients measured them
     measured: dict[str, dict[str, tuple[float | None, float | None]]] = field(default_factory=dict)
+    # The assignable relays sorted for callers of each region (made with the snapshot): a
+    # region's ranking is a merge of these, made as far as choosing reads it.
+    orders: RegionOrders = field(default_factory=lambda: RegionOrders.of([]))
     # Rankings made from this snapshot (relays.selectors): key -> ((value, name, relay id) best
     # first, when the first of them goes stale)
-    rankings: dict[tuple[str, str], tuple[list[tuple[float, str, str]], datetime]] = field(
+    rankings: dict[tuple[str, str], tuple[Kept | RegionRanking, datetime]] = field(
         default_factory=dict
     )
     # The oldest last probe among the assignable relays (None: one was never probed): while it
@@ -82,7 +85,7 @@ class Fleet:
     def assignable_ids(self) -> frozenset[str]:
         return frozenset(self.assignable)
 
-    def ranking(self, key: tuple[str, str], now: datetime) -> list[tuple[float, str, str]] | None:
+    def ranking(self, key: tuple[str, str], now: datetime) -> Kept | RegionRanking | None:
         """A ranking kept for `key`, unless one of its relays has gone stale since."""
         found = self.rankings.get(key)
         if found is None or now > found[1]:
@@ -90,7 +93,7 @@ class Fleet:
         return found[0]
 
     def keep_ranking(
-        self, key: tuple[str, str], entries: list[tuple[float, str, str]], valid_until: datetime
+        self, key: tuple[str, str], entries: Kept | RegionRanking, valid_until: datetime
     ) -> None:
         if len(self.rankings) >= MAX_RANKINGS:
             self.rankings.clear()
@@ -190,6 +193,7 @@ def build() -> Fleet:
         rows=rows,
         ranges=ranges,
         assignable=assignable,
+        orders=RegionOrders.of([candidates[i] for i in assignable]),
         oldest_check=min(checks) if checks and len(checks) == len(assignable) else None,
     )
 

@@ -285,3 +285,87 @@ def test_choosing_from_a_kept_ranking_reads_only_the_top_of_it():
     chosen = choose_ranked(live, caller, limit=2, rng=random.Random(1))
     assert [s.candidate.region for s in chosen] == ["eu", "us"]
     assert live._read < 600, live._read  # the eu relays rank first; the first us one ends it
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(candidates, max_size=14, unique_by=lambda c: c.name),
+    st.sampled_from(["", "eu", "us", "ap", "elsewhere"]),
+)
+def test_a_regions_merged_ranking_is_the_full_ranking(fleet, region):
+    """The snapshot sorts its relays once (RegionOrders); the ranking for a caller of any
+    region, a merge of those read as far as it goes, holds exactly what ranking them all for
+    that caller gives: the same relays, values and order."""
+    from relays.scoring import RegionOrders, ranked
+    from relays.selectors import LiveRanking
+
+    fleet = sorted(fleet, key=lambda c: c.name)  # as the snapshot keeps them
+    caller = Caller(region=region)
+    merged = RegionOrders.of(fleet).for_region(region)
+    live = LiveRanking(merged, {c.id: c for c in fleet})
+    assert [(v, n, c.id) for v, n, c in live] == [
+        (v, n, c.id) for v, n, c in ranked(fleet, caller)
+    ]
+
+
+def test_a_regions_first_caller_reads_the_top_of_the_merge_only():
+    """1,000 relays in four regions: the first caller of a region (no ranking kept yet) gets
+    the best and a fallback elsewhere with a few dozen entries made, not a thousand."""
+    from relays.scoring import RegionOrders, RegionRanking, choose_ranked, ranked
+    from relays.selectors import LiveRanking
+
+    rng = random.Random(3)
+    fleet = [
+        Candidate(
+            id=f"r{i}",
+            name=f"r{i:04d}",
+            region=["eu", "us", "ap", ""][i % 4],
+            checked_at=NOW,
+            prober_rtt_ms=rng.uniform(2, 250),
+            capacity=rng.choice([None, 100]),
+            allocations=rng.randrange(0, 120),
+        )
+        for i in range(1000)
+    ]
+    caller = Caller(region="us")
+    merged = RegionOrders.of(fleet).for_region("us")
+    assert isinstance(merged, RegionRanking)
+    chosen = choose_ranked(
+        LiveRanking(merged, {c.id: c for c in fleet}), caller, limit=2, rng=random.Random(1)
+    )
+    assert [s.candidate.region for s in chosen][:1] == ["us"] and chosen[1].candidate.region != "us"
+    assert len(merged.entries) < 100, len(merged.entries)
+    best = [c.id for _, _, c in ranked(fleet, caller)][: len(merged.entries)]
+    assert [relay_id for _, _, relay_id in merged.entries] == best
+
+
+def test_a_merge_read_by_many_threads_at_once_is_made_once_and_in_order():
+    """Callers of one region in several request threads read the kept merge together: each
+    entry is made once, in order, whatever the interleaving."""
+    import threading
+
+    from relays.scoring import RegionOrders, ranked
+
+    fleet = [
+        Candidate(id=f"r{i}", name=f"r{i:04d}", region=["eu", "us"][i % 2], prober_rtt_ms=i % 97)
+        for i in range(2000)
+    ]
+    merged = RegionOrders.of(fleet).for_region("eu")
+    start = threading.Barrier(8)
+    seen: list[tuple[int, list]] = []
+
+    def reader(step: int) -> None:
+        start.wait()
+        seen.append((step, [merged.entry(i) for i in range(0, 2000, step)]))
+
+    threads = [threading.Thread(target=reader, args=(1 + n % 3,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = [(v, n, c.id) for v, n, c in ranked(fleet, Caller(region="eu"))]
+    assert merged.entries == expected
+    assert merged.entry(2000) is None
+    assert len(seen) == 8
+    for step, got in seen:
+        assert got == expected[::step]
