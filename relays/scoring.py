@@ -26,12 +26,13 @@ that doesn't fail with the first.
 from __future__ import annotations
 
 import functools
+import heapq
 import ipaddress
 import itertools
 import operator
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -275,61 +276,85 @@ def ranked(candidates: Sequence[Candidate], caller: Caller) -> list[tuple[float,
 Entry = tuple[float, str, str]  # (value, name, relay id): a ranking as it is kept
 
 
-class Kept:
-    """A ranking made in full (`ranked`), kept as relay ids: `entry(i)` is its i-th, None past
-    the end."""
-
-    def __init__(self, entries: list[Entry]):
-        self.entries = entries
-
-    def entry(self, index: int) -> Entry | None:
-        entries = self.entries
-        return entries[index] if index < len(entries) else None
-
-
 @dataclass(frozen=True)
 class RegionOrders:
-    """Candidates sorted once (a snapshot's, relays.snapshot) so that the ranking for a caller
-    of any region is a merge, read only as far as choosing goes. For a caller in a relay's region
-    (or of unknown region), its `value` is its own points over its weight (`home`, and
-    `home_in` by region); for a caller elsewhere, OTHER_REGION_POINTS more (`away`, which
-    also says each relay's region). Full relays are in them: readers skip those as of now."""
+    """Candidates sorted once (a snapshot's, relays.snapshot), so that a caller's ranking is a
+    merge, made only as far as choosing reads it. A relay's `value` for a caller depends on the
+    caller only through the relay's region: in the caller's region (or for a caller of unknown
+    region) it is its own points over its weight, elsewhere OTHER_REGION_POINTS more, and each
+    of those times PEER_REGION_FACTOR where the call's other side holds a relay in its region.
+    So each region keeps its relays sorted four ways (`by_region`: home, away, and the two near
+    the call's other side), and a caller's ranking merges one of them per region, with the
+    few relays the other side holds scored apart. Full relays are in them: readers skip those
+    as of now (relays.selectors.LiveRanking)."""
 
-    home: list[Entry]
-    home_in: dict[str, list[Entry]]
-    away: list[tuple[float, str, str, str]]
+    by_region: dict[str, tuple[list[Entry], list[Entry], list[Entry], list[Entry]]]
+    candidates: dict[str, Candidate]  # as they were sorted
 
     @classmethod
     def of(cls, candidates: Sequence[Candidate]) -> RegionOrders:
         """`candidates` in name order (ties in value stay in it, as in `ranked`)."""
-        home: list[Entry] = []
-        home_in: dict[str, list[Entry]] = {}
-        away: list[tuple[float, str, str, str]] = []
+        by_region: dict[str, tuple[list[Entry], list[Entry], list[Entry], list[Entry]]] = {}
         for c in candidates:
-            own, divisor = c.own_points, c.divisor
-            entry = (own / divisor, c.name, c.id)  # as `value` makes them
-            home.append(entry)
-            home_in.setdefault(c.region, []).append(entry)
-            away.append(((own + OTHER_REGION_POINTS) / divisor, c.name, c.id, c.region))
-        for entries in (home, away, *home_in.values()):
-            entries.sort(key=_VALUE)
-        return cls(home=home, home_in=home_in, away=away)
+            lists = by_region.get(c.region)
+            if lists is None:
+                lists = by_region[c.region] = ([], [], [], [])
+            own, away, divisor = c.own_points, c.own_points + OTHER_REGION_POINTS, c.divisor
+            # As `value` makes them: points, times a factor, over the weight.
+            lists[0].append((own / divisor, c.name, c.id))
+            lists[1].append((away / divisor, c.name, c.id))
+            lists[2].append((own * PEER_REGION_FACTOR / divisor, c.name, c.id))
+            lists[3].append((away * PEER_REGION_FACTOR / divisor, c.name, c.id))
+        for lists in by_region.values():
+            for entries in lists:
+                entries.sort(key=_VALUE)
+        return cls(by_region=by_region, candidates={c.id: c for c in candidates})
 
-    def for_region(self, region: str) -> Kept | RegionRanking:
-        """The ranking for a caller in `region` ("" : unknown) with no call in mind."""
-        if not region:
-            return Kept(self.home)
-        return RegionRanking(self.home_in.get(region, []), self.away, region)
+    def ranking(
+        self,
+        caller: Caller,
+        changed: Sequence[Candidate] = (),
+        leave_out: frozenset[str] = frozenset(),
+    ) -> Merged:
+        """Every candidate by `value` for this caller, best first (as `ranked`, full ones
+        included), made as far as it is read, but those in `leave_out`. `changed`: candidates
+        to score as given instead (what clients on the caller's network measured); they, and the
+        relays the call's other side holds, are scored one by one and merged with the rest."""
+        region = caller.region
+        near = caller.peer_regions if caller.peer_relays else frozenset()  # as `value`
+        apart = {c.id: c for c in changed if c.id in self.candidates}
+        for i in caller.peer_relays:
+            if i in self.candidates and i not in apart:
+                apart[i] = self.candidates[i]
+        regions = {self.candidates[i].region for i in apart}
+        sources: list[Iterable[Entry]] = []
+        for group, lists in self.by_region.items():
+            which = (0 if not region or group == region else 1) + (
+                2 if group and group in near else 0
+            )
+            entries = lists[which]
+            if group in regions:  # some of them are scored apart, below
+                sources.append(e for e in entries if e[2] not in apart)
+            else:
+                sources.append(entries)
+        if apart:
+            sources.append(
+                sorted(((value(c, caller), c.name, c.id) for c in apart.values()), key=_ORDER)
+            )
+        return Merged(sources, leave_out)
 
 
-class RegionRanking:
-    """A region's ranking (`RegionOrders.for_region`): its own relays (`home`) merged with the
-    others' `away` entries, made as far as it is read and kept for the next caller of that
-    region (readers in several threads: made under a lock)."""
+_ORDER = operator.itemgetter(0, 1)
 
-    def __init__(self, home: list[Entry], away: list[tuple[float, str, str, str]], region: str):
-        self._home, self._away, self._region = home, away, region
-        self._i = self._j = 0
+
+class Merged:
+    """A ranking merged from sorted sources (`RegionOrders.ranking`), made as far as it is read,
+    and kept for the next caller who would get the same (readers in several threads: made
+    under a lock). `entry(i)` is its i-th (value, name, relay id), None past the end."""
+
+    def __init__(self, sources: list[Iterable[Entry]], leave_out: frozenset[str] = frozenset()):
+        made = iter(sources[0]) if len(sources) == 1 else heapq.merge(*sources, key=_ORDER)
+        self._made = (e for e in made if e[2] not in leave_out) if leave_out else made
         self.entries: list[Entry] = []
         self._lock = threading.Lock()
 
@@ -338,29 +363,12 @@ class RegionRanking:
         if index < len(entries):
             return entries[index]
         with self._lock:
-            home, away, region = self._home, self._away, self._region
-            i, j = self._i, self._j
             while index >= len(entries):
-                while j < len(away) and away[j][3] == region:
-                    j += 1  # in `home` instead
-                if i < len(home):
-                    h = home[i]
-                    if j < len(away):
-                        a = away[j]
-                        if (a[0], a[1]) < (h[0], h[1]):
-                            entries.append((a[0], a[1], a[2]))
-                            j += 1
-                            continue
-                    entries.append(h)
-                    i += 1
-                elif j < len(away):
-                    a = away[j]
-                    entries.append((a[0], a[1], a[2]))
-                    j += 1
-                else:
-                    break
-            self._i, self._j = i, j
-        return entries[index] if index < len(entries) else None
+                found = next(self._made, None)
+                if found is None:
+                    return None
+                entries.append(found)
+        return entries[index]
 
 
 def choose(

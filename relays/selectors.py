@@ -23,9 +23,8 @@ from .models import (
 from .scoring import (
     Caller,
     Candidate,
-    Kept,
+    Merged,
     Ranked,
-    RegionRanking,
     choose,
     choose_ranked,
     decayed_weight,
@@ -33,7 +32,6 @@ from .scoring import (
     eligible_now,
     network_key,
     rank,
-    ranked,
     why_not,
 )
 from .snapshot import Fleet, fleet
@@ -171,45 +169,37 @@ def _ranking(
     now: datetime,
     skip: frozenset[str] = frozenset(),
 ) -> Ranked:
-    """The snapshot's eligible relays ranked for this caller (relays.scoring.ranked).
+    """The snapshot's eligible relays ranked for this caller (as relays.scoring.ranked would).
 
-    Ranking 1,000 relays costs about a millisecond, so the snapshot keeps each ranking for the
-    callers that would get the same one: the same region, and the same network where clients on
-    it measured relays (`network` is "" where none did). A ranking is made afresh with the next
-    snapshot, once one of its relays goes stale, and for every caller whose call's other side
-    holds relays. A kept ranking's values are as of when it was made; capacity (a full relay is
-    left out) and the loads that the two random choices compare are as of now (Fleet.issued),
-    read only as far down the ranking as choosing goes. Relays in `skip` are left out (a
-    refresh's: already chosen)."""
+    A ranking is a merge of the relays the snapshot sorted once (relays.scoring.RegionOrders),
+    made only as far as it is read: choosing reads the first few dozen of a thousand. Relays
+    whose last probe is stale now (or that were never probed) are left out: the snapshot keeps
+    its relays in the order of their last probe, so those are found by bisection. The snapshot
+    keeps each ranking for the callers that would get the same one (the same region; the same
+    network where clients on it measured relays, `network` being "" where none did), until the
+    next of its relays goes stale; a caller whose call's other side holds relays gets one of
+    their own. A ranking's values are as of the snapshot; capacity (a full relay is left out)
+    and the loads that the two random choices compare are as of now (Fleet.issued). Relays in
+    `skip` are left out (a refresh's: already chosen)."""
     candidates = current.candidates
     key = None if caller.peer_relays else (caller.region, network)
     if key is not None:
         kept = current.ranking(key, now)
         if kept is not None:
             return LiveRanking(kept, candidates, skip)
-    fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
-    oldest = current.oldest_check
-    all_fresh = oldest is not None and now - oldest <= fresh
-    if key is not None and not measured and all_fresh:
-        # Ranked by region alone: a merge of the snapshot's sorted relays, made as far as it is
-        # read (a region's first caller reads a few dozen of a thousand, not all of them).
-        merged = current.orders.for_region(caller.region)
-        current.keep_ranking(key, merged, oldest + fresh)
-        return LiveRanking(merged, candidates, skip)
-    pool = [candidates[i] for i in current.assignable]
-    if not all_fresh:  # some are stale (or never probed): look at each
-        pool = [c for c in pool if eligible_now(c, now=now, stale_after=fresh)]
-        oldest = min((c.checked_at for c in pool if c.checked_at is not None), default=None)
-    if measured:
-        pool = [_measured(c, measured) for c in pool]
-    ranking = ranked(pool, caller)
+    # Relays stale now (or never probed) are left out; the ranking is kept until the next one
+    # goes stale.
+    stale, until = current.stale(now, stale_after(settings.RELAY_SWEEP_INTERVAL))
+    orders = current.orders
+    changed = current.measured_candidates.get(network) if network else []
+    if changed is None:  # made once per snapshot and network
+        changed = current.measured_candidates[network] = [
+            _measured(orders.candidates[i], measured) for i in measured if i in orders.candidates
+        ]
+    merged = orders.ranking(caller, changed, leave_out=stale)
     if key is not None:
-        current.keep_ranking(
-            key,
-            Kept([(v, name, c.id) for v, name, c in ranking]),
-            oldest + fresh if oldest is not None else NEVER,
-        )
-    return [entry for entry in ranking if entry[2].id not in skip] if skip else ranking
+        current.keep_ranking(key, merged, until or NEVER)
+    return LiveRanking(merged, candidates, skip)
 
 
 class LiveRanking(Sequence):
@@ -219,11 +209,11 @@ class LiveRanking(Sequence):
 
     def __init__(
         self,
-        kept: Kept | RegionRanking | list[tuple[float, str, str]],
+        kept: Merged | list[tuple[float, str, str]],
         candidates: dict[str, Candidate],
         skip: frozenset[str] = frozenset(),
     ):
-        self._kept = Kept(kept) if isinstance(kept, list) else kept
+        self._kept = Merged([kept]) if isinstance(kept, list) else kept
         self._candidates = candidates
         self._skip = skip
         self._made: list[tuple[float, str, Candidate]] = []

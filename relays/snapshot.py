@@ -17,12 +17,13 @@ RELAY_SNAPSHOT_SECONDS = 0 reads the database on every request (the in-process t
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, transaction
@@ -31,9 +32,10 @@ from django.utils import timezone
 
 from .ice_urls import IceUrlError, parse_ice_url
 from .models import RegionRange, Relay
-from .scoring import Candidate, Kept, RegionOrders, RegionRanking, eligible_but_for_time
+from .scoring import Candidate, Merged, RegionOrders, eligible_but_for_time
 from .states import RelayStatus, published_lately
 
+NEVER_PROBED = datetime.min.replace(tzinfo=UTC)  # stale at any time
 MAX_RANKINGS = 512  # kept per snapshot (regions, and networks whose clients measured relays)
 
 _FIELDS = (
@@ -72,29 +74,35 @@ class Fleet:
     # The assignable relays sorted for callers of each region (made with the snapshot): a
     # region's ranking is a merge of these, made as far as choosing reads it.
     orders: RegionOrders = field(default_factory=lambda: RegionOrders.of([]))
+    # network -> the relays its clients measured, as selection scores them there
+    measured_candidates: dict[str, list[Candidate]] = field(default_factory=dict)
     # Rankings made from this snapshot (relays.selectors): key -> ((value, name, relay id) best
     # first, when the first of them goes stale)
-    rankings: dict[tuple[str, str], tuple[Kept | RegionRanking, datetime]] = field(
-        default_factory=dict
-    )
-    # The oldest last probe among the assignable relays (None: one was never probed): while it
-    # is fresh, they all are (relays.selectors checks them one by one only once it isn't).
-    oldest_check: datetime | None = None
+    rankings: dict[tuple[str, str], tuple[Merged, datetime]] = field(default_factory=dict)
+    # The assignable relays by their last probe, oldest first (never probed: NEVER_PROBED), and
+    # those probes: the ones stale at a given time are a prefix (`stale`).
+    by_check: list[str] = field(default_factory=list)
+    checks: list[datetime] = field(default_factory=list)
 
     @functools.cached_property
     def assignable_ids(self) -> frozenset[str]:
         return frozenset(self.assignable)
 
-    def ranking(self, key: tuple[str, str], now: datetime) -> Kept | RegionRanking | None:
+    def stale(self, now: datetime, fresh: timedelta) -> tuple[frozenset[str], datetime | None]:
+        """The assignable relays whose last probe is more than `fresh` old at `now` (or that
+        were never probed), and when the next of them goes stale (None: all are)."""
+        n = bisect.bisect_left(self.checks, now - fresh)
+        until = self.checks[n] + fresh if n < len(self.checks) else None
+        return frozenset(self.by_check[:n]), until
+
+    def ranking(self, key: tuple[str, str], now: datetime) -> Merged | None:
         """A ranking kept for `key`, unless one of its relays has gone stale since."""
         found = self.rankings.get(key)
         if found is None or now > found[1]:
             return None
         return found[0]
 
-    def keep_ranking(
-        self, key: tuple[str, str], entries: Kept | RegionRanking, valid_until: datetime
-    ) -> None:
+    def keep_ranking(self, key: tuple[str, str], entries: Merged, valid_until: datetime) -> None:
         if len(self.rankings) >= MAX_RANKINGS:
             self.rankings.clear()
         self.rankings[key] = (entries, valid_until)
@@ -187,14 +195,15 @@ def build() -> Fleet:
         (i for i, c in candidates.items() if eligible_but_for_time(c)),
         key=lambda i: candidates[i].name,
     )
-    checks = [c for i in assignable if (c := candidates[i].checked_at) is not None]
+    by_check = sorted(assignable, key=lambda i: candidates[i].checked_at or NEVER_PROBED)
     return Fleet(
         candidates=candidates,
         rows=rows,
         ranges=ranges,
         assignable=assignable,
         orders=RegionOrders.of([candidates[i] for i in assignable]),
-        oldest_check=min(checks) if checks and len(checks) == len(assignable) else None,
+        by_check=by_check,
+        checks=[candidates[i].checked_at or NEVER_PROBED for i in by_check],
     )
 
 

@@ -287,31 +287,40 @@ def test_choosing_from_a_kept_ranking_reads_only_the_top_of_it():
     assert live._read < 600, live._read  # the eu relays rank first; the first us one ends it
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     st.lists(candidates, max_size=14, unique_by=lambda c: c.name),
     st.sampled_from(["", "eu", "us", "ap", "elsewhere"]),
+    st.lists(st.integers(0, 15), max_size=3),
+    st.sets(st.sampled_from(["eu", "us", "ap", "elsewhere"]), max_size=2),
+    st.dictionaries(st.integers(0, 15), st.none() | st.floats(0, 2000), max_size=5),
 )
-def test_a_regions_merged_ranking_is_the_full_ranking(fleet, region):
-    """The snapshot sorts its relays once (RegionOrders); the ranking for a caller of any
-    region, a merge of those read as far as it goes, holds exactly what ranking them all for
-    that caller gives: the same relays, values and order."""
+def test_a_merged_ranking_is_the_full_ranking(fleet, region, held, near, measured):
+    """The snapshot sorts its relays once (RegionOrders); a caller's ranking, a merge of those
+    read as far as it goes, holds exactly what ranking them all for that caller gives: the same
+    relays, values and order, with or without a call whose other side holds relays (some of
+    them perhaps not in the fleet) in some regions, and with what clients on the caller's
+    network measured of some relays."""
     from relays.scoring import RegionOrders, ranked
     from relays.selectors import LiveRanking
 
     fleet = sorted(fleet, key=lambda c: c.name)  # as the snapshot keeps them
-    caller = Caller(region=region)
-    merged = RegionOrders.of(fleet).for_region(region)
-    live = LiveRanking(merged, {c.id: c for c in fleet})
+    peers = tuple(fleet[i].id if i < len(fleet) else f"gone-{i}" for i in held)
+    caller = Caller(region=region, peer_relays=peers, peer_regions=frozenset(near))
+    changed = [replace(fleet[i], client_rtt_ms=ms) for i, ms in measured.items() if i < len(fleet)]
+    now = {c.id: c for c in fleet} | {c.id: c for c in changed}
+    live = LiveRanking(RegionOrders.of(fleet).ranking(caller, changed), now)
     assert [(v, n, c.id) for v, n, c in live] == [
-        (v, n, c.id) for v, n, c in ranked(fleet, caller)
+        (v, n, c.id) for v, n, c in ranked([now[c.id] for c in fleet], caller)
     ]
 
 
-def test_a_regions_first_caller_reads_the_top_of_the_merge_only():
-    """1,000 relays in four regions: the first caller of a region (no ranking kept yet) gets
-    the best and a fallback elsewhere with a few dozen entries made, not a thousand."""
-    from relays.scoring import RegionOrders, RegionRanking, choose_ranked, ranked
+@pytest.mark.parametrize("in_a_call", [False, True])
+def test_a_merged_ranking_is_made_only_as_far_as_choosing_reads(in_a_call):
+    """1,000 relays in four regions: the first caller of a region (no ranking kept yet), or
+    one joining a call, gets the best and a fallback elsewhere with a few dozen entries made,
+    not a thousand."""
+    from relays.scoring import Merged, RegionOrders, choose_ranked, ranked
     from relays.selectors import LiveRanking
 
     rng = random.Random(3)
@@ -327,13 +336,17 @@ def test_a_regions_first_caller_reads_the_top_of_the_merge_only():
         )
         for i in range(1000)
     ]
-    caller = Caller(region="us")
-    merged = RegionOrders.of(fleet).for_region("us")
-    assert isinstance(merged, RegionRanking)
+    caller = (
+        Caller(region="us", peer_relays=("r5", "r6"), peer_regions=frozenset({"us", "eu"}))
+        if in_a_call
+        else Caller(region="us")
+    )
+    merged = RegionOrders.of(fleet).ranking(caller)
+    assert isinstance(merged, Merged)
     chosen = choose_ranked(
         LiveRanking(merged, {c.id: c for c in fleet}), caller, limit=2, rng=random.Random(1)
     )
-    assert [s.candidate.region for s in chosen][:1] == ["us"] and chosen[1].candidate.region != "us"
+    assert len(chosen) == 2 and chosen[0].candidate.region != chosen[1].candidate.region
     assert len(merged.entries) < 100, len(merged.entries)
     best = [c.id for _, _, c in ranked(fleet, caller)][: len(merged.entries)]
     assert [relay_id for _, _, relay_id in merged.entries] == best
@@ -350,7 +363,7 @@ def test_a_merge_read_by_many_threads_at_once_is_made_once_and_in_order():
         Candidate(id=f"r{i}", name=f"r{i:04d}", region=["eu", "us"][i % 2], prober_rtt_ms=i % 97)
         for i in range(2000)
     ]
-    merged = RegionOrders.of(fleet).for_region("eu")
+    merged = RegionOrders.of(fleet).ranking(Caller(region="eu"))
     start = threading.Barrier(8)
     seen: list[tuple[int, list]] = []
 
