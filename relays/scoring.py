@@ -25,7 +25,6 @@ that doesn't fail with the first.
 
 from __future__ import annotations
 
-import functools
 import heapq
 import ipaddress
 import itertools
@@ -92,11 +91,19 @@ class Candidate:
     def full(self) -> bool:
         return self.capacity is not None and self.allocations >= self.capacity
 
-    @functools.cached_property
-    def own_points(self) -> float:
-        """The points that depend on this relay alone: its round trip, its health and its load
-        (made once per candidate: selection scores each relay for many callers, and a relay's
-        load changes by a new candidate, Fleet.issued)."""
+    # Made from the fields above, with the candidate (a cached_property took a lock on every
+    # first read, a tenth of a snapshot's build): the points that depend on this relay alone
+    # (its round trip, its health and its load; selection scores each relay for many callers,
+    # and a relay's load changes by a new candidate, Fleet.issued), and the admin's weight as
+    # scores are divided by it (never by less than 0.01).
+    own_points: float = field(init=False, repr=False, compare=False)
+    divisor: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "own_points", self._own_points())
+        object.__setattr__(self, "divisor", self.weight if self.weight > 0.01 else 0.01)
+
+    def _own_points(self) -> float:
         rtt = self.client_rtt_ms
         if rtt is None:
             gather = self.client_gather_ms
@@ -118,11 +125,6 @@ class Candidate:
                 LOAD_POINTS if allocations >= capacity else LOAD_POINTS * allocations / capacity
             )
         return points
-
-    @functools.cached_property
-    def divisor(self) -> float:
-        """The admin's weight, as scores are divided by it (never by less than 0.01)."""
-        return self.weight if self.weight > 0.01 else 0.01
 
 
 @dataclass(frozen=True)
