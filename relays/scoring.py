@@ -92,7 +92,7 @@ class Candidate:
         return self.capacity is not None and self.allocations >= self.capacity
 
     # Made from the fields above, with the candidate (a cached_property took a lock on every
-    # first read, a tenth of a snapshot's build): the points that depend on this relay alone
+    # first read: about a sixth of a snapshot's build): the points that depend on this relay alone
     # (its round trip, its health and its load; selection scores each relay for many callers,
     # and a relay's load changes by a new candidate, Fleet.issued), and the admin's weight as
     # scores are divided by it (never by less than 0.01).
@@ -287,8 +287,9 @@ class RegionOrders:
     of those times PEER_REGION_FACTOR where the call's other side holds a relay in its region.
     So each region keeps its relays sorted four ways (`by_region`: home, away, and the two near
     the call's other side), and a caller's ranking merges one of them per region, with the
-    few relays the other side holds scored apart. Full relays are in them: readers skip those
-    as of now (relays.selectors.LiveRanking)."""
+    few relays that the other side holds, or that clients on the caller's network measured,
+    scored apart. Full relays are in them: readers skip those as of now
+    (relays.selectors.LiveRanking)."""
 
     by_region: dict[str, tuple[list[Entry], list[Entry], list[Entry], list[Entry]]]
     candidates: dict[str, Candidate]  # as they were sorted
