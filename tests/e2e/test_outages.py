@@ -14,6 +14,14 @@ from .conftest import dial, sign_in, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+# How many times the page has sent its `cancel` frame again. Not the page's count of all frames
+# sent again: the frames the call page sends while it rings (early ICE candidates) are refused
+# too when they reach the server after the cut, and CI saw 12 of those once on a slow machine.
+CANCEL_RESENT = (
+    "[...window.traverseCall.signal.sent.values()]"
+    ".filter((kept) => kept.frame.type === 'cancel').map((kept) => kept.tries)"
+)
+
 
 def test_a_hang_up_while_the_database_is_away_goes_through_once_it_is_back(
     browser, web, alice, bob, password
@@ -29,18 +37,18 @@ def test_a_hang_up_while_the_database_is_away_goes_through_once_it_is_back(
         a.click("#hangup")  # a ringing caller's hang-up: `cancel`
         # Refused with `unavailable` and retryAfter: kept for later, not shown, not lost.
         try:
-            wait_until(a, "window.traverseCall.signal.counters.resent === 1", timeout=30_000)
+            wait_until(a, f"JSON.stringify({CANCEL_RESENT}) === '[1]'", timeout=30_000)
         except TimeoutError as e:  # CI saw this once (67ee5b2): say what the page and server saw
             state = a.evaluate(
                 "JSON.stringify([window.traverseCall.signal.counters, window.traverseCall.errors,"
-                " window.traverseCall.serverState, window.traverseCall.ended])"
+                f" window.traverseCall.serverState, window.traverseCall.ended, {CANCEL_RESENT}])"
             )
             raise AssertionError(f"{state}\n{server.log.read_text()[-4000:]}") from e
         assert a.evaluate("window.traverseCall.ended") is False
         assert a.evaluate("window.traverseCall.errors") == []
         proxy.restore()
         wait_until(a, "window.traverseCall.endReason === 'cancelled'", timeout=15_000)
-        assert a.evaluate("window.traverseCall.signal.counters.resent") == 1
+        assert a.evaluate(CANCEL_RESENT) == [1]
         assert errors == []
     call = Call.objects.get()
     assert (call.state, call.end_reason) == (CallState.ENDED, EndReason.CANCELLED)
