@@ -13,6 +13,7 @@ import contextlib
 import logging
 import uuid
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -55,6 +56,17 @@ ANSWERING_ROLES = (ParticipantRole.CALLEE, ParticipantRole.INVITEE)
 logger = logging.getLogger(__name__)
 
 
+class Joined(NamedTuple):
+    """A device in the call: the call, the peers present as its join read them (under the
+    call's lock), whether it was a resume, and the join's step (see _record): every frame
+    about a peer with a smaller step is older than that list."""
+
+    call: Call
+    peers: list[Participant]
+    resumed: bool
+    step: int
+
+
 class CallError(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -69,11 +81,17 @@ class CallUnavailable(CallError):
         super().__init__("unavailable", message)
 
 
-def _record(call_id, name: str, *, user=None, user_id=None, detail: str = "", at=None) -> None:
+def _record(call_id, name: str, *, user=None, user_id=None, detail: str = "", at=None) -> int:
     """Store a transition, and move the call's `updated_at` (callers hold the call's row lock,
-    or made the call in this transaction: the lock order stays call, then participants)."""
+    or made the call in this transaction: the lock order stays call, then participants).
+
+    Returns the event's id: the transition's `step`. Taken under the call's lock, a call's steps
+    grow in the order its transitions commit, so the frames that announce them carry it: they
+    are delivered by whichever process made the change (a consumer, the reaper's thread, a
+    worker), and can reach a device in another order than they happened (issue: a reaper's late
+    `peer-reconnecting` after the peer's own `peer-joined` left a page at "signaling dropped")."""
     at = at or timezone.now()
-    CallEvent.objects.create(
+    event = CallEvent.objects.create(
         call_id=call_id,
         name=name,
         user_id=user.pk if user is not None else user_id,
@@ -84,6 +102,7 @@ def _record(call_id, name: str, *, user=None, user_id=None, detail: str = "", at
     hook = WEBHOOK_EVENTS.get(name)
     if hook is not None:
         _webhook(call_id, hook, user_id=user.pk if user is not None else user_id, detail=detail)
+    return event.pk
 
 
 # Transitions that integrators hear about (integrations.webhooks), by CallEvent name.
@@ -142,12 +161,12 @@ def _set_state(call: Call, state: str, *, at) -> None:
         call.connected_at = at
         fields.append("connected_at")
     call.save(update_fields=fields)
-    _record(call.pk, state, at=at)
+    step = _record(call.pk, state, at=at)
     send_to_sessions_on_commit(
         _sessions(Participant.objects.filter(call=call)),
         "state",
         call=call.pk,
-        body={"state": state, "at": at.isoformat()},
+        body={"state": state, "at": at.isoformat(), "step": step},
     )
 
 
@@ -275,10 +294,12 @@ def _hold(current: Participant, *, channel_name: str, session: str, now, keep_jo
         setattr(current, key, value)
 
 
-def _announce_joined(call: Call, current: Participant, *, resumed: bool) -> list[Participant]:
-    """Tell the other devices in the call that this one joined; returns them (joined or coming
-    back, with their session). Run under the call's lock, so of two devices joining at once the
-    second sees the first."""
+def _announce_joined(
+    call: Call, current: Participant, *, resumed: bool, step: int
+) -> list[Participant]:
+    """Tell the other devices in the call that this one joined (at `step`, see _record);
+    returns them (joined or coming back, with their session). Run under the call's lock, so of
+    two devices joining at once the second sees the first."""
     peers = peers_reachable(call_id=call.pk, user=current.user_id)
     send_to_sessions_on_commit(
         [p.session for p in peers],
@@ -290,6 +311,7 @@ def _announce_joined(call: Call, current: Participant, *, resumed: bool) -> list
             "resumed": resumed,
             "username": current.user.username,
             "name": current.user.label(),
+            "step": step,
         },
     )
     return peers
@@ -297,7 +319,7 @@ def _announce_joined(call: Call, current: Participant, *, resumed: bool) -> list
 
 def call_accept(
     *, participant: Participant, channel_name: str, session: str, video: bool = True
-) -> tuple[Call, list[Participant]]:
+) -> Joined:
     """The callee answers on this device. The first answer wins: the call is `connecting`, the
     callee's other devices stop ringing (told `answered`, elsewhere), the caller is told."""
     now = timezone.now()
@@ -312,15 +334,17 @@ def call_accept(
             raise CallError("not_ringing", "This call is not ringing any more.")
         _hold(current, channel_name=channel_name, session=session, now=now, keep_join=False)
         Participant.objects.filter(pk=current.pk).update(video=video)
-        _record(call.pk, "accepted", user=current.user, at=now, detail="" if video else "no camera")
+        step = _record(
+            call.pk, "accepted", user=current.user, at=now, detail="" if video else "no camera"
+        )
         if call.state == CallState.RINGING:
             _set_state(call, CallState.CONNECTING, at=now)
-        peers = _announce_joined(call, current, resumed=False)
+        peers = _announce_joined(call, current, resumed=False, step=step)
         send_to_users_on_commit(
             [current.user_id],
             {"type": "call.answered", "call": str(call.pk), "session": session},
         )
-    return call, peers
+    return Joined(call, peers, False, step)
 
 
 def call_join(
@@ -330,9 +354,10 @@ def call_join(
     session: str = "",
     resume: bool = False,
     replaces: str = "",
-) -> tuple[Call, list[Participant], bool]:
-    """Put this device in the call; returns the call, the peers present, and whether this was a
-    resume (the device was already in the call and its page kept its peer connection).
+) -> Joined:
+    """Put this device in the call; returns the call, the peers present, whether this was a
+    resume (the device was already in the call and its page kept its peer connection), and the
+    step.
 
     The callee joining a ringing call answers it (call_accept). A participant that another
     live device holds is refused (`in_call_elsewhere`): only take-over moves it. A resume keeps
@@ -340,10 +365,7 @@ def call_join(
     a socket comes back.
     """
     if participant.role in ANSWERING_ROLES and participant.state == ParticipantState.RINGING:
-        call, peers = call_accept(
-            participant=participant, channel_name=channel_name, session=session
-        )
-        return call, peers, False
+        return call_accept(participant=participant, channel_name=channel_name, session=session)
     now = timezone.now()
     with transaction.atomic():
         call, current = _lock(participant)
@@ -365,21 +387,19 @@ def call_join(
         )
         first = current.joined_at is None
         _hold(current, channel_name=channel_name, session=session, now=now, keep_join=resumed)
-        _record(
+        step = _record(
             call.pk,
             "resumed" if resumed else ("joined" if first else "rejoined"),
             user=current.user,
             at=now,
         )
-        peers = _announce_joined(call, current, resumed=resumed)
+        peers = _announce_joined(call, current, resumed=resumed, step=step)
         if peers and call.state == CallState.RINGING:
             _set_state(call, CallState.CONNECTING, at=now)
-    return call, peers, resumed
+    return Joined(call, peers, resumed, step)
 
 
-def call_take_over(
-    *, participant: Participant, channel_name: str, session: str
-) -> tuple[Call, list[Participant]]:
+def call_take_over(*, participant: Participant, channel_name: str, session: str) -> Joined:
     """Move the user's place in a running call to this device: the old device is told
     (`taken-over`) and stops, the peer renegotiates with this one."""
     now = timezone.now()
@@ -389,11 +409,11 @@ def call_take_over(
             raise CallError("not_joined", "Answer the call first.")
         old = current.session
         _hold(current, channel_name=channel_name, session=session, now=now, keep_join=True)
-        _record(call.pk, "taken_over", user=current.user, at=now)
+        step = _record(call.pk, "taken_over", user=current.user, at=now)
         if old and old != session:
             send_to_sessions_on_commit([old], "taken-over", call=call.pk)
-        peers = _announce_joined(call, current, resumed=False)
-    return call, peers
+        peers = _announce_joined(call, current, resumed=False, step=step)
+    return Joined(call, peers, False, step)
 
 
 def call_decline(*, participant: Participant) -> Call:
@@ -413,9 +433,13 @@ def _end_invitation(participant: Participant, reason: str, *, at=None) -> Call:
         if current.state != ParticipantState.RINGING:
             raise CallError("not_ringing", "This call is not ringing any more.")
         Participant.objects.filter(pk=current.pk).update(state=ParticipantState.LEFT, left_at=now)
-        _record(call.pk, f"invite_{reason}", user_id=current.user_id, at=now)
+        step = _record(call.pk, f"invite_{reason}", user_id=current.user_id, at=now)
         _tell_peers(
-            call.pk, current.user_id, "invite-ended", {"user": current.user_id, "reason": reason}
+            call.pk,
+            current.user_id,
+            "invite-ended",
+            {"user": current.user_id, "reason": reason},
+            step=step,
         )
         send_to_users_on_commit(
             [current.user_id],
@@ -467,12 +491,13 @@ def call_invite(*, participant: Participant, invitee) -> Participant:
         else:
             Participant.objects.filter(pk=existing.pk).update(**fields)
             invited = Participant.objects.get(pk=existing.pk)
-        _record(call.pk, "invited", user_id=invitee.pk, at=now, detail=f"by {current.user}")
+        step = _record(call.pk, "invited", user_id=invitee.pk, at=now, detail=f"by {current.user}")
         _tell_peers(
             call.pk,
             invitee.pk,
             "invited",
             {"user": invitee.card(), "by": current.user_id},
+            step=step,
         )
         event = {
             "type": "call.incoming",
@@ -556,8 +581,8 @@ def _leave_group_call(participant: Participant) -> bool:
         Participant.objects.filter(pk=current.pk).update(
             state=ParticipantState.LEFT, left_at=now, reconnecting_since=None
         )
-        _record(call.pk, "left", user_id=current.user_id, at=now, detail="hung up")
-        _tell_peers(call.pk, current.user_id, "peer-left", {"user": current.user_id})
+        step = _record(call.pk, "left", user_id=current.user_id, at=now, detail="hung up")
+        _tell_peers(call.pk, current.user_id, "peer-left", {"user": current.user_id}, step=step)
         body = {"by": current.user_id, "reason": EndReason.HANGUP}
         send_to_sessions_on_commit(sessions, "hangup", call=call.pk, body=body)
     return True
@@ -583,8 +608,8 @@ def call_resume_session(
             if current.session != session:
                 continue
             _hold(current, channel_name=channel_name, session=session, now=now, keep_join=True)
-            _record(call.pk, "resumed", user=user, at=now)
-            peers = _announce_joined(call, current, resumed=True)
+            step = _record(call.pk, "resumed", user=user, at=now)
+            peers = _announce_joined(call, current, resumed=True, step=step)
         resumed.append((str(p.call_id), peers))
     return resumed
 
@@ -610,12 +635,13 @@ def call_disconnected(*, call_id, user, channel_name: str) -> bool:
         ).update(state=ParticipantState.RECONNECTING, reconnecting_since=now)
         if not updated:
             return False
-        _record(call_id, "reconnecting", user=user, at=now)
+        step = _record(call_id, "reconnecting", user=user, at=now)
         _tell_peers(
             call_id,
             user.pk,
             "peer-reconnecting",
             {"user": user.pk, "graceSeconds": settings.SIGNALING_GRACE_SECONDS},
+            step=step,
         )
     return True
 
@@ -632,7 +658,12 @@ def participants_disconnect_node(*, node: str) -> int:
     return moved
 
 
-def _tell_peers(call_id, user_id: int, frame: str, body: dict) -> None:
+def _tell_peers(call_id, user_id: int, frame: str, body: dict, *, step: int | None) -> None:
+    """Push a frame about `user_id` into the other participants' device sessions, once
+    committed, with the `step` of the transition it announces (see _record): None only for
+    what is not a transition (media-state, which the device's own socket sends in order)."""
+    if step is not None:
+        body = {**body, "step": step}
     peers = Participant.objects.filter(call_id=call_id).exclude(user_id=user_id)
     send_to_sessions_on_commit(_sessions(peers), frame, call=call_id, body=body)
 
@@ -650,8 +681,8 @@ def call_leave(*, call_id, user, channel_name: str) -> None:
         ).update(state=ParticipantState.LEFT, left_at=now, reconnecting_since=None)
         if not updated:
             return
-        _record(call_id, "left", user=user, at=now)
-        _tell_peers(call_id, user.pk, "peer-left", {"user": user.pk})
+        step = _record(call_id, "left", user=user, at=now)
+        _tell_peers(call_id, user.pk, "peer-left", {"user": user.pk}, step=step)
 
 
 def participant_media(*, participant: Participant, audio: bool, video: bool, screen: bool) -> None:
@@ -666,6 +697,7 @@ def participant_media(*, participant: Participant, audio: bool, video: bool, scr
             participant.user_id,
             "media-state",
             {"user": participant.user_id, "audio": audio, "video": video, "screen": screen},
+            step=None,
         )
 
 
@@ -753,8 +785,8 @@ def calls_expire(*, now=None) -> dict:
             if not claimed:
                 continue
             left += 1
-            _record(p.call_id, "left", user_id=p.user_id, at=now, detail="did not come back")
-            _tell_peers(p.call_id, p.user_id, "peer-left", {"user": p.user_id})
+            step = _record(p.call_id, "left", user_id=p.user_id, at=now, detail="did not come back")
+            _tell_peers(p.call_id, p.user_id, "peer-left", {"user": p.user_id}, step=step)
             goes_on = _goes_on_without(p.call_id, p.user_id)
         if goes_on:  # a group call: the others carry on
             continue

@@ -34,6 +34,7 @@ from calls.selectors import (
 )
 from calls.services import (
     CallError,
+    Joined,
     NotInCall,
     call_accept,
     call_cancel,
@@ -660,7 +661,8 @@ class SignalConsumer(AsyncWebsocketConsumer):
     def _hold_call(self, call_id: str, peers: list[Participant]) -> None:
         self.joined[call_id] = {p.user_id: p.session for p in peers if p.session}
 
-    async def _emit_joined(self, msg: ClientMessage, call, me: Participant, peers, resumed: bool):
+    async def _emit_joined(self, msg: ClientMessage, me: Participant, joined: Joined) -> None:
+        call, peers = joined.call, joined.peers
         self._hold_call(msg.call, peers)  # type: ignore[arg-type]
         self.early.pop(msg.call, None)  # type: ignore[arg-type]
         early = []
@@ -676,7 +678,9 @@ class SignalConsumer(AsyncWebsocketConsumer):
             ref=msg.id,
             body={
                 "state": call.state,
-                "resumed": resumed,
+                "resumed": joined.resumed,
+                # Frames about these peers with a smaller step are older than this list.
+                "step": joined.step,
                 "role": me.role,
                 "polite": me.role == ParticipantRole.CALLEE,
                 "kind": call.kind,
@@ -758,7 +762,7 @@ class SignalConsumer(AsyncWebsocketConsumer):
     async def on_join(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
         async with self._holding_frames():
-            call, peers, resumed = await run_and_announce(
+            joined = await run_and_announce(
                 call_join,
                 participant=me,
                 channel_name=self.channel_name,
@@ -766,19 +770,19 @@ class SignalConsumer(AsyncWebsocketConsumer):
                 resume=msg.body["resume"],
                 replaces=msg.body["replaces"],
             )
-            await self._emit_joined(msg, call, me, peers, resumed)
+            await self._emit_joined(msg, me, joined)
 
     async def on_accept(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
         async with self._holding_frames():
-            call, peers = await run_and_announce(
+            joined = await run_and_announce(
                 call_accept,
                 participant=me,
                 channel_name=self.channel_name,
                 session=self.session or "",
                 video=msg.body["video"],
             )
-            await self._emit_joined(msg, call, me, peers, False)
+            await self._emit_joined(msg, me, joined)
 
     async def on_early(self, msg: ClientMessage) -> None:
         """This device rings and negotiates now, with no media (early ICE): the call's devices
@@ -844,13 +848,13 @@ class SignalConsumer(AsyncWebsocketConsumer):
     async def on_take_over(self, msg: ClientMessage) -> None:
         me = await self._member(msg)
         async with self._holding_frames():
-            call, peers = await run_and_announce(
+            joined = await run_and_announce(
                 call_take_over,
                 participant=me,
                 channel_name=self.channel_name,
                 session=self.session or "",
             )
-            await self._emit_joined(msg, call, me, peers, False)
+            await self._emit_joined(msg, me, joined)
 
     async def on_decline(self, msg: ClientMessage) -> None:
         await run_and_announce(call_decline, participant=await self._member(msg))

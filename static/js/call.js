@@ -99,6 +99,9 @@ export function init(root, opts = {}) {
     ended: false,
     rtcConfig: { iceServers: [], iceTransportPolicy: "all" },
     peers: new Map(), // user id -> peer (one device per person in a call)
+    steps: new Map(), // user id (or "call") -> the step of the last frame taken about them
+    staleFrames: 0, // presence frames ignored: older than one already taken
+    stepFloor: 0, // the step of this device's join: what its `joined` said is newer than any frame below it
     primary: null, // the user id of the first peer: the header pills and the first tile
   });
   // The first peer, as a one-to-one call has it.
@@ -995,6 +998,7 @@ export function init(root, opts = {}) {
     call.accepting = false;
     call.ringingMe = false;
     call.serverState = msg.body.state;
+    if (typeof msg.body.step === "number") call.stepFloor = Math.max(call.stepFloor, msg.body.step);
     call.heldBy = signal.session;
     sessionStorage.setItem(`traverse.call.${call.id}`, signal.session);
     ui.ringing.hidden = true;
@@ -1035,6 +1039,26 @@ export function init(root, opts = {}) {
     else setStatus(anyConnected() ? "connected" : "connecting");
   }
 
+  // A frame about a peer's presence (peer-joined, -reconnecting, -left) carries the step of the
+  // transition it announces, and steps grow in the order the server committed them. Frames are
+  // delivered by whichever server process made the change, so they can arrive in another order:
+  // after a server restart, the new process marks the old one's devices reconnecting while one
+  // of them is already resuming, and the `peer-reconnecting` reached this page after that
+  // device's `peer-joined`, which left the page at "signaling dropped" for good. A frame older
+  // than one already taken about that peer is out of date: it is ignored. So is a `state` older
+  // than the last one taken (key "call"), and any frame older than this device's `joined`, whose
+  // list of peers and state it predates.
+  function stale(msg, key = msg.body.user) {
+    const step = msg.body.step;
+    if (typeof step !== "number") return false; // a server that doesn't number them
+    if (step <= Math.max(call.stepFloor, call.steps.get(key) || 0)) {
+      call.staleFrames += 1;
+      return true;
+    }
+    call.steps.set(key, step);
+    return false;
+  }
+
   let earlyRef = null;
   let iceReady = Promise.resolve(); // a mounted screen's credentials (the call page's come in its welcome)
   listen
@@ -1069,10 +1093,12 @@ export function init(root, opts = {}) {
     .on("finished", (msg) => { if (!call.ended && msg.code === 4401) finish("hangup"); })
     .on("joined", onJoined)
     .on("state", (msg) => {
+      if (stale(msg, "call")) return;
       call.serverState = msg.body.state;
       if (msg.body.state === "connecting") { tones.stop(); ui.hangup.textContent = "Hang up"; }
     })
     .on("peer-joined", (msg) => {
+      if (stale(msg)) return;
       const early = call.early.get(msg.body.session);
       // The device that answered rang early: its connection is up; the others' are done.
       closeEarly((p) => p.user === msg.body.user && p !== early);
@@ -1103,12 +1129,14 @@ export function init(root, opts = {}) {
       sendMediaState();
     })
     .on("peer-reconnecting", (msg) => {
+      if (stale(msg)) return;
       // Media may well still flow: keep the peer connection, and wait for the peer's socket.
       const peer = call.peers.get(msg.body.user);
       if (peer) setPeerStatus(peer, "signaling dropped");
       if (peer === first() || call.peers.size <= 1) setStatus(`the other side's signaling dropped; waiting up to ${msg.body.graceSeconds} s`);
     })
     .on("peer-left", (msg) => {
+      if (stale(msg)) return;
       const peer = call.peers.get(msg.body.user);
       if (peer && peer === first() && call.peers.size <= 1) setStatus("the other side left; waiting for them to come back");
       dropPeer(msg.body.user);

@@ -11,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from asgiref.sync import async_to_sync
 
-from calls.models import Call, CallState, EndReason
+from calls.models import Call, CallEvent, CallState, EndReason, Participant
+from signaling.broadcast import _deliver
 from tests.conftest import TcpProxy, loopback_relay
 from tests.e2e.conftest import (
     CONNECTED,
@@ -217,6 +219,53 @@ def test_a_dropped_socket_resumes_without_loss_or_duplicates(
         f"resume: socket cut -> resumed with the missed mute: {resumed_ms} ms "
         f"({counters['replayed']} frames replayed, 0 duplicates)"
     )
+
+
+def push_into_session(session: str, call, frame: str, body: dict) -> None:
+    """Hand a frame to a device session as the server's services do (signaling.broadcast), from
+    a thread of its own: Playwright's sync API runs an event loop in this one."""
+    event = {"frame": frame, "call": str(call.pk), "body": body}
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(
+            async_to_sync(_deliver), "sessions", [session], event, loop_client=False
+        ).result()
+
+
+def test_a_frame_about_the_peer_older_than_one_taken_is_ignored(
+    services, browser, coturn, alice, bob, password
+):
+    """Frames about a peer can reach a page out of order (tests/signaling/test_grace_window:
+    after a server restart, the reap's `peer-reconnecting` came after the peer's own
+    `peer-joined`, and the page stayed at "signaling dropped" with media flowing). The page
+    takes the newest step, not the last to arrive: an older frame changes nothing, a newer one
+    is shown."""
+    base, a, b = alice_and_bob(services, browser, coturn, password)
+    dial_and_answer(a, b, "bob")
+    call = Call.objects.get()
+    alices = Participant.objects.get(call=call, user=alice).session
+    answered = CallEvent.objects.filter(call=call, user=bob, name="accepted").latest("id").pk
+    # As the reap's was: committed before what alice's page knows of bob (his answer, or her
+    # join's list of peers when she joined after it).
+    push_into_session(
+        alices,
+        call,
+        "peer-reconnecting",
+        {"user": bob.pk, "graceSeconds": 30, "step": answered - 1},
+    )
+    wait_until(a, "window.traverseCall.staleFrames === 1")
+    a.wait_for_timeout(500)
+    peer = "window.traverseCall.peerList()[0].status"
+    assert a.evaluate(f"[window.traverseCall.status, {peer}]") == ["connected", "connected"]
+    # A newer one is taken (here made up: bob's socket is in fact fine).
+    push_into_session(
+        alices,
+        call,
+        "peer-reconnecting",
+        {"user": bob.pk, "graceSeconds": 30, "step": answered + 10**6},
+    )
+    wait_until(a, f"{peer} === 'signaling dropped'")
+    assert a.evaluate("window.traverseCall.status").startswith("the other side's signaling dropped")
+    assert a.evaluate("window.traverseCall.staleFrames") == 1
 
 
 def test_ice_restart_moves_the_call_to_the_second_relay(

@@ -13,11 +13,13 @@ from django.conf import settings
 from django.utils import timezone
 
 from calls.models import Call, CallState, Participant, ParticipantState
-from calls.services import call_start, calls_expire
-from signaling.presence import NODES_KEY, _by_loop, heartbeat_key, sockets_key
+from calls.services import call_start, calls_expire, participants_disconnect_node
+from signaling.broadcast import _collected, _deliver, in_db_pool
+from signaling.presence import NODES_KEY, _by_loop, heartbeat_key, node_of, sockets_key
 from signaling.services import presence_reap_dead_nodes
 
-from .test_signaling import in_call
+from .test_resume import drain
+from .test_signaling import in_call, step_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,7 +38,11 @@ async def test_a_dropped_socket_is_reconnecting_not_gone(connect, alice, bob, ca
     a, b = await in_call(connect, alice, bob, call)
     await b.close()
     msg = await a.recv_type("peer-reconnecting")
-    assert msg["body"] == {"user": bob.pk, "graceSeconds": settings.SIGNALING_GRACE_SECONDS}
+    assert msg["body"] == {
+        "user": bob.pk,
+        "graceSeconds": settings.SIGNALING_GRACE_SECONDS,
+        "step": await step_of(call, "reconnecting", bob),
+    }
     p = await sync_to_async(participant)(call, bob)
     assert p.state == ParticipantState.RECONNECTING and p.left_at is None
     assert p.reconnecting_since is not None
@@ -274,3 +280,53 @@ async def test_sockets_open_while_a_dead_process_is_still_being_reaped(
     assert not r.sismember(NODES_KEY, "crashed")
     assert not r.exists(sockets_key("crashed"))
     r.close()
+
+
+async def test_frames_about_a_peer_that_arrive_out_of_order_say_which_came_last(
+    connect, alice, bob, call
+):
+    """A server restart mid-call: the new process marks the old one's devices `reconnecting` on
+    a thread of its own (the reap), while bob, back first, resumes. The reap commits first, and
+    its frames may go out last: here they do, held back on purpose. Alice then gets bob's
+    `peer-reconnecting` after his `peer-joined` (a page that took the last to arrive stayed at
+    "signaling dropped" for good: CI saw it); the steps they carry say the `peer-joined` is the
+    newer."""
+    a, b = await in_call(connect, alice, bob, call)
+    sessions = {"a": a.welcome["body"]["session"], "b": b.welcome["body"]["session"]}
+    last = {"a": await drain(a), "b": await drain(b)}
+    node = node_of((await sync_to_async(participant)(call, alice)).channel_name)
+    for sock in (a, b):  # the process stops: its consumers are cancelled, and record nothing
+        sock.c.future.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sock.c.future
+
+    held: list = []
+    token = _collected.set(held)  # the reap's frames are kept, not sent
+    try:
+        assert await in_db_pool(participants_disconnect_node)(node=node) == 2
+    finally:
+        _collected.reset(token)
+    b2 = await connect(bob)
+    await b2.send("resume", body={"session": sessions["b"], "lastSeq": last["b"]})
+    assert (await b2.recv_type("resumed"))["body"]["calls"] == [str(call.id)]
+    for kind, targets, event in held:  # now the reap's frames go out, late
+        await _deliver(kind, targets, event)
+
+    a2 = await connect(alice)
+    await a2.send("resume", body={"session": sessions["a"], "lastSeq": last["a"]})
+    await a2.recv_type("resumed")
+    got = []
+    while not await a2.nothing(0.5):
+        got.append(await a2.recv())
+    about_bob = [  # since the restart (the replay starts with the frames of the first join)
+        (m["type"], m["body"]["step"])
+        for m in got
+        if m["type"] in ("peer-joined", "peer-reconnecting")
+        and m["body"]["user"] == bob.pk
+        and m["body"].get("resumed", True)
+    ]
+    assert [kind for kind, _ in about_bob] == ["peer-joined", "peer-reconnecting"], got
+    newest = max(about_bob, key=lambda kind_step: kind_step[1])
+    assert newest == ("peer-joined", await step_of(call, "resumed", bob))
+    assert dict(about_bob)["peer-reconnecting"] == await step_of(call, "reconnecting", bob)
+    assert (await sync_to_async(participant)(call, bob)).state == ParticipantState.JOINED

@@ -13,7 +13,7 @@ from django.utils import timezone
 from calls.models import Call, CallState, ChatMessage, Participant, ParticipantState
 from calls.services import call_start, calls_expire, chat_prune
 
-from .test_signaling import CANDIDATE, OFFER, in_call
+from .test_signaling import CANDIDATE, OFFER, in_call, step_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -115,7 +115,11 @@ async def test_invitations_over_the_api(connect, alice, bob, charlie, dave, call
     await d.send("decline", call.id)
     for sock in (a, b):
         ended = await sock.recv_type("invite-ended")
-        assert ended["body"] == {"user": dave.pk, "reason": "declined"}
+        assert ended["body"] == {
+            "user": dave.pk,
+            "reason": "declined",
+            "step": await step_of(call, "invite_declined", dave),
+        }
     assert (await sync_to_async(Call.objects.get)(pk=call.pk)).state != CallState.ENDED
 
 
@@ -196,6 +200,10 @@ async def test_an_invitation_nobody_answers_ends_alone(
     assert result["invites_unanswered"] == 1 and result["no_answer"] == 0
     for sock in (a, b):
         ended = await sock.recv_type("invite-ended")
-        assert ended["body"] == {"user": charlie.pk, "reason": "no_answer"}
+        assert ended["body"] == {
+            "user": charlie.pk,
+            "reason": "no_answer",
+            "step": await step_of(call, "invite_no_answer", charlie),
+        }
     assert (await c.recv_type("hangup"))["body"]["reason"] == "no_answer"  # stops ringing
     assert (await sync_to_async(Call.objects.get)(pk=call.pk)).state != CallState.ENDED

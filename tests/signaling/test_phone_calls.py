@@ -25,7 +25,7 @@ from calls.selectors import missed_count_for
 from calls.services import CallError, call_start, calls_expire
 from tests.conftest import at_once
 
-from .test_signaling import OFFER
+from .test_signaling import OFFER, step_of
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -229,6 +229,7 @@ async def test_take_over_moves_the_call_and_tells_the_first_device(connect, alic
         "resumed": False,
         "username": "bob",
         "name": "Bob",
+        "step": await step_of(call, "taken_over", bob),
     }
     # The first device is out of the call; the second one signals.
     await b1.send("offer", call.id, OFFER)

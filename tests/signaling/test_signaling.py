@@ -7,7 +7,7 @@ import json
 import pytest
 from asgiref.sync import sync_to_async
 
-from calls.models import Call, CallState, Participant
+from calls.models import Call, CallEvent, CallState, Participant
 from calls.services import call_start
 from tests.conftest import up_relay
 
@@ -29,6 +29,12 @@ def call(alice, bob):
     return call_start(caller=alice, callee=bob)
 
 
+@sync_to_async
+def step_of(call, name: str, user) -> int:
+    """The step (see calls.services._record) of the user's last `name` event in the call."""
+    return CallEvent.objects.filter(call=call, name=name, user=user).latest("id").pk
+
+
 async def in_call(connect, alice, bob, call):
     """alice and bob both joined the call; returns their sockets with the join frames consumed."""
     a = await connect(alice)
@@ -41,7 +47,12 @@ async def in_call(connect, alice, bob, call):
     assert [p["username"] for p in joined_b["body"]["peers"]] == ["alice"] and joined_b["body"][
         "polite"
     ] is True
-    assert (await a.recv_type("peer-joined"))["body"]["user"] == bob.pk
+    # Each join says its step: frames about a peer below it are older than its list of peers.
+    assert joined_a["body"]["step"] == await step_of(call, "joined", alice)
+    assert joined_b["body"]["step"] == await step_of(call, "accepted", bob)
+    peer_joined = await a.recv_type("peer-joined")
+    assert peer_joined["body"]["user"] == bob.pk
+    assert peer_joined["body"]["step"] == joined_b["body"]["step"]
     # The join that brings the second device moves the call on, and both devices hear it (bob's
     # after his `joined`: frames pushed during a join wait for it).
     assert (await b.recv_type("state"))["body"]["state"] == "connecting"
