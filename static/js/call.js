@@ -1149,8 +1149,9 @@ export function init(root, opts = {}) {
     .on("offer", (msg) => onDescription(senderOf(msg), msg.body.description).catch((e) => showError(e.message)))
     .on("answer", (msg) => onDescription(senderOf(msg), msg.body.description).catch((e) => showError(e.message)))
     .on("candidate", (msg) => onCandidate(senderOf(msg), msg.body.candidate))
-    .on("invited", (msg) => invite(msg.body.user, "ringing"))
-    .on("invite-ended", (msg) => invite({ id: msg.body.user }, msg.body.reason))
+    // An invitation is a transition of the invitee too: the same steps as their presence.
+    .on("invited", (msg) => { if (!stale(msg, msg.body.user.id)) invite(msg.body.user, "ringing"); })
+    .on("invite-ended", (msg) => { if (!stale(msg)) invite({ id: msg.body.user }, msg.body.reason); })
     .on("chat", (msg) => { if (msg.call === call.id) showChat(msg.body); })
     .on("hangup", (msg) => { if (msg.call === call.id) finish(msg.body.reason); })
     .on("answered", (msg) => { if (msg.call === call.id) finish("answered_elsewhere"); })
