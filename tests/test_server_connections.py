@@ -17,6 +17,7 @@ import pytest
 import redis
 from django.db import connection
 
+from tests.conftest import wait_for
 from tests.signaling.conftest import session_cookie
 from tests.signaling.test_two_processes import Daphne
 
@@ -73,8 +74,9 @@ def test_a_server_process_reuses_a_few_connections_for_many_requests(web, alice)
 
 @on_postgresql
 def test_pooled_connections_the_database_dropped_are_not_lent_again(web, alice):
-    """PostgreSQL restarted (here: every connection of the server terminated): the next requests
-    get fresh connections (each is checked as it is lent), not an error."""
+    """PostgreSQL restarted (here: every connection of the server terminated, and gone, as they
+    are once a restarted server answers again): the next requests get fresh connections (each is
+    checked as it is lent), not an error."""
     server, cookie = web(DATABASE_POOL_MAX=str(POOL_MAX)), session_cookie(alice)
 
     def history() -> int:
@@ -84,11 +86,19 @@ def test_pooled_connections_the_database_dropped_are_not_lent_again(web, alice):
         assert set(pool.map(lambda _: history(), range(12))) == {200}
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
-        assert cursor.fetchone()[0] >= 1
+        ended = [pid for pid, terminated in cursor.fetchall() if terminated]
+    assert ended
+    wait_for(lambda: not still_connected(ended), 10)
     assert [history() for _ in range(POOL_MAX * 2)] == [200] * (POOL_MAX * 2)
+
+
+def still_connected(pids: list[int]) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [pids])
+        return cursor.fetchone()[0] > 0
 
 
 def redis_connections_received(url: str) -> int:

@@ -11,13 +11,15 @@ tries to connect itself: refused at once while the database is down."""
 
 from __future__ import annotations
 
+import select
 import threading
 import weakref
 from time import monotonic
 
+import psycopg
 from django.db.backends.postgresql import base
 from psycopg import IsolationLevel
-from psycopg_pool import PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 from psycopg_pool import base as pool_base
 
 RETRY_SECONDS = 0.2
@@ -49,7 +51,37 @@ def _pool_cannot_connect(pool) -> bool:
     return not stats.get("pool_available", 0) and errors > errors_then
 
 
+def check_lent_connection(conn: psycopg.Connection) -> None:
+    """The pool's check of a connection it is about to lend (CONN_HEALTH_CHECKS), without a
+    round trip while nothing happened to it.
+
+    ConnectionPool.check_connection sends an empty query and waits for the answer: one round
+    trip before every request's first statement, which a view that makes one statement paid
+    twice over. A connection that sits idle in the pool receives nothing, unless the server
+    ended it (a restart, pg_terminate_backend: it sends its FATAL error and closes), so its
+    socket is read-ready only then, and only then is the full check made (and fails: the pool
+    drops it and lends another). A server that vanished without a word is not caught here, nor
+    by the round trip, which would wait for TCP to give up."""
+    if conn.closed or conn.broken:
+        raise psycopg.OperationalError("the connection is closed")
+    try:
+        ready, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error) as exc:
+        raise psycopg.OperationalError(f"the connection's socket is gone: {exc}") from exc
+    if ready:
+        ConnectionPool.check_connection(conn)
+
+
 class DatabaseWrapper(base.DatabaseWrapper):
+    @property
+    def pool(self):
+        """Django's pool, checking connections with check_lent_connection (Django passes
+        ConnectionPool.check_connection, and takes no other check from the settings)."""
+        pool = super().pool
+        if pool is not None and getattr(pool, "_check", None) is ConnectionPool.check_connection:
+            pool._check = check_lent_connection
+        return pool
+
     def get_new_connection(self, conn_params):
         """Django's, with the pool's wait cut into steps: a request that waits for a connection
         while the pool fails to make one tries to connect itself, and fails now (an
