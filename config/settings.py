@@ -128,8 +128,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["ENGINE"] = "config.postgresql"
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=300)
-# Checked before reuse (with a pool: ConnectionPool.check_connection, as each is lent), so a
-# restarted database costs no request a dead connection.
+# Checked before reuse (with a pool: config.postgresql's check_lent_connection, as each is
+# lent), so a restarted database costs no request a dead connection.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
