@@ -29,8 +29,117 @@ def test_a_change_behind_the_snapshots_back_shows_once_it_is_old(alice, settings
     assert names(select_relays_for(user=alice)) == ["only"]
     Relay.objects.filter(name="only").update(status=RelayStatus.DOWN)  # no signal: a raw write
     assert names(select_relays_for(user=alice)) == ["only"]  # the snapshot still holds it
-    time.sleep(0.6)
+    time.sleep(1.1)  # twice its age: this request builds it (a quiet process)
     assert select_relays_for(user=alice) == []
+
+
+def _age(fleet, seconds: float) -> None:
+    fleet.built = time.monotonic() - seconds
+
+
+def _wait_for_the_build() -> None:
+    from relays import snapshot
+
+    with snapshot._building:
+        pass
+
+
+@pytest.mark.django_db(transaction=True)  # the build's thread reads what this test committed
+def test_a_request_that_finds_the_snapshot_old_is_served_it_while_a_thread_builds_the_next(
+    alice, settings, monkeypatch
+):
+    """Between RELAY_SNAPSHOT_SECONDS and twice that, no request waits for a build: the old
+    snapshot is served, and the next is built in a thread of its own. Past twice that (a quiet
+    process), the request builds it itself."""
+    import threading
+
+    from relays import snapshot
+
+    settings.RELAY_SNAPSHOT_SECONDS = 10
+    settings.RELAYS_PER_CALLER = 1
+    _relay("only")
+    builders: list[str] = []
+    build = snapshot.build
+
+    def recorded():
+        builders.append(threading.current_thread().name)
+        return build()
+
+    monkeypatch.setattr(snapshot, "build", recorded)
+    first = snapshot.fleet()
+    assert builders == ["MainThread"] and names(select_relays_for(user=alice)) == ["only"]
+    Relay.objects.filter(name="only").update(status=RelayStatus.DOWN)  # no signal: a raw write
+
+    _age(first, 12)
+    assert snapshot.fleet() is first  # served as it is
+    assert names(select_relays_for(user=alice)) == ["only"]
+    _wait_for_the_build()
+    assert builders == ["MainThread", "relay-snapshot"]  # one build, for both requests
+    assert snapshot.fleet() is not first and select_relays_for(user=alice) == []
+
+    Relay.objects.filter(name="only").update(status=RelayStatus.UP)
+    _age(snapshot.fleet(), 25)
+    assert names(select_relays_for(user=alice)) == ["only"]  # built here, before it answered
+    assert builders == ["MainThread", "relay-snapshot", "MainThread"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_build_that_began_before_a_change_here_is_not_kept(alice, settings, monkeypatch):
+    """A change in this process drops the snapshot: a build in a thread that read the fleet
+    before it is not installed over the drop."""
+    import threading
+
+    from relays import snapshot
+
+    settings.RELAY_SNAPSHOT_SECONDS = 10
+    settings.RELAYS_PER_CALLER = 1
+    _relay("only")
+    read, release = threading.Event(), threading.Event()
+    build = snapshot.build
+
+    def held():
+        built = build()
+        if threading.current_thread().name == "relay-snapshot":
+            read.set()
+            release.wait(10)
+        return built
+
+    monkeypatch.setattr(snapshot, "build", held)
+    _age(snapshot.fleet(), 12)
+    snapshot.fleet()  # starts the thread's build
+    assert read.wait(10)
+    Relay.objects.filter(name="only").update(status=RelayStatus.DOWN)
+    snapshot.drop_snapshot()  # as fleet_changed does once the change commits
+    release.set()
+    _wait_for_the_build()
+    assert snapshot._current is None
+    assert select_relays_for(user=alice) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_build_that_fails_in_its_thread_keeps_the_old_snapshot_and_the_request_answers(
+    alice, settings, monkeypatch, caplog
+):
+    from relays import snapshot
+
+    settings.RELAY_SNAPSHOT_SECONDS = 10
+    settings.RELAYS_PER_CALLER = 1
+    _relay("only")
+    first = snapshot.fleet()
+
+    def broken():
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(snapshot, "build", broken)
+    _age(first, 12)
+    assert names(select_relays_for(user=alice)) == ["only"]
+    _wait_for_the_build()
+    assert snapshot.fleet() is first  # kept, and a build is tried again
+    _wait_for_the_build()
+    assert "the relay snapshot could not be built" in caplog.text
+    _age(first, 25)
+    with pytest.raises(RuntimeError):  # past twice its age the request builds, and meets it
+        snapshot.fleet()
 
 
 def test_a_change_made_here_shows_at_once(
@@ -74,7 +183,10 @@ def test_a_relay_deleted_by_another_process_is_not_handed_out_from_a_stale_snaps
     _relay("stays", rtt=50)
     assert names(select_relays_for(user=alice)) == ["gone"]  # the snapshot now holds both
     with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM relays_relay WHERE id = %s", [gone.pk])
+        cursor.execute(
+            "DELETE FROM relays_relay WHERE id = %s",
+            [Relay._meta.pk.get_db_prep_value(gone.pk, connection)],  # SQLite keeps it as hex
+        )
     body = ice_servers_issue(user=alice)
     assert [r["name"] for r in body["relays"]] == ["stays"]
 
