@@ -391,13 +391,20 @@ def secure_var_dir() -> None:
         path.chmod(0o700 if path.is_dir() else 0o600)
 
 
+# The worker neither syncs with other workers at start (mingle) nor follows their events
+# (gossip): nothing here uses either, and with the Redis broker each Redis restart made gossip
+# log an error of its own ("Error on restarting Gossip") and mingle added ~1 s to every start
+# and reconnect (tests/faults: test_the_worker_takes_tasks_across_redis_restarts). The systemd
+# unit and the Procfile pass the same flags.
+WORKER_FLAGS = ("--without-gossip", "--without-mingle")
+
+
 def platform_commands(
     *,
     python: str,
     port: int,
     concurrency: int,
     beat_schedule: Path,
-    extra_worker_args=(),
     host: str = "127.0.0.1",
 ) -> dict[str, list[str]]:
     """The platform's own processes, as the run command starts them (the browser and fault
@@ -423,7 +430,7 @@ def platform_commands(
             str(concurrency),
             "-n",
             f"worker-{port}@%h",
-            *extra_worker_args,
+            *WORKER_FLAGS,
         ],
         "beat": [*celery, "beat", "-l", "info", "--schedule", str(beat_schedule)],
         # Live allocations per relay and bytes per grant, from coturn's redis-statsdb.

@@ -233,3 +233,19 @@ def test_a_password_protected_redis_starts_whatever_its_password_begins_with(tmp
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def test_the_deploy_files_start_the_worker_as_the_run_command_does():
+    """The systemd unit and the Procfile run the Celery worker with the run command's flags
+    (dev.WORKER_FLAGS), which the browser and fault tests run too."""
+    from dev import WORKER_FLAGS, platform_commands
+
+    worker = platform_commands(python="python", port=1, concurrency=1, beat_schedule=ROOT)["worker"]
+    assert worker[worker.index("worker") :][-len(WORKER_FLAGS) :] == list(WORKER_FLAGS)
+    unit = (ROOT / "deploy" / "systemd" / "traverse-worker.service").read_text()
+    (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    procfile = (ROOT / "Procfile").read_text()
+    (procfile_worker,) = [line for line in procfile.splitlines() if line.startswith("worker:")]
+    for line in (exec_start, procfile_worker):
+        words = line.split()
+        assert words[words.index("worker") :][-len(WORKER_FLAGS) :] == list(WORKER_FLAGS), line

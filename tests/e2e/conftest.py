@@ -73,7 +73,6 @@ def platform_running(logs: Path, env: dict, host: str = "127.0.0.1", port: int |
         port=port,
         concurrency=1,
         beat_schedule=logs / "beat-schedule",
-        extra_worker_args=("--without-gossip", "--without-mingle"),
         host=host,
     )
     procs = {

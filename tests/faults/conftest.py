@@ -83,6 +83,7 @@ class Stack:
     logs: Path
     port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    concurrency: int = 1  # the run command's worker runs 2
 
     @property
     def base(self) -> str:
@@ -92,9 +93,8 @@ class Stack:
         return platform_commands(
             python=sys.executable,
             port=self.port,
-            concurrency=1,
+            concurrency=self.concurrency,
             beat_schedule=self.logs / "beat-schedule",
-            extra_worker_args=("--without-gossip", "--without-mingle"),
         )[name]
 
     def start(self, name: str) -> None:
