@@ -355,6 +355,18 @@ def _selection_reads_the_database(settings, request):
 
 
 @pytest.fixture(autouse=True)
+def _the_projects_celery_app_stays_current():
+    """A Celery app a test makes becomes the current one unless told not to, and every later
+    test's `.delay()` then goes to that app's broker (a test's private Redis, gone once it
+    ends): the test that does so fails here, not the tests after it."""
+    from celery import current_app
+
+    app = current_app._get_current_object()
+    yield
+    assert current_app._get_current_object() is app, "this test left another Celery app current"
+
+
+@pytest.fixture(autouse=True)
 def _no_rate_limits_unless_asked(settings, request):
     """Rate-limit counters live in the shared Redis; only tests marked `ratelimit` count them,
     each under a cache prefix of its own (the test database, and so user ids, start afresh every

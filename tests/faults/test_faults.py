@@ -428,7 +428,9 @@ def test_the_worker_takes_tasks_across_redis_restarts(stack, private_redis):
             session_data="",
             expire_date=timezone.now() - timedelta(days=1),
         )
-        client = Celery(broker=private_redis.url)
+        # Not the current app: the later tests' .delay() go through the project's app, not to
+        # this test's Redis (a draft that forgot this broke every test after it).
+        client = Celery(broker=private_redis.url, set_as_current=False)
         try:
             client.send_task("accounts.tasks.clear_expired_sessions", ignore_result=True)
         finally:
