@@ -279,6 +279,12 @@ def _rebuild(generation: int) -> None:
         _building.release()
 
 
+def wait_for_build() -> None:
+    """Return once no build is under way (one in a thread ends first, its connection with it)."""
+    with _building:
+        pass
+
+
 def fleet_changed(**_kwargs) -> None:
     """A relay or an address range changed here: the next request builds a new snapshot (once
     the change is committed: a snapshot built before that would hold the old rows)."""

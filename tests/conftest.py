@@ -350,8 +350,8 @@ def _selection_reads_the_database(settings, request):
         settings.RELAY_SNAPSHOT_SECONDS = 0
     snapshot._drop()  # no test sees another's fleet
     yield
-    with snapshot._building:  # a build under way in a thread ends first (its connection too)
-        snapshot._drop()
+    snapshot.wait_for_build()  # none outlives its test
+    snapshot._drop()
 
 
 @pytest.fixture(autouse=True)

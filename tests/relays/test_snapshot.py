@@ -37,13 +37,6 @@ def _age(fleet, seconds: float) -> None:
     fleet.built = time.monotonic() - seconds
 
 
-def _wait_for_the_build() -> None:
-    from relays import snapshot
-
-    with snapshot._building:
-        pass
-
-
 @pytest.mark.django_db(transaction=True)  # the build's thread reads what this test committed
 def test_a_request_that_finds_the_snapshot_old_is_served_it_while_a_thread_builds_the_next(
     alice, settings, monkeypatch
@@ -73,7 +66,7 @@ def test_a_request_that_finds_the_snapshot_old_is_served_it_while_a_thread_build
     _age(first, 12)
     assert snapshot.fleet() is first  # served as it is
     assert names(select_relays_for(user=alice)) == ["only"]
-    _wait_for_the_build()
+    snapshot.wait_for_build()
     assert builders == ["MainThread", "relay-snapshot"]  # one build, for both requests
     assert snapshot.fleet() is not first and select_relays_for(user=alice) == []
 
@@ -111,7 +104,7 @@ def test_a_build_that_began_before_a_change_here_is_not_kept(alice, settings, mo
     Relay.objects.filter(name="only").update(status=RelayStatus.DOWN)
     snapshot.drop_snapshot()  # as fleet_changed does once the change commits
     release.set()
-    _wait_for_the_build()
+    snapshot.wait_for_build()
     assert snapshot._current is None
     assert select_relays_for(user=alice) == []
 
@@ -133,9 +126,9 @@ def test_a_build_that_fails_in_its_thread_keeps_the_old_snapshot_and_the_request
     monkeypatch.setattr(snapshot, "build", broken)
     _age(first, 12)
     assert names(select_relays_for(user=alice)) == ["only"]
-    _wait_for_the_build()
+    snapshot.wait_for_build()
     assert snapshot.fleet() is first  # kept, and a build is tried again
-    _wait_for_the_build()
+    snapshot.wait_for_build()
     assert "the relay snapshot could not be built" in caplog.text
     _age(first, 25)
     with pytest.raises(RuntimeError):  # past twice its age the request builds, and meets it
