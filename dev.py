@@ -69,6 +69,8 @@ TYPED_MODULES = [
     "relays/scoring.py",
     "relays/snapshot.py",
     "config/client_ip.py",
+    "config/cache.py",
+    "config/ratelimits.py",
     "config/http.py",
     "config/compiled.py",
     "accounts/sessions.py",

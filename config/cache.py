@@ -7,9 +7,10 @@ connection, left open until the garbage collector found it (284 connections for 
 requests). redis-py's pools are thread-safe and start afresh in a forked child (Celery's
 prefork workers), so the processes' one client serves every thread.
 
-`incr` is one round trip instead of Django's two (EXISTS, then INCRBY): django-ratelimit counts
-every rate-limited request with `add` and then `incr`, so each issue of relay credentials made
-three round trips to Redis for its count, and now makes two."""
+`incr` is one round trip instead of Django's two (EXISTS, then INCRBY): django-ratelimit's
+decorators (the sign-in views) count each request with `add` and then `incr`. `hit` counts one
+in a fixed window in one round trip (config.ratelimits). Both run as scripts Redis keeps (EVALSHA,
+loaded again after a restart), not sent whole each time."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from functools import cached_property
 
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django.core.cache.backends.redis import RedisCacheClient
+from redis.commands.core import Script
 
 _clients: dict[tuple, RedisCacheClient] = {}
 _lock = threading.Lock()
@@ -31,21 +33,53 @@ end
 return false
 """
 
+# One more in the window KEYS[1], which starts (and lasts ARGV[1] seconds) at its first count:
+# {count, seconds left}. A key that somehow has no expiry is given one, so no count is forever.
+_HIT = """
+local count = redis.call('incr', KEYS[1])
+local left = redis.call('ttl', KEYS[1])
+if left < 0 then
+    redis.call('expire', KEYS[1], ARGV[1])
+    left = tonumber(ARGV[1])
+end
+return {count, left}
+"""
+
+_scripts: dict[str, Script] = {}
+
+
+def _run(client, source: str, keys: list, args: list):
+    """`source` run by its digest (EVALSHA), loaded on first use and again after Redis lost it."""
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = client.register_script(source)
+    return script(keys=keys, args=args, client=client)
+
 
 class RedisCache(DjangoRedisCache):
     def incr(self, key, delta=1, version=None):
         key = self.make_and_validate_key(key, version=version)
         client = self._cache.get_client(key, write=True)
-        value = client.eval(_INCR_IF_EXISTS, 1, key, delta)
+        value = _run(client, _INCR_IF_EXISTS, [key], [delta])
         if value is None:
             raise ValueError(f"Key '{key}' not found.")
         return value
 
+    def hit(self, key, seconds: int, version=None) -> tuple[int, int]:
+        """Count one in the window `key` (which starts at its first count and lasts `seconds`):
+        (the count so far, the seconds left in the window). One round trip."""
+        key = self.make_and_validate_key(key, version=version)
+        client = self._cache.get_client(key, write=True)
+        count, left = _run(client, _HIT, [key], [int(seconds)])
+        return int(count), int(left)
+
     @cached_property
     def _cache(self) -> RedisCacheClient:
-        key = (tuple(self._servers), repr(sorted(self._options.items())))
+        # Django's RedisCache sets these in __init__; its type stubs don't declare them.
+        servers, options = self._servers, self._options  # type: ignore[attr-defined]
+        key = (tuple(servers), repr(sorted(options.items())))
         with _lock:
             client = _clients.get(key)
             if client is None:
-                client = _clients[key] = self._class(self._servers, **self._options)
+                client = _clients[key] = self._class(servers, **options)  # type: ignore[attr-defined]
         return client

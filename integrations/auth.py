@@ -15,7 +15,9 @@ from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
-from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.throttling import BaseThrottle
+
+from config.ratelimits import retry_after
 
 from .models import IntegratorKey
 
@@ -121,26 +123,23 @@ class KeyScopes(BasePermission):
         return True
 
 
-class KeyRateThrottle(SimpleRateThrottle):
-    """Requests per API key (API_KEY_RATE), 429 with Retry-After beyond it. Session requests
-    are not counted here."""
+class KeyRateThrottle(BaseThrottle):
+    """Requests per API key (API_KEY_RATE), 429 with Retry-After beyond it: a fixed window counted
+    in one round trip (config.ratelimits). Session requests are not counted here."""
 
-    scope = "api_key"
-
-    def get_rate(self):
-        from django.conf import settings
-
-        return settings.API_KEY_RATE
+    def __init__(self) -> None:
+        self._wait: int | None = None
 
     def allow_request(self, request, view) -> bool:
         from django.conf import settings
 
-        if not getattr(settings, "RATELIMIT_ENABLE", True):
-            return True
-        return super().allow_request(request, view)
-
-    def get_cache_key(self, request, view):
         principal = key_principal(request)
         if principal is None:
-            return None
-        return self.cache_format % {"scope": self.scope, "ident": principal.key.prefix}
+            return True
+        self._wait = retry_after(
+            group="api.key", key=principal.key.prefix, rate=settings.API_KEY_RATE
+        )
+        return self._wait is None
+
+    def wait(self) -> float | None:
+        return self._wait

@@ -12,12 +12,13 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from config.ratelimits import per_user_retry_after
+
 from ..allocations import opaque_id
 from ..credentials import turn_rest_pair
 from ..models import CredentialGrant, new_grant_id
 from ..selectors import select_relays_for, stun_fallback_urls
 from ..snapshot import drop_snapshot
-from .limits import per_user_retry_after
 
 logger = logging.getLogger("relays.services")
 

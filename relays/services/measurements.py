@@ -9,10 +9,11 @@ from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from config.ratelimits import per_user_retry_after
+
 from ..models import ClientRelayRtt, Relay, RelayEventKind
 from ..scoring import blend, decayed_weight
 from ..selectors import client_rtt_half_life, relay_given_to
-from .limits import per_user_retry_after
 from .registry import relay_event
 
 MAX_CLIENT_RTT_MS = 10_000.0  # a report beyond this is a stalled page, not a network

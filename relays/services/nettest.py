@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from config.ratelimits import per_user_retry_after
+
 from ..models import NetworkTestResult
 from ..nettest import Facts, verdict
 from ..selectors import stun_fallback_urls
-from .limits import per_user_retry_after
 
 
 class NetworkTestLimited(Exception):
