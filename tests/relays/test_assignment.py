@@ -317,6 +317,31 @@ def test_a_refresh_keeps_the_devices_relays_and_grant_while_they_are_healthy(
     assert CredentialGrant.objects.get(pk=first["grant"]).user_id == alice.pk
 
 
+@pytest.mark.smoke
+def test_a_refresh_extends_a_grant_that_ran_out_within_a_ttl_and_not_one_older(
+    client, alice, password, settings
+):
+    """A page that slept past its credentials' expiry (a laptop lid) keeps its grant for one
+    more TTL; an older grant is not brought back: the refresh gets a new one."""
+    settings.TURN_CREDENTIAL_TTL = 600
+    _relay("r", rtt=5)
+    client.login(username="alice", password=password)
+    late = client.get(URL).json()["grant"]
+    CredentialGrant.objects.filter(pk=late).update(
+        expires_at=timezone.now() - timedelta(seconds=500)
+    )
+    again = client.get(URL, {"keep": late}).json()
+    assert again["grant"] == late
+    extended = CredentialGrant.objects.get(pk=late).expires_at
+    assert extended.isoformat() == again["expiresAt"] and extended > timezone.now()
+    CredentialGrant.objects.filter(pk=late).update(
+        expires_at=timezone.now() - timedelta(seconds=700)
+    )
+    fresh = client.get(URL, {"keep": late}).json()
+    assert fresh["grant"] != late
+    assert CredentialGrant.objects.get(pk=late).expires_at < timezone.now()
+
+
 @pytest.mark.ratelimit
 def test_issuing_is_rate_limited_per_user_with_a_retry_after(
     client, alice, bob, password, settings
