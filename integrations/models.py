@@ -8,9 +8,11 @@ once, revocable, with an optional expiry; each carries scopes and records its la
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.core.exceptions import ValidationError
 from django.db import models
-from rest_framework_api_key.models import AbstractAPIKey
+from rest_framework_api_key.models import AbstractAPIKey, APIKeyManager
 
 
 class Scope(models.TextChoices):
@@ -60,10 +62,18 @@ class Integrator(models.Model):
         return self.slug
 
 
+class IntegratorKeyManager(APIKeyManager):
+    def get_usable_keys(self) -> models.QuerySet:
+        # A key's request always acts for its integrator (IntegratorPrincipal): one read, not two.
+        return super().get_usable_keys().select_related("integrator")
+
+
 class IntegratorKey(AbstractAPIKey):
     integrator = models.ForeignKey(Integrator, on_delete=models.CASCADE, related_name="keys")
     scopes = models.JSONField(default=list, validators=[validate_scopes])
     last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects: ClassVar[IntegratorKeyManager] = IntegratorKeyManager()
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"

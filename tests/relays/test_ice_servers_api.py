@@ -200,3 +200,32 @@ def test_with_the_fleet_snapshot_warm_issuing_takes_one_statement_beyond_authent
     with django_assert_num_queries(4):
         again = client.get(URL, {"keep": body["grant"]}).json()
     assert again["grant"] == body["grant"] and again["relays"] == body["relays"]
+
+
+@pytest.mark.snapshot
+def test_issuing_for_an_integrators_user_takes_as_few_statements(
+    client, settings, django_assert_num_queries
+):
+    """The same goal for the other two ways in: an integrator's server (its key, ?user=) and
+    the end user's page (its device token)."""
+    from django.contrib.auth import get_user_model
+
+    from integrations.tickets import device_token_for
+    from tests.integrations.test_api_keys import bearer, make_key
+    from tests.integrations.test_end_users import upsert
+
+    settings.RELAY_SNAPSHOT_SECONDS = 60
+    six_relays_up()
+    key = make_key("users:write", "ice:issue")
+    upsert(client, key, "u-1", "One", expect=201)
+    client.get(URL, {"user": "u-1"}, **bearer(key))  # builds the snapshot; the key's last use
+    # The key with its integrator (one read: was two), the end user; savepoint, the statement,
+    # release.
+    with django_assert_num_queries(5):
+        assert client.get(URL, {"user": "u-1"}, **bearer(key)).status_code == 200
+    token = device_token_for(get_user_model().objects.get(external_id="u-1"))
+    headers = {"HTTP_AUTHORIZATION": f"Device {token}"}
+    client.get(URL, **headers)  # what clients on this network measured: read once a snapshot
+    # The user; savepoint, the statement, release.
+    with django_assert_num_queries(4):
+        assert client.get(URL, **headers).status_code == 200
