@@ -33,8 +33,9 @@ end
 return false
 """
 
-# One more in the window KEYS[1], which starts (and lasts ARGV[1] seconds) at its first count:
-# {count, seconds left}. A key that somehow has no expiry is given one, so no count is forever.
+# One more in the window KEYS[1]: {count, seconds left}. The first count makes the key with no
+# expiry, and that is when the window starts (ARGV[1] seconds); checking for no expiry rather
+# than count == 1 also mends a key left without one, so no count lasts forever.
 _HIT = """
 local count = redis.call('incr', KEYS[1])
 local left = redis.call('ttl', KEYS[1])
