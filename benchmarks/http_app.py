@@ -1,4 +1,4 @@
-"""The platform's URLs with three trivial JSON views beside them, for benchmarks/assignment.py:
+"""The platform's URLs with four trivial JSON views beside them, for benchmarks/assignment.py:
 a URLconf (`benchmarks.http_app`) for the in-process client, and an ASGI application
 (`benchmarks.http_app:application`) that Daphne serves exactly as it serves
 `config.asgi:application`. Both are built on first use, once Django is set up."""
@@ -28,6 +28,22 @@ def trivial_one_statement_view(request):
     return JsonResponse({"ok": one == 1})
 
 
+def floor_view(request):
+    """The least any endpoint that issues credentials must do, and nothing else: read the
+    signed-in caller (session + user), count them against a per-user rate limit (one Redis
+    round trip), and one database statement (`SELECT 1`, cheaper than the grant's INSERT)."""
+    from django.db import connection
+
+    from config.ratelimits import per_user_retry_after
+
+    user = request.user
+    limited = per_user_retry_after(user=user, group="bench.floor", rate="1000000/m")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        (one,) = cursor.fetchone()
+    return JsonResponse({"user": user.pk, "ok": one == 1 and limited is None})
+
+
 def __getattr__(name: str):
     if name == "urlpatterns":
         from django.urls import include, path
@@ -36,6 +52,7 @@ def __getattr__(name: str):
             path("bench/trivial/", trivial_view),
             path("bench/trivial-signed-in/", trivial_signed_in_view),
             path("bench/trivial-one-statement/", trivial_one_statement_view),
+            path("bench/floor/", floor_view),
             path("", include("config.urls")),
         ]
     if name == "application":
