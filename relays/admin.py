@@ -56,7 +56,8 @@ BADGE_COLOURS = {
 def badge(text: str, colour_key: str | None = None):
     return format_html(
         '<span class="relay-badge relay-badge-{}" style="background:{};color:#fff;padding:1px 8px;'
-        'border-radius:10px;font-weight:600;font-size:11px;margin-right:3px">{}</span>',
+        "border-radius:10px;font-weight:600;font-size:11px;margin:0 3px 2px 0;white-space:nowrap;"
+        'display:inline-block">{}</span>',
         colour_key or text,
         BADGE_COLOURS.get(colour_key or text, "#6e7781"),
         text,

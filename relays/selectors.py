@@ -265,11 +265,13 @@ def explain_selection(
     declared = (region or "").strip()[:64]
     resolved = caller_region(declared=declared, ip=ip)
     if declared:
-        source = "declared by the client"
+        source = "the client's declaration"
     elif resolved and resolved != settings.DEFAULT_REGION:
         source = "the admin's address ranges"
-    else:
-        source = "DEFAULT_REGION" if resolved else "unknown"
+    elif resolved:
+        source = "DEFAULT_REGION"
+    else:  # region plays no part in the scores
+        source = "none: no declaration, no address range matched, DEFAULT_REGION unset"
     fresh = stale_after(settings.RELAY_SWEEP_INTERVAL)
     network = network_key(ip=ip, region=declared)
     candidates = relay_candidates(now=now, network=network)

@@ -233,6 +233,37 @@ def test_explain_shows_every_relays_score_or_why_not_to_staff_only(
     assert "the admin&#x27;s address ranges" in text and 'data-relay="gone"' in text
 
 
+@pytest.mark.parametrize(
+    "query, default, region, region_from, shown",
+    [
+        (
+            {"region": "us"},
+            "",
+            "us",
+            "the client's declaration",
+            "from the client&#x27;s declaration",
+        ),
+        ({"ip": "203.0.113.7"}, "eu", "eu", "DEFAULT_REGION", "from DEFAULT_REGION"),
+        (
+            {"ip": "203.0.113.7"},
+            "",
+            "",
+            "none: no declaration, no address range matched, DEFAULT_REGION unset",
+            "DEFAULT_REGION is unset): relays are scored without it",
+        ),
+    ],
+)
+def test_explain_says_where_the_callers_region_came_from(
+    admin_client, settings, query, default, region, region_from, shown
+):
+    settings.DEFAULT_REGION = default
+    _relay("eu-1", region="eu", rtt=30)
+    body = admin_client.get("/api/v1/relays/explain/", query).json()
+    assert (body["caller"]["region"], body["caller"]["region_from"]) == (region, region_from)
+    page = admin_client.get("/admin/relays/relay/explain/", query).content.decode()
+    assert shown in page and "(from unknown)" not in page
+
+
 @pytest.mark.smoke
 def test_what_clients_measured_from_a_network_beats_the_probers_figure_there(alice, settings):
     settings.CLIENT_RTT_HALF_LIFE_HOURS = 1
