@@ -197,10 +197,9 @@ def test_a_refresh_in_a_call_that_keeps_its_relays_rewrites_no_record(alice, bob
     rows = list(AssignedRelay.objects.filter(participant__user=alice).values_list("pk", flat=True))
     again = call_ice_issue(user=alice, call_id=call.id, keep=first["grant"])
     assert again["grant"] == first["grant"] and again["relays"] == first["relays"]
-    assert (
-        list(AssignedRelay.objects.filter(participant__user=alice).values_list("pk", flat=True))
-        == rows
-    )
+    assert list(
+        AssignedRelay.objects.filter(participant__user=alice).values_list("pk", flat=True)
+    ) == rows
     gone = first["relays"][0]["name"]
     Relay.objects.filter(name=gone).update(status=RelayStatus.DOWN)
     moved = call_ice_issue(user=alice, call_id=call.id, keep=first["grant"])
