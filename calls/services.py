@@ -950,10 +950,6 @@ def call_ice_issue(
         keep=keep,
         peers=call_peer_relays(call_id=call_uuid, user=user),
     )
-    chosen = [r["id"] for r in payload["relays"]]
-    held = AssignedRelay.objects.filter(participant=participant).order_by("position")
-    if [str(pk) for pk in held.values_list("relay_id", flat=True)] == chosen:
-        return payload  # a refresh that keeps its relays (the common case): nothing to record
     with transaction.atomic():
         # Under the call's lock (the one lock order for a call's participants): two devices of
         # one user asking at once (two ringing pages, early ICE) each deleted the other's rows

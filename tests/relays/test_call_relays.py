@@ -180,28 +180,3 @@ def test_two_devices_asking_at_once_both_get_relays_and_one_record(alice, bob):
         assert errors == [] and len(results) == 3
         kept = Participant.objects.get(call=call, user=bob).assigned_relays.count()
         assert kept == len(results[0]["relays"]) == 2
-
-
-@pytest.mark.django_db
-def test_a_refresh_in_a_call_that_keeps_its_relays_rewrites_no_record(alice, bob):
-    """The page's credentials refresh (keep=) in a call: the same relays, so the participant's
-    assigned relays stay as they are (once deleted and written again under the call's lock
-    every time); when the relays change, they are recorded anew."""
-    from calls.models import AssignedRelay
-    from relays.models import RelayStatus
-
-    for i in range(3):
-        _relay(f"eu-{i}", rtt=10.0 + i)
-    call = call_start(caller=alice, callee=bob)
-    first = call_ice_issue(user=alice, call_id=call.id)
-    rows = list(AssignedRelay.objects.filter(participant__user=alice).values_list("pk", flat=True))
-    again = call_ice_issue(user=alice, call_id=call.id, keep=first["grant"])
-    assert again["grant"] == first["grant"] and again["relays"] == first["relays"]
-    assert list(
-        AssignedRelay.objects.filter(participant__user=alice).values_list("pk", flat=True)
-    ) == rows
-    gone = first["relays"][0]["name"]
-    Relay.objects.filter(name=gone).update(status=RelayStatus.DOWN)
-    moved = call_ice_issue(user=alice, call_id=call.id, keep=first["grant"])
-    assert gone not in [r["name"] for r in moved["relays"]]
-    assert assigned(call, alice) == sorted(r["name"] for r in moved["relays"])
